@@ -1,0 +1,85 @@
+"""The public entry points: ``zoo.load``, ``zoo.list_models``, ``zoo.model_info``."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from zoo import hub
+from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
+from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
+from zoo.registry import get_family
+
+HF_HUB_PREFIX = "hf-hub:"
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or _WINDOWS_DRIVE.match(name) is not None or os.sep in name or "/" in name
+
+
+def load(name_or_path: str, pretrained: bool = True, revision: str | None = None, device=None, dtype=None,
+         cache_dir=None, local_files_only: bool | None = None, token=None, **overrides):
+    """Load a model by card name, ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
+
+    ``pretrained=False`` builds the card's config with random weights. Keyword
+    ``overrides`` change config values (dotted keys allowed); an override that
+    changes a head's shape re-initialises that head, like timm's ``num_classes``.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    if name.startswith(HF_HUB_PREFIX):
+        repo = name[len(HF_HUB_PREFIX):]
+        if not re.match(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$", repo):
+            raise ConfigError(f"{name!r} is not a Hub name; write 'hf-hub:org/name' or 'hf-hub:org/name@revision'.")
+        model = hub.load_from_hub(repo, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                  token=token, overrides=overrides)
+    elif _looks_like_path(name) or ":" in name or Path(name).is_dir():
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise UnknownModelError(name) if not _looks_like_path(name) else WeightsNotAvailableError(
+                f"No folder at {name!r}. A Hub repo is written 'hf-hub:{name}'; a card name has no '/' or ':'."
+            )
+        model = hub.build_from_zoo_folder(folder, str(folder), overrides=overrides)
+    else:
+        model = _load_card(name, pretrained=pretrained, revision=revision, cache_dir=cache_dir,
+                           local_files_only=local_files_only, token=token, overrides=overrides)
+    if dtype is not None:
+        model = model.to(dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype)))
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides):
+    card = get_card(name)
+    family = get_family(card.family)
+    config = family.make_config(card.size, card.config, source=card.source)
+    from zoo.registry import set_dotted
+
+    for key, value in overrides.items():
+        set_dotted(config, key, value, source=f"overrides for {name!r}")
+    if not pretrained:
+        model = family.build(config)
+    elif card.weights is None:
+        raise WeightsNotAvailableError(
+            f"{name!r} has no released weights; pass pretrained=False to build it with random weights, "
+            "or train it with `zoo train`."
+        )
+    else:
+        weights = card.weights
+        path = hub.download_file(weights.repo_id, weights.filename, revision=revision or weights.revision,
+                                 cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        if weights.format == "zoo":
+            model = hub.build_from_zoo_folder(Path(path).parent, f"{name} ({weights.repo_id})",
+                                              overrides=overrides, cached=True)
+        else:
+            if family.load is None:
+                raise ConfigError(f"{card.source}: family {family.name!r} has no loader for official weights")
+            model = family.load(path, config)
+    model.card_name = name
+    return model

@@ -1,0 +1,348 @@
+"""Zoo format on disk and on the Hugging Face Hub.
+
+A zoo folder or Hub repo holds ``config.json`` (``family``, ``zoo_version``,
+``config``), ``model.safetensors`` and a ``README.md`` model card. Loading is strict.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from zoo.errors import (
+    CheckpointFormatError, CheckpointKeysError, ConfigError, HubError, OutputExistsError, WeightsNotAvailableError,
+)
+from zoo.version import __version__
+
+logger = logging.getLogger("zoo")
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+README_NAME = "README.md"
+LIBRARY_NAME = "zoo"
+
+
+# ----------------------------------------------------------------------------- saving
+
+def _check_output_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a folder; choose another output path.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"{path} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, or choose another folder."
+        )
+
+
+def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
+    """Write the zoo format atomically: files go to a temp folder that is then moved into place."""
+    target = Path(save_directory)
+    _check_output_dir(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        config = {"family": model.family, "zoo_version": __version__, "config": model.config}
+        if getattr(model, "card_name", None):
+            config["card"] = model.card_name
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file(plain_state_dict(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt", "family": model.family})
+        (staging / README_NAME).write_text(model_card_text(model, card), encoding="utf-8")
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(target, backup)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def plain_state_dict(model) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors wants it: contiguous, CPU, no two names sharing memory."""
+    seen, out = set(), {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu").contiguous()
+        pointer = (value.untyped_storage().data_ptr(), value.storage_offset())
+        out[key] = value.clone() if pointer in seen and value.numel() else value
+        seen.add(pointer)
+    return out
+
+
+def model_card_text(model, card: Any = None) -> str:
+    """README.md with the YAML front matter the Hub reads, generated from the model's card."""
+    from zoo.cards import all_cards
+    from zoo.registry import get_family
+
+    if card is None and getattr(model, "card_name", None):
+        card = all_cards().get(model.card_name)
+    family = get_family(model.family)
+    meta: dict[str, Any] = {
+        "library_name": LIBRARY_NAME,
+        "tags": ["zoo", model.family, family.modality],
+        "license": (card.license if card and card.license else "other"),
+        "pipeline_tag": (card.pipeline_tag if card and card.pipeline_tag else "feature-extraction"),
+    }
+    if card is not None:
+        meta["tags"] += [t for t in card.tags if t not in meta["tags"]]
+        if card.base_model:
+            meta["base_model"] = card.base_model
+        elif card.weights is not None:
+            meta["base_model"] = card.weights.repo_id
+        if card.datasets:
+            meta["datasets"] = list(card.datasets)
+        if card.metrics:
+            meta["metrics"] = sorted({m["name"] for m in card.metrics})
+    title = card.name if card is not None else f"{model.family} model"
+    description = card.description.strip() if card is not None else family.description
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {title}", "", description, ""]
+    if card is not None and card.paper:
+        lines += [f"Paper: {card.paper}", ""]
+    if card is not None and card.metrics:
+        lines += ["## Reported metrics", "", "| metric | value | source |", "|---|---|---|"]
+        lines += [f"| {m['name']} | {m['value']} | {m['source']} |" for m in card.metrics]
+        lines.append("")
+    lines += [
+        "## Usage", "", "```python", "import zoo", "", 'model = zoo.load("hf-hub:<this repo id>")', "```", "",
+        f"Family `{model.family}` ({family.modality}); zoo {__version__}.", "",
+        "## Config", "", "```json", json.dumps(model.config, indent=2, sort_keys=True), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def read_zoo_config(folder: Path, source: str) -> dict:
+    path = folder / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointFormatError(f"{source} has no {CONFIG_NAME}: it is not a zoo-format model.") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointFormatError(f"{source}: {CONFIG_NAME} is not valid JSON ({err}).") from err
+    if not isinstance(data, dict) or "family" not in data or not isinstance(data.get("config"), dict):
+        raise CheckpointFormatError(
+            f"{source}: {CONFIG_NAME} lacks 'family' or 'config'; it was not written by zoo. "
+            "For an official checkpoint use `zoo convert FAMILY SRC DST` first."
+        )
+    return data
+
+
+def read_safetensors(path: str | Path, source: str, *, cached: bool = False) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a corrupt one is an error, and a corrupt cached copy is deleted."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        if cached:
+            evict_cached_file(path)
+            hint = "The bad copy was removed from the cache; loading again downloads it afresh."
+        else:
+            hint = "Re-save or re-download the file."
+        raise CheckpointFormatError(f"{source}: {Path(path).name} is corrupt or truncated ({err}). {hint}") from err
+
+
+def evict_cached_file(path: str | Path) -> None:
+    """Remove a file from the huggingface_hub cache: the snapshot link and the blob it points to."""
+    path = Path(path)
+    blob = Path(os.path.realpath(path))
+    for p in {path, blob}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def load_state_dict_strict(model, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load with every mismatch reported. Keys under ``model.head_keys`` whose shape changed
+    because of a config override are kept at their fresh init (like timm's ``num_classes``)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched, reinit = [], []
+    for key, value in state_dict.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            if any(key.startswith(prefix) for prefix in model.head_keys):
+                reinit.append(key)
+            else:
+                mismatched.append((key, own[key].shape, value.shape))
+    if missing or unexpected or mismatched:
+        raise CheckpointKeysError(source, missing, unexpected, mismatched)
+    if reinit:
+        logger.warning("%s: re-initialised %s (shape changed by a config override)", source, ", ".join(reinit))
+    filtered = {k: v for k, v in state_dict.items() if k not in reinit}
+    filtered.update({k: own[k] for k in reinit})
+    model.load_state_dict(filtered, strict=True)
+
+
+def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
+    from zoo.registry import get_family, set_dotted
+
+    meta = read_zoo_config(folder, source)
+    family = get_family(meta["family"])
+    config = json.loads(json.dumps(meta["config"]))
+    for key, value in (overrides or {}).items():
+        set_dotted(config, key, value, source=f"overrides for {source}")
+    model = family.build(config)
+    state_dict = read_safetensors(folder / WEIGHTS_NAME, source, cached=cached)
+    load_state_dict_strict(model, state_dict, source)
+    model.card_name = meta.get("card")
+    return model
+
+
+# ----------------------------------------------------------------------------- Hub access
+
+def _hf():
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def split_revision(repo: str) -> tuple[str, str | None]:
+    repo_id, _, revision = repo.partition("@")
+    return repo_id, (revision or None)
+
+
+def _offline_help(what: str) -> str:
+    return (
+        f"{what} is not in the local cache and cannot be downloaded (offline mode or no connection). "
+        "Run once with network access (e.g. `zoo pull` or `zoo.load(...)`), unset HF_HUB_OFFLINE / "
+        "local_files_only, point HF_ENDPOINT at a reachable Hub, or pass pretrained=False for random weights."
+    )
+
+
+def download_file(repo_id: str, filename: str, *, revision: str | None = None, cache_dir=None,
+                  local_files_only: bool | None = None, token=None, force_download: bool = False) -> str:
+    """``hf_hub_download`` with its errors mapped to zoo errors that say what to do."""
+    hf = _hf()
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        return hf.hf_hub_download(
+            repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+            local_files_only=bool(local_files_only), force_download=force_download,
+            library_name=LIBRARY_NAME, library_version=__version__,
+        )
+    except hf_errors.GatedRepoError as err:
+        raise WeightsNotAvailableError(
+            f"{repo_id} is gated: accept its terms on the Hub and pass token= (or set HF_TOKEN). ({err})"
+        ) from err
+    except hf_errors.RepositoryNotFoundError as err:
+        raise WeightsNotAvailableError(
+            f"Hub repo {repo_id!r} not found, or private and no valid token was given (pass token= or set HF_TOKEN)."
+        ) from err
+    except hf_errors.RevisionNotFoundError as err:
+        raise WeightsNotAvailableError(f"Revision {revision!r} not found in {repo_id!r}.") from err
+    except hf_errors.EntryNotFoundError as err:
+        if isinstance(err, hf_errors.LocalEntryNotFoundError):
+            raise WeightsNotAvailableError(_offline_help(f"{repo_id}/{filename}")) from err
+        raise WeightsNotAvailableError(f"{repo_id!r} has no file {filename!r} at revision {revision or 'main'}.") from err
+    except (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as err:
+        raise WeightsNotAvailableError(_offline_help(f"{repo_id}/{filename}")) from err
+    except hf_errors.HfHubHTTPError as err:
+        raise HubError(f"Hub request for {repo_id}/{filename} failed: {err}") from err
+
+
+def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=None, token=None,
+                  overrides: dict | None = None):
+    repo_id, pinned = split_revision(repo)
+    revision = revision or pinned
+    kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    config_path = download_file(repo_id, CONFIG_NAME, **kwargs)
+    weights_path = download_file(repo_id, WEIGHTS_NAME, **kwargs)
+    folder = Path(config_path).parent
+    if Path(weights_path).parent != folder:  # both files must come from the same snapshot
+        raise HubError(f"{repo_id}: config and weights resolved to different snapshots; pin a revision.")
+    return build_from_zoo_folder(folder, f"hf-hub:{repo_id}@{revision or 'main'}", overrides=overrides, cached=True)
+
+
+def _api(token=None):
+    return _hf().HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+
+
+def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None, private: bool | None = None,
+                token=None, commit_message: str | None = None) -> str:
+    """Upload a zoo-format folder (validated first) to ``repo_id``; returns the commit id."""
+    from huggingface_hub import errors as hf_errors
+
+    folder = Path(folder)
+    meta = read_zoo_config(folder, str(folder))
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointFormatError(f"{folder} has no {WEIGHTS_NAME}; save the model with save_pretrained first.")
+    read_safetensors(folder / WEIGHTS_NAME, str(folder))  # never push a broken file
+    api = _api(token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision,
+            commit_message=commit_message or f"Upload {meta['family']} model with zoo {__version__}",
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+        )
+    except hf_errors.HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"Not allowed to write to {repo_id!r}: log in (`hf auth login`) or pass token=.") from err
+        raise HubError(f"Push to {repo_id!r} failed: {err}") from err
+    return info.oid
+
+
+def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None) -> str:
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model")
+        return push_folder(folder, repo_id, revision=revision, private=private, token=token,
+                           commit_message=commit_message)
+
+
+def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=None, token=None,
+         local_files_only=None, overwrite: bool = False) -> Path:
+    """Download a zoo-format repo (into the cache, or copied into ``to``); returns the folder."""
+    from huggingface_hub import errors as hf_errors
+
+    repo_id, pinned = split_revision(repo)
+    revision = revision or pinned
+    if to is not None:
+        _check_output_dir(Path(to), overwrite)
+    try:
+        folder = _hf().snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=bool(local_files_only),
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+            library_name=LIBRARY_NAME, library_version=__version__,
+        )
+    except hf_errors.RepositoryNotFoundError as err:
+        raise HubError(f"Hub repo {repo_id!r} not found, or private and no valid token was given.") from err
+    except hf_errors.RevisionNotFoundError as err:
+        raise HubError(f"Revision {revision!r} not found in {repo_id!r}.") from err
+    except (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as err:
+        raise WeightsNotAvailableError(_offline_help(repo_id)) from err
+    folder = Path(folder)
+    read_zoo_config(folder, f"hf-hub:{repo_id}")
+    if to is None:
+        return folder
+    target = Path(to)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, target / name)
+    return target
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML-typed values."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+    return out
