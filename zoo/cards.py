@@ -168,3 +168,24 @@ def model_info(name: str) -> dict:
     info["config"] = family.make_config(card.size, card.config, source=card.source)
     info["pretrained"] = card.has_weights
     return info
+
+
+def add_card(card: "str | Path | dict") -> Card:
+    """Register a card from a YAML file or a dict (user cards, tests), like open_clip's add_model_config."""
+    if isinstance(card, dict):
+        parsed = parse_card(card, source="<dict>")
+    else:
+        path = Path(card)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CardError(f"card file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise CardError(f"{path}: not valid YAML: {err}") from err
+        parsed = parse_card(data, source=str(path))
+    all_cards()[parsed.name] = parsed
+    return parsed
+
+
+def remove_card(name: str) -> None:
+    all_cards().pop(name, None)

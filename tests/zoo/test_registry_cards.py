@@ -1,0 +1,93 @@
+import pytest
+import yaml
+
+import zoo
+from zoo.cards import add_card, get_card, parse_card, remove_card
+from zoo.errors import CardError, ConfigError, UnknownFamilyError, UnknownModelError
+from zoo.testing.toy_family import register
+
+TOY_CARD = {"name": "toy-tiny", "family": "toy", "size": "tiny", "description": "toy", "license": "mit"}
+
+
+@pytest.fixture()
+def toy_card():
+    register()
+    card = add_card(dict(TOY_CARD))
+    yield card
+    remove_card(card.name)
+
+
+def test_family_config_merges_size_and_dotted_overrides():
+    family = register()
+    assert family.make_config("small") == {"dim": 8, "hidden": 32, "num_classes": 3, "size": "small"}
+    assert family.make_config("tiny", {"num_classes": 7})["num_classes"] == 7
+    with pytest.raises(ConfigError, match="Unknown config key 'nclasses'.*num_classes"):
+        family.make_config("tiny", {"nclasses": 7})
+    with pytest.raises(ConfigError, match="no size 'huge'.*tiny, small"):
+        family.make_config("huge")
+
+
+def test_unknown_family_lists_known():
+    register()
+    with pytest.raises(UnknownFamilyError, match="toy"):
+        zoo.get_family("toyy")
+
+
+def test_unknown_model_lists_closest(toy_card):
+    with pytest.raises(UnknownModelError) as err:
+        zoo.load("toy-tinny")
+    assert err.value.candidates[0] == "toy-tiny"
+    assert "toy-tiny" in str(err.value)
+
+
+def test_list_models_filters(toy_card):
+    assert "toy-tiny" in zoo.list_models("toy-*")
+    assert "toy-tiny" in zoo.list_models("*tiny", modality="vision")
+    assert "toy-tiny" not in zoo.list_models("*", modality="speech")
+    assert "toy-tiny" not in zoo.list_models(pretrained=True)
+    assert "toy-tiny" in zoo.list_models(pretrained=False)
+
+
+def test_model_info_has_full_config(toy_card):
+    info = zoo.model_info("toy-tiny")
+    assert info["config"] == {"dim": 8, "hidden": 16, "num_classes": 3, "size": "tiny"}
+    assert info["modality"] == "vision" and info["pretrained"] is False
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"name": "Toy_Tiny"}, "field 'name'"),
+    ({"colour": "red"}, "unknown field 'colour'"),
+    ({"weights": {"repo_id": "a/b"}}, "weights.filename"),
+    ({"weights": {"repo_id": "a/b", "filename": "x", "format": "onnx"}}, "weights.format"),
+    ({"sample_rate": "16k"}, "'sample_rate' must be a int"),
+    ({"metrics": [{"name": "f1"}]}, "metrics\\[0\\]"),
+])
+def test_invalid_card_names_field(patch, message):
+    with pytest.raises(CardError, match=message):
+        parse_card({**TOY_CARD, **patch}, "hub_cards/toy-tiny.yaml")
+
+
+def test_card_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "family": "toy"}))
+    with pytest.raises(CardError, match=f"{bad}.*description"):
+        add_card(bad)
+
+
+def test_bundled_cards_are_valid():
+    cards = zoo.cards.all_cards()
+    for name, card in cards.items():
+        family = zoo.get_family(card.family)  # every card names a registered family
+        config = family.make_config(card.size, card.config, source=card.source)
+        assert config, name
+
+
+def test_pretrained_without_weights_says_what_to_do(toy_card):
+    with pytest.raises(zoo.errors.WeightsNotAvailableError, match="pretrained=False"):
+        zoo.load("toy-tiny")
+
+
+def test_pretrained_false_builds_card_config(toy_card):
+    model = zoo.load("toy-tiny", pretrained=False, num_classes=5)
+    assert model.classifier.out_features == 5
+    assert model.card_name == "toy-tiny" and not model.training

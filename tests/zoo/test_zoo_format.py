@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import zoo
+from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError, OutputExistsError
+from zoo.testing.toy_family import ToyModel, register
+
+
+@pytest.fixture()
+def toy():
+    register()
+    torch.manual_seed(0)
+    model = ToyModel({"dim": 8, "hidden": 16, "num_classes": 3})
+    model.codebook.normal_()
+    return model
+
+
+def test_round_trip_is_bit_identical(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["family"] == "toy" and meta["zoo_version"] == zoo.__version__
+    loaded = zoo.load(str(folder))
+    for key, value in toy.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    x = torch.randn(4, 8)
+    assert torch.equal(toy.eval()(x), loaded(x))
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: zoo\n") and "tags:" in readme
+
+
+def test_refuses_to_overwrite_without_flag(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        toy.save_pretrained(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    toy.save_pretrained(folder, overwrite=True)
+    assert not (folder / "notes.txt").exists()
+
+
+def test_missing_and_unexpected_keys_are_listed(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    state = load_file(folder / "model.safetensors")
+    state["extra.weight"] = state.pop("encoder.bias")
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointKeysError) as err:
+        zoo.load(str(folder))
+    assert err.value.missing == ["encoder.bias"] and err.value.unexpected == ["extra.weight"]
+    assert "encoder.bias" in str(err.value) and "extra.weight" in str(err.value)
+
+
+def test_shape_mismatch_outside_head_is_an_error(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    with pytest.raises(CheckpointKeysError, match="shape mismatch for encoder.weight"):
+        zoo.load(str(folder), hidden=4)
+
+
+def test_head_override_reinitialises_only_the_head(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    model = zoo.load(str(folder), num_classes=10)
+    assert model.classifier.out_features == 10
+    assert torch.equal(model.encoder.weight, toy.encoder.weight)
+    assert model.config["num_classes"] == 10
+
+
+def test_truncated_safetensors_is_one_clear_error(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointFormatError, match="corrupt or truncated"):
+        zoo.load(str(folder))
+
+
+def test_folder_without_zoo_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["HubertModel"]}))
+    with pytest.raises(CheckpointFormatError, match="zoo convert"):
+        zoo.load(str(tmp_path))
+
+
+def test_names_with_slash_or_colon_never_hit_the_registry(tmp_path):
+    with pytest.raises(zoo.errors.WeightsNotAvailableError, match="hf-hub:org/name"):
+        zoo.load("org/name")
+    with pytest.raises(ConfigError, match="not a Hub name"):
+        zoo.load("hf-hub:not a repo")
+
+
+def test_dtype_and_device(toy, tmp_path):
+    folder = toy.save_pretrained(tmp_path / "out")
+    model = zoo.load(str(folder), dtype="float64", device="cpu")
+    assert model.encoder.weight.dtype == torch.float64

@@ -1,0 +1,202 @@
+"""The ``zoo`` command line: list, info, train, eval, push, pull, convert, and family verbs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from zoo.errors import ConfigError, ZooError
+
+
+def _cmd_list(args) -> int:
+    from zoo.cards import get_card, list_models
+    from zoo.registry import get_family
+
+    names = list_models(args.pattern, modality=args.modality)
+    rows = []
+    for name in names:
+        card = get_card(name)
+        family = get_family(card.family)
+        source = card.weights.repo_id if card.weights else "-"
+        rows.append((name, card.family, family.modality, "yes" if card.has_weights else "no", source))
+    if args.markdown:
+        print("| name | family | modality | weights | source |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(f"`{row[0]}`" if i == 0 else row[i] for i in range(len(row))) + " |")
+        return 0
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return 0
+    widths = [max(len(str(r[i])) for r in rows + [("name", "family", "modality", "weights", "source")])
+              for i in range(5)]
+    for row in [("name", "family", "modality", "weights", "source")] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import yaml
+
+    from zoo.cards import model_info
+
+    info = model_info(args.name)
+    print(yaml.safe_dump(info, sort_keys=False).rstrip())
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from zoo.api import load
+    from zoo.hub import parse_overrides
+    from zoo.registry import get_family
+
+    model = load(args.name, pretrained=not args.random_init)
+    family = get_family(model.family)
+    if not family.evaluate:
+        raise ConfigError(f"Family {family.name!r} has no evaluation; see `zoo info {args.name}`.")
+    evaluate = family.resolve(family.evaluate)
+    options = parse_overrides(args.options)
+    if args.trials:
+        options["trials"] = args.trials
+    if not Path(args.data).exists():
+        raise ConfigError(f"--data {args.data!r} does not exist")
+    metrics = evaluate(model, data=args.data, output=args.output, **options)
+    print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from zoo.hub import push_folder
+
+    commit = push_folder(args.path, args.repo_id, revision=args.revision, private=args.private or None)
+    print(f"pushed {args.path} to {args.repo_id}" + (f"@{args.revision}" if args.revision else "") + f" ({commit})")
+    return 0
+
+
+def _cmd_pull(args) -> int:
+    from zoo.hub import pull
+
+    folder = pull(args.repo_id, revision=args.revision, to=args.to, overwrite=args.overwrite)
+    print(folder)
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from zoo.hub import _check_output_dir, parse_overrides
+    from zoo.registry import get_family
+
+    family = get_family(args.family)
+    if family.load is None:
+        raise ConfigError(f"Family {family.name!r} has no official checkpoint format to convert.")
+    if not Path(args.src).is_file():
+        raise ConfigError(f"{args.src!r} is not a file")
+    _check_output_dir(Path(args.dst), args.overwrite)
+    config = family.make_config(args.size, parse_overrides(args.options), source="command line")
+    model = family.load(args.src, config)
+    out = model.save_pretrained(args.dst, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zoo.version import __version__
+
+    parser = argparse.ArgumentParser(prog="zoo", description="Self-supervised speech, vision and multimodal models.")
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list model names")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. '*sylber*'")
+    p.add_argument("--modality", choices=["speech", "vision", "multimodal"])
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="show a model's card and config")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train or fine-tune a family with a recipe")
+    try:
+        from zoo.train import cli as train_cli
+    except ImportError:  # the engine is optional at import time for the rest of the CLI
+        train_cli = None
+    if train_cli is not None:
+        train_cli.add_arguments(p)
+        p.set_defaults(func=train_cli.main)
+
+    p = sub.add_parser("eval", help="evaluate a model on a manifest")
+    p.add_argument("name", help="card name, hf-hub:org/name or a local folder")
+    p.add_argument("--data", required=True, help="JSONL manifest")
+    p.add_argument("--trials", help="trial list (speaker verification)")
+    p.add_argument("--output", help="write the metrics as JSON here")
+    p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")
+    p.add_argument("options", nargs="*", help="family options as key=value")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("push", help="upload a zoo-format folder to the Hub")
+    p.add_argument("path")
+    p.add_argument("repo_id")
+    p.add_argument("--revision", help="branch to push to (created if missing)")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("pull", help="download a zoo-format repo from the Hub")
+    p.add_argument("repo_id", help="org/name[@revision]")
+    p.add_argument("--revision")
+    p.add_argument("--to", help="copy the files into this folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_pull)
+
+    p = sub.add_parser("convert", help="official checkpoint -> zoo format")
+    p.add_argument("family")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--size", help="the family's size (default: the first, see `zoo info`)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("options", nargs="*", help="config overrides as key=value")
+    p.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def _family_command(argv: list[str]):
+    """A verb contributed by a family (e.g. `zoo segment`), or None."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    from zoo.registry import list_families
+
+    for family in list_families():
+        if argv[0] in family.commands:
+            return family.resolve(family.commands[argv[0]])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    try:
+        verb = _family_command(argv)
+        if verb is not None:
+            return int(verb(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except ZooError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
