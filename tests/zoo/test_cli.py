@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from zoo.cards import add_card, remove_card
+from zoo.cli import main
+from zoo.testing.toy_family import ToyModel, register
+
+
+@pytest.fixture()
+def toy_card():
+    register()
+    card = add_card({"name": "toy-tiny", "family": "toy", "size": "tiny", "description": "toy"})
+    yield card
+    remove_card(card.name)
+
+
+def test_list_and_markdown(toy_card, capsys):
+    assert main(["list", "toy*"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-tiny" in out and "vision" in out
+    assert main(["list", "toy*", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| name | family | modality | weights | source |"
+    assert lines[2] == "| `toy-tiny` | toy | vision | no | - |"
+
+
+def test_info_prints_card_and_config(toy_card, capsys):
+    assert main(["info", "toy-tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "family: toy" in out and "num_classes: 3" in out
+
+
+def test_user_error_is_one_line_and_nonzero(capsys):
+    assert main(["info", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown model name 'no-such-model'") and "Traceback" not in err
+
+
+def test_convert_official_checkpoint(toy_card, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ToyModel({"dim": 8, "hidden": 16, "num_classes": 3})
+    torch.save({f"net.{k}": v for k, v in model.state_dict().items()}, tmp_path / "official.pt")
+    assert main(["convert", "toy", str(tmp_path / "official.pt"), str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["family"] == "toy" and meta["config"]["hidden"] == 16
+    # a second conversion into the same folder needs --overwrite
+    assert main(["convert", "toy", str(tmp_path / "official.pt"), str(tmp_path / "out")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_convert_reports_bad_keys(toy_card, tmp_path, capsys):
+    model = ToyModel({"dim": 8, "hidden": 16, "num_classes": 3})
+    state = {f"net.{k}": v for k, v in model.state_dict().items() if k != "codebook"}
+    torch.save(state, tmp_path / "official.pt")
+    assert main(["convert", "toy", str(tmp_path / "official.pt"), str(tmp_path / "out")]) == 2
+    assert "missing keys (1): codebook" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for verb in ("list", "info", "train", "eval", "push", "pull", "convert"):
+        assert verb in result.stdout
