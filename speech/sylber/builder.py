@@ -1,0 +1,93 @@
+"""Sylber configs and sizes (speech.md §1.2).
+
+The backbone is HuBERT-base truncated to 9 transformer layers; its config is
+hard-coded here (the values of ``facebook/hubert-base-ls960``) so building a model
+never downloads anything. ``encoder`` holds the arguments of
+``zoo.models.hubert.HubertConfig`` (transformers' names).
+"""
+from __future__ import annotations
+
+import copy
+
+# speech.md §1.2: facebook/hubert-base-ls960 with num_hidden_layers=9.
+BASE_ENCODER = {
+    "hidden_size": 768,
+    "num_hidden_layers": 9,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "conv_dim": [512, 512, 512, 512, 512, 512, 512],
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "group",
+    "feat_proj_layer_norm": True,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "layer_norm_eps": 1e-5,
+    "do_stable_layer_norm": False,
+    "mask_time_prob": 0.05,
+    "layerdrop": 0.1,
+    "hidden_dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.1,
+    "feat_proj_dropout": 0.1,
+}
+
+DEFAULT_CONFIG = {
+    "encoder": BASE_ENCODER,
+    "sample_rate": 16000,
+    # Frames are 50 Hz: hop 320 samples, receptive field 400 samples (speech.md §1.2).
+    "frame_rate": 50,
+    # Segmenter defaults (speech.md §1.5).
+    "norm_threshold": 2.6,
+    "merge_threshold": 0.8,
+    # Syllable codebook (k-means centroids) rows; 0 = no tokenizer attached.
+    "num_tokens": 0,
+}
+
+SIZES = {
+    # First = the default of `zoo convert sylber` (the released checkpoint is base).
+    "base": {},
+    # Same conv strides (so still 50 Hz) at a width that trains on a CPU in seconds.
+    "tiny": {
+        "encoder": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "conv_dim": [32, 32, 32, 32, 32, 32, 32],
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+            "layerdrop": 0.0,
+        },
+    },
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_config(size: str = "base", **overrides) -> dict:
+    """The full config of ``size`` with nested ``overrides`` merged in."""
+    if size not in SIZES:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"Sylber has no size {size!r}; sizes: {', '.join(SIZES)}")
+    config = _merge(DEFAULT_CONFIG, SIZES[size])
+    config["size"] = size
+    return _merge(config, overrides)
+
+
+def build(config: dict):
+    """A random-init Sylber model from a complete config (registry contract)."""
+    from zoo.speech.sylber.model import SylberModel
+
+    return SylberModel(_merge(DEFAULT_CONFIG, config))
