@@ -181,13 +181,23 @@ class SylberModel(ZooModel):
                 outputs[index] = out.last_hidden_state[row, : int(frame_lengths[row])]
         return outputs  # type: ignore[return-value]
 
-    def forward(self, wav, sample_rate: int | None = None, lengths=None, *, batch_size: int | None = None):
+    def forward(self, wav=None, sample_rate: int | None = None, lengths=None, *, batch_size: int | None = None,
+                input_values: torch.Tensor | None = None, mask_time_indices: torch.Tensor | None = None):
         """Frame features at 50 Hz (the last encoder layer).
 
         1-D input -> [L, D]; a list -> a list of [L_i, D]; a padded batch with
         ``lengths`` -> [B, L_max, D] with zeros after each utterance's frames.
         Wrap in ``torch.no_grad()`` for inference.
+
+        Training path: ``input_values`` (an already z-scored 16 kHz batch [B, T]) with
+        ``lengths`` returns the encoder's output (``last_hidden_state``, ``frame_lengths``);
+        trainers call the model this way so a DDP wrapper sees the forward.
         """
+        if input_values is not None:
+            lengths = None if lengths is None else torch.as_tensor(lengths, device=input_values.device)
+            return self.hubert(input_values, lengths, mask_time_indices=mask_time_indices)
+        if wav is None:
+            raise AudioInputError("Pass a waveform (or a list of waveforms) and its sample rate.")
         waves, batched = self.prepare_inputs(wav, sample_rate, lengths)
         features = self.encode(waves, batch_size=batch_size)
         if not batched:

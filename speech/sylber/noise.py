@@ -30,7 +30,8 @@ class NoiseMixer:
 
     @staticmethod
     def _uniform(low: float, high: float, n: int, generator, device) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator, device=device)
+        # Drawn on the CPU (one generator for every device, so resume is exact), then moved.
+        return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
 
     def __call__(self, wav: torch.Tensor, noise: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                  *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -43,11 +44,11 @@ class NoiseMixer:
         device = wav.device
         if lengths is None:
             lengths = torch.full((batch,), length, dtype=torch.long, device=device)
-        augmented = torch.rand(batch, generator=generator, device=device) < self.augment_prob
-        mix_utterance = torch.rand(batch, generator=generator, device=device) < self.utterance_mix_ratio
-        partner = torch.randperm(batch, generator=generator, device=device)
+        augmented = self._uniform(0.0, 1.0, batch, generator, device) < self.augment_prob
+        mix_utterance = self._uniform(0.0, 1.0, batch, generator, device) < self.utterance_mix_ratio
+        partner = torch.randperm(batch, generator=generator).to(device)
         cut = self._uniform(*self.shift_range, batch, generator, device)
-        from_start = torch.rand(batch, generator=generator, device=device) < 0.5
+        from_start = self._uniform(0.0, 1.0, batch, generator, device) < 0.5
         noise_gain = self._uniform(*self.magnitude_range, batch, generator, device)
         utterance_gain = self._uniform(self.magnitude_range[0], self.utterance_magnitude_max_scale, batch,
                                        generator, device)

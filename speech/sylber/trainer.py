@@ -1,0 +1,401 @@
+"""``zoo train sylber``: self-segmentation distillation (speech.md §1.4).
+
+The released training script crashes (it reads attributes that are never set);
+this is a clean reimplementation of the objective it describes:
+
+* teacher = a copy of the student taken when training starts, updated by EMA with
+  ``sylber.ema_decay`` (1.0 as released, i.e. frozen at its initialisation);
+* stage 1: segments per utterance come from files (a manifest field pointing at an
+  ``.npy`` array [N, 2] of 50 Hz frame indices, e.g. SD-HuBERT + mincut output);
+  stage 2: segments come from the greedy algorithm run online on the teacher's
+  features, with the merge threshold drawn from U(0.8, 0.9) per batch and the norm
+  threshold from the adaptive Thresholder;
+* target = each frame replaced by its segment's mean teacher feature, zero outside
+  segments; the student sees a noise-augmented input (NoiseMixer);
+* loss = squared error summed over the feature dimension, averaged over all frames
+  of the padded batch, padding included (speech.md §1.4).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.errors import ConfigError
+from zoo.speech.sylber.model import HOP, segment_mean_features
+from zoo.speech.sylber.noise import NoiseMixer
+from zoo.train import Trainer
+
+logger = logging.getLogger("zoo.sylber")
+
+# speech.md §1.2: crops are padded with 160 zeros per side so 320-sample frames line up with segment indices.
+BUFFER = 160
+
+
+def _resolve_manifest(value) -> Path:
+    from zoo.data import demo_corpus
+
+    if value in (None, "", "demo"):
+        return Path(demo_corpus())
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data manifest {str(value)!r} does not exist; give a JSONL manifest, an audio folder, "
+                          "or 'demo' for the bundled corpus.")
+    return path
+
+
+def _read_rows(value) -> tuple[list[dict], Path]:
+    from zoo.data import audio_folder, read_manifest
+
+    path = _resolve_manifest(value)
+    rows = audio_folder(path) if path.is_dir() else read_manifest(path)
+    if not rows:
+        raise ConfigError(f"{path} lists no audio.")
+    return rows, (path if path.is_dir() else path.parent)
+
+
+def znorm_processor(wave: torch.Tensor) -> torch.Tensor:
+    """Wav2Vec2FeatureExtractor-style normalisation used in training: (x - mean) / sqrt(var + 1e-7)."""
+    wave = wave.to(torch.float32)
+    return (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
+
+
+class SylberCropDataset(torch.utils.data.Dataset):
+    """Random ``max_len`` crops of manifest utterances, frame aligned and padded with 160 zeros per side.
+
+    Randomness uses torch's global generator (seeded per worker and restored by the engine).
+    """
+
+    def __init__(self, rows: list[dict], root: Path, *, max_len: int = 80000, segments_field: str | None = None,
+                 noise_dir: str | None = None, sample_rate: int = 16000, cache_audio: bool = False):
+        self.rows = rows
+        self.root = Path(root)
+        self.max_len = int(max_len)
+        self.max_frames = self.max_len // HOP
+        if self.max_frames < 2:
+            raise ConfigError(f"data.max_len={max_len} is shorter than two 320-sample frames")
+        self.segments_field = segments_field
+        self.sample_rate = sample_rate
+        self.cache = {} if cache_audio else None
+        self.noise_files = []
+        if noise_dir:
+            from zoo.data import audio_folder
+
+            self.noise_files = [row["path"] for row in audio_folder(noise_dir)]
+            if not self.noise_files:
+                raise ConfigError(f"data.noise_dir {noise_dir!r} holds no wav/flac/ogg files")
+        if segments_field:
+            missing = [i for i, row in enumerate(rows) if segments_field not in row]
+            if missing:
+                raise ConfigError(f"stage 1 needs the manifest field {segments_field!r} (an .npy of [N, 2] frame "
+                                  f"segments) on every row; row {missing[0]} has none.")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _audio(self, path) -> torch.Tensor:
+        from zoo.audio import load_audio
+
+        if self.cache is not None and path in self.cache:
+            return self.cache[path]
+        wave = load_audio(path, self.sample_rate, min_samples=2 * HOP)
+        if self.cache is not None:
+            self.cache[path] = wave
+        return wave
+
+    def _segments(self, row) -> np.ndarray:
+        path = Path(row[self.segments_field])
+        if not path.is_absolute():
+            path = self.root / path
+        segments = np.load(path, allow_pickle=False)
+        return np.asarray(segments, dtype=np.int64).reshape(-1, 2)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        wave = self._audio(row["path"])
+        num_frames = wave.shape[0] // HOP
+        wave = wave[: num_frames * HOP]
+        if num_frames > self.max_frames:
+            offset = int(torch.randint(num_frames - self.max_frames, ()).item())
+            wave = wave[offset * HOP: offset * HOP + self.max_len]
+        else:
+            offset = 0
+        start, end = offset, offset + self.max_frames
+        wave = torch.nn.functional.pad(wave, (BUFFER, BUFFER))
+        item = {"wav": wave, "segments": None, "noise": None}
+        if self.segments_field:
+            segments = self._segments(row)
+            overlap = np.minimum(segments[:, 1], end) - np.maximum(segments[:, 0], start) > 0
+            item["segments"] = np.clip(segments[overlap] - start, 0, self.max_frames)
+        if self.noise_files:
+            choice = self.noise_files[int(torch.randint(len(self.noise_files), ()).item())]
+            noise = self._audio(choice)
+            if noise.shape[0] > wave.shape[0]:
+                at = int(torch.randint(noise.shape[0] - wave.shape[0] + 1, ()).item())
+                noise = noise[at: at + wave.shape[0]]
+            placed = torch.zeros_like(wave)
+            at = int(torch.randint(wave.shape[0] - noise.shape[0] + 1, ()).item())
+            placed[at: at + noise.shape[0]] = noise
+            item["noise"] = placed
+        return item
+
+
+def collate_crops(items: list[dict]) -> dict:
+    """z-score each crop (and its noise), zero-pad to the longest, keep true lengths."""
+    waves = [znorm_processor(item["wav"]) for item in items]
+    lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.long)
+    batch = {
+        "input_values": torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),
+        "lengths": lengths,
+        "segments": None if items[0]["segments"] is None else [item["segments"] for item in items],
+        "noise": None,
+    }
+    if items[0]["noise"] is not None:
+        batch["noise"] = torch.nn.utils.rnn.pad_sequence([znorm_processor(i["noise"]) for i in items],
+                                                         batch_first=True)
+    return batch
+
+
+class SylberTrainer(Trainer):
+    """Stage 1 (segments from files) or stage 2 (online segmentation of the teacher's features)."""
+
+    config_defaults = {
+        "model": {"size": "tiny", "init": None, "overrides": {}},
+        "data": {
+            "train": "demo",          # JSONL manifest, audio folder, or 'demo' (bundled corpus)
+            "eval": None,
+            "max_len": 80000,         # crop length in samples (5 s), speech.md §1.4
+            "segments_field": "segments",  # stage 1: manifest field -> .npy [N, 2] frame segments
+            "noise_dir": None,        # folder of noise audio for additive noise (DNS in the paper)
+            "cache_audio": False,     # keep decoded audio in memory (small corpora)
+            "eval_items": 64,
+        },
+        "sylber": {
+            "stage": 2,
+            "ema_decay": 1.0,                      # as released: the teacher stays at its init
+            "merge_threshold_range": [0.8, 0.9],   # stage 2, drawn per batch
+            "norm_threshold": None,                # stage 2: null = adaptive Thresholder; a number = fixed
+            "thresholder": {"signal_mean": 6.10, "signal_var": 0.87, "noise_mean": 0.34, "noise_var": 0.34,
+                            "decay": 0.9999},
+            "use_train_thrupdate": True,           # noise stats from the student's norms (stage-2 setting)
+        },
+        "noise": {
+            "enabled": True,
+            "augment_prob": 0.2,
+            "utterance_mix_ratio": 0.25,
+            "shift_range": [0.0, 0.7],
+            "magnitude_range": [0.05, 0.7],
+            "utterance_magnitude_max_scale": 0.2,
+        },
+        "tokenizer": {"num_tokens": 0, "max_items": None, "batch_size": 8, "seed": 0},
+    }
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        sylber = self.config["sylber"]
+        if int(sylber["stage"]) not in (1, 2):
+            raise ConfigError(f"sylber.stage must be 1 or 2, got {sylber['stage']!r}")
+        self.stage = int(sylber["stage"])
+        low, high = (float(v) for v in sylber["merge_threshold_range"])
+        if not low <= high:
+            raise ConfigError(f"sylber.merge_threshold_range must be [low, high], got {sylber['merge_threshold_range']}")
+        self.merge_range = (low, high)
+        if not 0.0 <= float(sylber["ema_decay"]) <= 1.0:
+            raise ConfigError(f"sylber.ema_decay must lie in [0, 1], got {sylber['ema_decay']}")
+        self.ema_decay = float(sylber["ema_decay"])
+        self.fixed_norm_threshold = None if sylber["norm_threshold"] is None else float(sylber["norm_threshold"])
+        noise = self.config["noise"]
+        self.noise_mixer = None if not noise["enabled"] else NoiseMixer(
+            augment_prob=noise["augment_prob"], utterance_mix_ratio=noise["utterance_mix_ratio"],
+            shift_range=noise["shift_range"], magnitude_range=noise["magnitude_range"],
+            utterance_magnitude_max_scale=noise["utterance_magnitude_max_scale"])
+        self.teacher = None
+        self.thresholder = None
+        if self.stage == 2:
+            from zoo.speech.sylber.segment import Thresholder
+
+            self.thresholder = Thresholder(**sylber["thresholder"])
+        seed = int(self.config.get("train", {}).get("seed", 0) or 0)
+        self.generator = torch.Generator().manual_seed(seed + 7919)  # merge thresholds and noise mixing
+        self._seed = seed
+
+    # ------------------------------------------------------------------ model and data
+    def build_model(self):
+        import zoo
+        from zoo.registry import get_family
+
+        section = self.config["model"]
+        overrides = dict(section.get("overrides") or {})
+        if section.get("init"):
+            model = zoo.load(section["init"], **overrides)
+        else:
+            family = get_family("sylber")
+            model = family.build(family.make_config(section.get("size") or "tiny", overrides, source="model.overrides"))
+        model.train()
+        return model
+
+    def build_datasets(self):
+        data = self.config["data"]
+        rows, root = _read_rows(data["train"])
+        train = SylberCropDataset(rows, root, max_len=data["max_len"],
+                                  segments_field=data["segments_field"] if self.stage == 1 else None,
+                                  noise_dir=data["noise_dir"], cache_audio=bool(data["cache_audio"]))
+        return train, None
+
+    def collate(self, items: list):
+        return collate_crops(items)
+
+    # ------------------------------------------------------------------ teacher
+    def _ensure_teacher(self, model) -> None:
+        if self.teacher is None:
+            # The teacher starts as a copy of the student at the start of the stage (speech.md §1.4).
+            self.teacher = copy.deepcopy(model.hubert).eval().requires_grad_(False)
+
+    def on_train_start(self, model) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Different noise mixing per rank (resume restores the state saved with the checkpoint).
+            self.generator.manual_seed(self._seed + 7919 + torch.distributed.get_rank())
+        self._ensure_teacher(model)
+        if self.thresholder is not None:
+            self.thresholder.to(model.device)
+
+    def on_step_end(self, model, step: int) -> None:
+        if self.ema_decay < 1.0 and self.teacher is not None:
+            with torch.no_grad():
+                for ema, live in zip(self.teacher.parameters(), model.hubert.parameters()):
+                    ema.lerp_(live.detach().to(ema.dtype), 1.0 - self.ema_decay)
+        self._maybe_fit_tokenizer(model, step)
+
+    # ------------------------------------------------------------------ step
+    def _norm_threshold(self) -> float:
+        if self.fixed_norm_threshold is not None:
+            return self.fixed_norm_threshold
+        return float(self.thresholder.threshold())
+
+    def _online_segments(self, teacher_states, frame_lengths):
+        from zoo.speech.sylber.segment import segment as greedy_segment
+
+        threshold = self._norm_threshold()
+        low, high = self.merge_range
+        merge = low + (high - low) * float(torch.rand((), generator=self.generator))
+        segments = [np.asarray(greedy_segment(teacher_states[b, :n].float().cpu().numpy(), threshold, merge),
+                               dtype=np.int64).reshape(-1, 2)
+                    for b, n in enumerate(frame_lengths.tolist())]
+        return segments, threshold, merge
+
+    @staticmethod
+    def _targets(teacher_states, segments) -> torch.Tensor:
+        """Each frame of a segment gets the segment's mean teacher feature; other frames stay zero."""
+        targets = torch.zeros_like(teacher_states)
+        for b, frames in enumerate(segments):
+            if len(frames) == 0:
+                continue
+            frames = torch.as_tensor(frames, dtype=torch.long).reshape(-1, 2)
+            means = segment_mean_features(teacher_states[b], frames)
+            index = torch.cat([torch.arange(s, e) for s, e in frames.tolist()]).to(targets.device)
+            repeats = (frames[:, 1] - frames[:, 0]).to(targets.device)
+            targets[b, index] = means.repeat_interleave(repeats, dim=0)
+        return targets
+
+    def training_step(self, model, batch) -> dict:
+        device = next(iter(self.teacher.parameters())).device if self.teacher is not None else None
+        if self.teacher is None:
+            raise ConfigError("SylberTrainer.on_train_start was not called before training_step")
+        x = batch["input_values"].to(device)
+        lengths = batch["lengths"].to(device)
+        with torch.no_grad():
+            teacher_out = self.teacher(x, lengths)
+            teacher_states = teacher_out.last_hidden_state.float()
+            frame_lengths = teacher_out.frame_lengths.to(device)
+        valid = torch.arange(teacher_states.shape[1], device=device)[None, :] < frame_lengths[:, None]
+        metrics = {}
+        if batch["segments"] is not None:  # stage 1
+            segments = batch["segments"]
+            below = None
+        else:  # stage 2
+            segments, threshold, merge = self._online_segments(teacher_states, frame_lengths)
+            norms = (teacher_states.pow(2).sum(-1) + 1e-8).sqrt()
+            below = valid & (norms < threshold)
+            if self.fixed_norm_threshold is None:
+                signal = norms[valid & (norms >= threshold)]
+                noise = None if self.config["sylber"]["use_train_thrupdate"] else norms[below]
+                self.thresholder.update(signal, noise)
+            metrics.update(norm_threshold=threshold, merge_threshold=merge)
+        targets = self._targets(teacher_states, segments)
+
+        student_in = x
+        if self.noise_mixer is not None:
+            noise = batch["noise"].to(device) if batch["noise"] is not None else None
+            student_in = self.noise_mixer(x, noise, lengths, generator=self.generator)
+        # mask_prob is 0.0 in both released configs: an all-False mask (speech.md §1.4).
+        no_mask = torch.zeros(teacher_states.shape[:2], dtype=torch.bool, device=device)
+        out = model(input_values=student_in, lengths=lengths, mask_time_indices=no_mask)
+        states = out.last_hidden_state
+        # speech.md §1.4: squared error summed over features, mean over all B x L frames (padding included).
+        loss = (states.float() - targets).pow(2).sum(-1).mean()
+
+        if below is not None and self.fixed_norm_threshold is None and self.config["sylber"]["use_train_thrupdate"]:
+            with torch.no_grad():
+                student_norms = (states.detach().float().pow(2).sum(-1) + 1e-8).sqrt()
+                self.thresholder.update(None, student_norms[below])
+        seconds = float(lengths.sum() - 2 * BUFFER * lengths.numel()) / 16000
+        metrics["segments_per_second"] = sum(len(s) for s in segments) / max(seconds, 1e-6)
+        return {"loss": loss, **metrics}
+
+    # ------------------------------------------------------------------ evaluation and tokenizer
+    def evaluate(self, model) -> dict:
+        data = self.config["data"]
+        if not data["eval"]:
+            return {}
+        from zoo.speech.sylber.evaluate import evaluate as evaluate_segments
+
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = evaluate_segments(model, data=str(_resolve_manifest(data["eval"])),
+                                        max_items=data["eval_items"])
+        finally:
+            model.train(was_training)
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def _maybe_fit_tokenizer(self, model, step: int) -> None:
+        tokenizer = self.config["tokenizer"]
+        max_steps = int(self.config.get("train", {}).get("max_steps", 0) or 0)
+        if not tokenizer["num_tokens"] or step != max_steps:
+            return
+        self.fit_tokenizer(model)
+
+    def fit_tokenizer(self, model) -> dict:
+        """Fit the k-means syllable codebook on the training data (final step when tokenizer.num_tokens > 0)."""
+        from zoo.speech.sylber.tokenizer import fit_tokenizer
+
+        tokenizer = self.config["tokenizer"]
+        rows, _ = _read_rows(self.config["data"]["train"])
+        report = fit_tokenizer(model, rows, int(tokenizer["num_tokens"]), batch_size=int(tokenizer["batch_size"]),
+                               max_items=tokenizer["max_items"], seed=int(tokenizer["seed"]))
+        logger.info("fitted a %d-token syllable codebook: %.2f tokens/s", report["num_tokens"],
+                    report["tokens_per_second"])
+        self.tokenizer_report = report
+        return report
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        state = {"generator": self.generator.get_state()}
+        if self.teacher is not None:
+            state["teacher"] = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
+        if self.thresholder is not None:
+            state["thresholder"] = {k: v.detach().cpu() for k, v in self.thresholder.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        if "teacher" in state:
+            if self.teacher is None:
+                raise ConfigError("resume: the teacher must exist (on_train_start) before load_state_dict")
+            self.teacher.load_state_dict(state["teacher"], strict=True)
+        if "thresholder" in state and self.thresholder is not None:
+            self.thresholder.load_state_dict(state["thresholder"], strict=True)
