@@ -39,8 +39,11 @@ BUFFER = 160
 def _resolve_manifest(value) -> Path:
     from zoo.data import demo_corpus
 
-    if value in (None, "", "demo"):
+    if value == "demo":
         return Path(demo_corpus())
+    if value in (None, ""):
+        raise ConfigError("data.train is not set: give a JSONL manifest or an audio folder "
+                          "(data.train=PATH), or 'demo' for the bundled corpus.")
     path = Path(str(value)).expanduser()
     if not path.exists():
         raise ConfigError(f"data manifest {str(value)!r} does not exist; give a JSONL manifest, an audio folder, "
@@ -58,6 +61,52 @@ def _read_rows(value) -> tuple[list[dict], Path]:
     return rows, (path if path.is_dir() else path.parent)
 
 
+def energy_syllables(wave: torch.Tensor, *, floor_db: float = 30.0, min_depth_db: float = 3.0,
+                     smooth_frames: int = 5, min_frames: int = 3) -> np.ndarray:
+    """A classic energy-valley syllable segmenter, aligned with the HuBERT frames of a padded crop.
+
+    Only for bootstrapping the demo's stage 1 where the paper uses SD-HuBERT segments
+    (unavailable offline): frame i covers samples [320 i, 320 i + 400); frames more than
+    ``floor_db`` below the loudest are silence; speech runs are split at valleys of the
+    smoothed log energy at least ``min_depth_db`` below the peaks on both sides.
+    """
+    wave = wave.to(torch.float64)
+    count = max(0, (wave.shape[0] - 400) // HOP + 1)
+    if count == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    frames = wave.unfold(0, 400, HOP)[:count]
+    energy = 10 * torch.log10(frames.pow(2).mean(-1) + 1e-10)
+    if smooth_frames > 1:
+        kernel = torch.ones(1, 1, smooth_frames, dtype=energy.dtype) / smooth_frames
+        energy = torch.nn.functional.conv1d(energy[None, None], kernel, padding=smooth_frames // 2)[0, 0, :count]
+    energy = energy.numpy()
+    speech = energy > energy.max() - floor_db
+    segments = []
+    index = 0
+    while index < count:
+        if not speech[index]:
+            index += 1
+            continue
+        end = index
+        while end < count and speech[end]:
+            end += 1
+        cuts = [index]
+        run = energy[index:end]
+        for t in range(1, len(run) - 1):
+            if run[t] <= run[t - 1] and run[t] < run[t + 1]:
+                left_peak, right_peak = run[cuts[-1] - index:t + 1].max(), run[t:].max()
+                if min(left_peak, right_peak) - run[t] >= min_depth_db and t + index - cuts[-1] >= min_frames:
+                    cuts.append(t + index)
+        cuts.append(end)
+        for start, stop in zip(cuts[:-1], cuts[1:]):
+            if stop - start >= min_frames or not segments:
+                segments.append([start, stop])
+            elif segments[-1][1] == start:  # too short: join the previous piece of the same run
+                segments[-1][1] = stop
+        index = end
+    return np.asarray(segments, dtype=np.int64).reshape(-1, 2)
+
+
 def znorm_processor(wave: torch.Tensor) -> torch.Tensor:
     """Wav2Vec2FeatureExtractor-style normalisation used in training: (x - mean) / sqrt(var + 1e-7)."""
     wave = wave.to(torch.float32)
@@ -71,7 +120,8 @@ class SylberCropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: list[dict], root: Path, *, max_len: int = 80000, segments_field: str | None = None,
-                 noise_dir: str | None = None, sample_rate: int = 16000, cache_audio: bool = False):
+                 noise_dir: str | None = None, sample_rate: int = 16000, cache_audio: bool = False,
+                 energy_segments: bool = False):
         self.rows = rows
         self.root = Path(root)
         self.max_len = int(max_len)
@@ -79,6 +129,7 @@ class SylberCropDataset(torch.utils.data.Dataset):
         if self.max_frames < 2:
             raise ConfigError(f"data.max_len={max_len} is shorter than two 320-sample frames")
         self.segments_field = segments_field
+        self.energy_segments = energy_segments
         self.sample_rate = sample_rate
         self.cache = {} if cache_audio else None
         self.noise_files = []
@@ -131,6 +182,8 @@ class SylberCropDataset(torch.utils.data.Dataset):
             segments = self._segments(row)
             overlap = np.minimum(segments[:, 1], end) - np.maximum(segments[:, 0], start) > 0
             item["segments"] = np.clip(segments[overlap] - start, 0, self.max_frames)
+        elif self.energy_segments:
+            item["segments"] = energy_syllables(wave)
         if self.noise_files:
             choice = self.noise_files[int(torch.randint(len(self.noise_files), ()).item())]
             noise = self._audio(choice)
@@ -176,6 +229,9 @@ class SylberTrainer(Trainer):
         },
         "sylber": {
             "stage": 2,
+            # stage 1 segments: "files" (manifest field data.segments_field -> .npy) or "energy"
+            # (energy-valley segmenter; a stand-in for SD-HuBERT used by the offline demo)
+            "stage1_segments": "files",
             "ema_decay": 1.0,                      # as released: the teacher stays at its init
             "merge_threshold_range": [0.8, 0.9],   # stage 2, drawn per batch
             "norm_threshold": None,                # stage 2: null = adaptive Thresholder; a number = fixed
@@ -200,6 +256,9 @@ class SylberTrainer(Trainer):
         if int(sylber["stage"]) not in (1, 2):
             raise ConfigError(f"sylber.stage must be 1 or 2, got {sylber['stage']!r}")
         self.stage = int(sylber["stage"])
+        if sylber["stage1_segments"] not in ("files", "energy"):
+            raise ConfigError(f"sylber.stage1_segments must be 'files' or 'energy', got {sylber['stage1_segments']!r}")
+        self.energy_segments = self.stage == 1 and sylber["stage1_segments"] == "energy"
         low, high = (float(v) for v in sylber["merge_threshold_range"])
         if not low <= high:
             raise ConfigError(f"sylber.merge_threshold_range must be [low, high], got {sylber['merge_threshold_range']}")
@@ -241,9 +300,11 @@ class SylberTrainer(Trainer):
     def build_datasets(self):
         data = self.config["data"]
         rows, root = _read_rows(data["train"])
+        from_files = self.stage == 1 and not self.energy_segments
         train = SylberCropDataset(rows, root, max_len=data["max_len"],
-                                  segments_field=data["segments_field"] if self.stage == 1 else None,
-                                  noise_dir=data["noise_dir"], cache_audio=bool(data["cache_audio"]))
+                                  segments_field=data["segments_field"] if from_files else None,
+                                  noise_dir=data["noise_dir"], cache_audio=bool(data["cache_audio"]),
+                                  energy_segments=self.energy_segments)
         return train, None
 
     def collate(self, items: list):
