@@ -1,0 +1,78 @@
+"""CA-DINO configs and sizes (speech.md §3.2, §3.3).
+
+``encoder`` holds the arguments of ``zoo.models.ecapa_tdnn.ECAPATDNN`` (WeSpeaker's
+``ECAPA_TDNN_GLOB_c512`` with ``emb_bn=True`` by default), ``head`` the DINO projection
+head (``enabled: false`` drops it, as in supervised WeSpeaker models), ``fbank`` the
+front end, and ``num_classes`` an optional AAM-softmax classifier (``projection.weight``,
+WeSpeaker's name) used by the Stage II pseudo-label trainer.
+"""
+from __future__ import annotations
+
+import copy
+
+from zoo.models.ecapa_tdnn import ECAPA_DEFAULTS, ECAPA_SIZES
+
+DEFAULT_CONFIG = {
+    "encoder": dict(ECAPA_DEFAULTS),
+    # speech.md §3.3: 192 -> 2048 -> 2048 -> 256 with BN + GELU, weight-normed 256 -> 65536.
+    "head": {
+        "enabled": True,
+        "out_dim": 65536,
+        "hidden_dim": 2048,
+        "bottleneck_dim": 256,
+        "nlayers": 3,
+        "use_bn": True,
+        "norm_last_layer": True,
+    },
+    # speech.md §3.2: 80-bin kaldi fbank, 25/10 ms, hamming, dither 1.0 in training, CMN.
+    "fbank": {
+        "num_mel_bins": 80,
+        "frame_length_ms": 25.0,
+        "frame_shift_ms": 10.0,
+        "dither": 1.0,
+    },
+    "sample_rate": 16000,
+    # embed(): clips shorter than this are tiled (WeSpeaker's repetition padding) rather than rejected.
+    "min_embed_seconds": 0.5,
+    # > 0 adds an AAM-softmax classifier (Stage II pseudo-labels).
+    "num_classes": 0,
+}
+
+SIZES = {
+    # First = the default of `zoo convert ca-dino` (the released DINO model is ECAPA_TDNN_GLOB_c512).
+    "ecapa512": {"encoder": dict(ECAPA_SIZES["ecapa512"])},
+    "ecapa1024": {"encoder": dict(ECAPA_SIZES["ecapa1024"])},
+    # CPU-sized: 32 channels, small head; trains in seconds.
+    "tiny": {
+        "encoder": dict(ECAPA_SIZES["tiny"]),
+        "head": {"out_dim": 512, "hidden_dim": 256, "bottleneck_dim": 64},
+    },
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_config(size: str = "ecapa512", **overrides) -> dict:
+    """The full config of ``size`` with nested ``overrides`` merged in."""
+    if size not in SIZES:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"CA-DINO has no size {size!r}; sizes: {', '.join(SIZES)}")
+    config = _merge(_merge(DEFAULT_CONFIG, SIZES[size]), overrides)
+    config.setdefault("size", size)
+    return config
+
+
+def build(config: dict):
+    """Full config -> random-init CADinoModel."""
+    from zoo.speech.ca_dino.model import CADinoModel
+
+    return CADinoModel(_merge(DEFAULT_CONFIG, config))

@@ -1,0 +1,81 @@
+"""CA-DINO model API: embed / score, variable-length batches, bad input, zoo format round trip."""
+import pytest
+import torch
+
+import zoo
+from zoo.errors import AudioInputError, WeightsNotAvailableError
+from zoo.speech.ca_dino.builder import build, make_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build(make_config("tiny"))
+    for module in m.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def test_registry_and_cards():
+    from zoo.registry import get_family
+
+    family = get_family("ca-dino")
+    assert set(family.sizes) == {"ecapa512", "ecapa1024", "tiny"}
+    assert family.trainer == "zoo.speech.ca_dino.trainer:CADinoTrainer"
+    m = zoo.load("ca-dino-tiny", pretrained=False)
+    assert m.family == "ca-dino" and m.projection_head is not None
+    with pytest.raises(WeightsNotAvailableError):
+        zoo.load("ca-dino-ecapa512")  # WeSpeaker's DINO zip is not on the Hub (card notes)
+    supervised = zoo.load("wespeaker-ecapa-tdnn512", pretrained=False)
+    assert supervised.projection_head is None and not any(k.startswith("bn2.") for k in supervised.state_dict())
+
+
+def test_embed_shapes_and_batch_invariance(model):
+    torch.manual_seed(1)
+    clips = [torch.randn(16000) * 0.1, torch.randn(11000) * 0.1, torch.randn(9000) * 0.1]
+    batched = model.embed(clips, 16000)
+    assert batched.shape == (3, 192)
+    for i, clip in enumerate(clips):
+        assert torch.allclose(model.embed(clip, 16000)[0], batched[i], atol=1e-4)
+    assert model.embed(torch.stack([clips[0], clips[0]]), 16000).shape == (2, 192)
+
+
+def test_resampling_and_short_clips_are_repeat_padded(model):
+    clip = torch.randn(800) * 0.1  # 50 ms: shorter than min_embed_seconds, tiled, not an error
+    tiled = clip.repeat(11)[:8000]
+    assert torch.allclose(model.embed(clip, 16000), model.embed(tiled, 16000), atol=1e-5)
+    assert model.embed(torch.randn(8000) * 0.1, 8000).shape == (1, 192)
+
+
+def test_empty_audio_is_an_error(model):
+    with pytest.raises(AudioInputError):
+        model.embed(torch.zeros(0), 16000)
+    with pytest.raises(AudioInputError):
+        model.embed([], 16000)
+
+
+def test_score_is_cosine(model):
+    a = torch.tensor([1.0, 0.0, 0.0])
+    b = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    assert model.score(a, b).tolist() == pytest.approx([2 ** -0.5, 0.0])
+    clip = torch.randn(16000) * 0.1
+    assert model.score(clip, clip, sample_rate=16000).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_forward_multi_crop_and_classifier():
+    m = build(make_config("tiny", num_classes=7)).train()
+    out = m([torch.randn(4, 300, 80), torch.randn(8, 200, 80)])
+    assert out["embedding"].shape == (12, 192)
+    assert out["head"].shape == (12, 512)
+    assert out["cosine"].shape == (12, 7) and out["cosine"].abs().max() <= 1 + 1e-5
+    assert "projection.weight" in m.state_dict()
+
+
+def test_zoo_format_round_trip(tmp_path, model):
+    model.save_pretrained(tmp_path / "out")
+    again = zoo.load(str(tmp_path / "out"))
+    clip = torch.randn(12000) * 0.1
+    assert torch.equal(again.embed(clip), model.embed(clip))
+    assert not again.projection_head.last_layer.weight_g.requires_grad
