@@ -1,0 +1,90 @@
+"""DINO loss, schedules, k-means and cluster positives, fbank front end (speech.md §3.2-3.4)."""
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.speech.ca_dino.cluster import ClusterPositives, kmeans_labels
+from zoo.speech.ca_dino.dino_loss import DINOLoss, cosine_value, teacher_temperature
+from zoo.speech.ca_dino.fbank import kaldi_fbank, num_frames, random_crop, repeat_pad, samples_for_frames
+
+
+def test_dino_loss_by_hand():
+    torch.manual_seed(0)
+    batch, dim = 3, 5
+    student = torch.randn(6 * batch, dim)
+    teacher = torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, n_student_crops=6, n_teacher_crops=2)
+    loss_fn.center.fill_(0.1)
+    loss = loss_fn(student, teacher, teacher_temp=0.04)
+    s = student.view(6, batch, dim)
+    t = teacher.view(2, batch, dim)
+    terms = []
+    for iq in range(2):
+        p = F.softmax((t[iq] - 0.1) / 0.04, dim=-1)
+        for v in range(6):
+            if v != iq:
+                terms.append((-(p * F.log_softmax(s[v] / 0.1, dim=-1)).sum(-1)).mean())
+    assert len(terms) == 10
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-6)
+    assert torch.allclose(loss_fn.center, 0.9 * 0.1 + 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_schedules():
+    assert teacher_temperature(0, 150) == pytest.approx(0.04)
+    assert teacher_temperature(29, 150) == pytest.approx(0.07)  # 30 warm-up epochs, linspace end included
+    assert teacher_temperature(15, 150) == pytest.approx(0.04 + 0.03 * 15 / 29)
+    assert teacher_temperature(100, 150) == 0.07
+    # momentum: 0.996 -> 1 over training
+    assert cosine_value(0, 1000, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine_value(500, 1000, 0.996, 1.0) == pytest.approx(0.998)
+    assert cosine_value(999, 1000, 0.996, 1.0) == pytest.approx(1.0, abs=1e-7)
+    # LR with warm-up: linspace(0, base) then cosine to final
+    assert cosine_value(0, 100, 0.4, 5e-5, warmup_steps=10) == 0.0
+    assert cosine_value(9, 100, 0.4, 5e-5, warmup_steps=10) == pytest.approx(0.4)
+    assert cosine_value(10, 100, 0.4, 5e-5, warmup_steps=10) == pytest.approx(0.4)
+    assert cosine_value(55, 100, 0.4, 5e-5, warmup_steps=10) == pytest.approx(5e-5 + 0.5 * (0.4 - 5e-5))
+
+
+def test_kmeans_and_cluster_positives():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)[:3] * 5
+    data = np.concatenate([c + rng.normal(0, 0.1, (20, 4)) for c in centres])
+    labels, centroids = kmeans_labels(data, 3)
+    assert centroids.shape == (3, 4)
+    for block in range(3):
+        assert len(set(labels[block * 20:(block + 1) * 20])) == 1
+    sampler = ClusterPositives(labels)
+    picks = sampler.sample(0, 50, random.Random(0))
+    assert all(labels[p] == labels[0] and p != 0 for p in picks)
+    assert ClusterPositives([0, 1, 1]).sample(0, 3, random.Random(0)) == [0, 0, 0]  # singleton
+
+
+def test_fbank_matches_torchaudio_per_utterance():
+    import torchaudio.compliance.kaldi as kaldi
+
+    torch.manual_seed(0)
+    clips = [torch.randn(16000) * 0.1, torch.randn(7000) * 0.3]
+    padded = torch.zeros(2, 16000)
+    padded[0] = clips[0]
+    padded[1, :7000] = clips[1]
+    feats, counts = kaldi_fbank(padded, torch.tensor([16000, 7000]), cmn=True)
+    for i, clip in enumerate(clips):
+        reference = kaldi.fbank(clip[None] * 32768, num_mel_bins=80, frame_length=25, frame_shift=10, dither=0.0,
+                                window_type="hamming", use_energy=False)
+        reference = reference - reference.mean(0)
+        assert counts[i] == reference.shape[0]
+        assert torch.allclose(feats[i, :counts[i]], reference, atol=1e-4)
+    assert torch.all(feats[1, counts[1]:] == 0)
+
+
+def test_frames_and_crops():
+    assert samples_for_frames(300) == 48240 and num_frames(48240) == 300  # WeSpeaker chunk_len conversion
+    assert samples_for_frames(200) == 32240
+    clip = torch.arange(5.0)
+    assert repeat_pad(clip, 12).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    crop = random_crop(torch.arange(100.0), 10, random.Random(0))
+    assert crop.shape == (10,) and torch.equal(crop, torch.arange(crop[0].item(), crop[0].item() + 10))
