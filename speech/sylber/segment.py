@@ -1,0 +1,719 @@
+"""Sylber's greedy linear-time syllable segmentation and its adaptive norm threshold.
+
+speech.md §1.5 (segmentation) and §1.4 (stage-2 ``Thresholder``).
+
+Two implementations give the same segments on every input:
+
+* :func:`segment_reference`: a plain per-frame loop that reads like the algorithm in §1.5,
+  written with the same numpy expressions as the official ``get_segment``, so its floats
+  (and therefore every threshold comparison and tie) are those of the official code;
+* :func:`segment`: the fast version (numba kernels, about two orders of magnitude faster).
+  It reproduces numpy's summation order (pairwise sums over a row, sequential sums down
+  a column) and the scalar-vs-array ``** 0.5`` distinction, so its floats are the
+  reference's floats bit for bit.
+
+Precision follows the official code: it computes in the dtype of the features it is
+given, and both the ``Segmenter`` and the trainer hand it ``float32`` numpy arrays
+(``hidden_states.cpu().numpy()``). So float32 input is processed in float32 and float64
+input in float64; pass ``dtype=np.float64`` to force double precision. Thresholds are
+Python floats; under numpy>=2 (NEP 50) a float32 value is compared with
+``float32(threshold)``, and so is it here.
+
+Segments are ``[start, end)`` frame indices at 50 Hz, shape ``(N, 2)``, int64.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from zoo.errors import ZooError
+
+try:  # numba comes with librosa; without it `segment` falls back to the reference loop.
+    import numba
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only on installs without numba
+    numba = None
+    HAVE_NUMBA = False
+
+__all__ = [
+    "FRAME_RATE",
+    "SegmentInputError",
+    "ThresholdError",
+    "Thresholder",
+    "frame_norms",
+    "segment",
+    "segment_means",
+    "segment_reference",
+    "segments_to_seconds",
+]
+
+FRAME_RATE = 50  # HuBERT frames per second (hop 320 samples at 16 kHz)
+_EPS = 1e-8  # added to squared norms before the square root (speech.md §1.5)
+
+
+class SegmentInputError(ZooError, ValueError):
+    """Features that cannot be segmented (wrong shape or dtype)."""
+
+
+class ThresholdError(ZooError, ArithmeticError):
+    """The signal and noise Gaussians have no intersection to use as a threshold."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _prepare_states(states, dtype=None) -> np.ndarray:
+    """(L, d) features as a C-contiguous float32/float64 numpy array.
+
+    Torch tensors become numpy arrays of the same dtype, as the official callers do
+    with ``.cpu().numpy()``; half and bfloat16 are widened to float32.
+    """
+    if isinstance(states, torch.Tensor):
+        tensor = states.detach().cpu()
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
+        array = tensor.numpy()
+    else:
+        array = np.asarray(states)
+    if array.ndim != 2:
+        raise SegmentInputError(
+            f"Expected features of shape (frames, dim), got shape {tuple(array.shape)}. "
+            "Segment one utterance at a time: pass hidden_states[b] for a batch."
+        )
+    if dtype is None:
+        if array.dtype in (np.float32, np.float64):
+            dtype = array.dtype
+        elif array.dtype == np.float16:
+            dtype = np.float32
+        elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+            dtype = np.float64
+        else:
+            raise SegmentInputError(
+                f"Features of dtype {array.dtype} cannot be segmented; pass float32 or float64."
+            )
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise SegmentInputError(f"dtype must be float32 or float64, got {dtype}.")
+    if array.shape[1] == 0:
+        raise SegmentInputError("Features have zero dimensions per frame; pass (frames, dim) with dim >= 1.")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _speech_mask(norms, norm_threshold: float, length: int) -> np.ndarray:
+    norms = norms.detach().cpu().numpy() if isinstance(norms, torch.Tensor) else np.asarray(norms)
+    if norms.shape != (length,):
+        raise SegmentInputError(
+            f"norms must have one value per frame ({length}), got shape {tuple(norms.shape)}."
+        )
+    return norms >= norm_threshold
+
+
+def _empty_segments() -> np.ndarray:
+    return np.zeros((0, 2), dtype=np.int64)
+
+
+# ------------------------------------------------------------------------ reference
+
+
+def _cosine(a: np.ndarray, b: np.ndarray):
+    """speech.md §1.5 cosine, with the official expression's numpy semantics.
+
+    For 1-D rows the norms are numpy scalars and ``** 0.5`` calls libm ``pow``; for a
+    stack of rows ``** 0.5`` is numpy's array square root. The two differ in the last
+    ulp now and then, and the fast kernels mirror each case.
+    """
+    dot = (a * b).sum(-1)
+    return dot / ((a * a).sum(-1) + _EPS) ** 0.5 / ((b * b).sum(-1) + _EPS) ** 0.5
+
+
+def segment_reference(
+    states,
+    norm_threshold: float = 2.6,
+    merge_threshold: float = 0.8,
+    *,
+    norms=None,
+    dtype=None,
+) -> np.ndarray:
+    """Greedy segmentation, one frame at a time (speech.md §1.5, line by line).
+
+    Readable reference for tests and benchmarks; use :func:`segment` for real work.
+    ``norms`` (optional, one per frame) replaces the frame norms for the speech mask
+    only, like the official ``get_segment(..., norms=...)``.
+    """
+    x = _prepare_states(states, dtype)
+    norm_threshold, merge_threshold = float(norm_threshold), float(merge_threshold)
+    length = x.shape[0]
+    if norms is None:
+        norms = ((x * x).sum(-1) + _EPS) ** 0.5
+    is_speech = _speech_mask(norms, norm_threshold, length)
+
+    segments: list[list[int]] = []
+    similarity_breaks: list[tuple[int, int]] = []  # (boundary frame, index of the segment it closes)
+    start, count, running_mean = -1, 0, None
+    for i in range(length):
+        if not is_speech[i]:
+            if start > -1:
+                segments.append([start, i])
+            start, count = -1, 0
+        elif count == 0:
+            running_mean, count, start = x[i], 1, i
+        elif _cosine(running_mean, x[i]) >= merge_threshold:
+            running_mean = (running_mean * count + x[i]) / (count + 1)
+            count += 1
+        else:
+            running_mean = x[i]
+            count += 1  # speech.md §1.5: cnt is not reset to 1 (official quirk)
+            segments.append([start, i])
+            similarity_breaks.append((i, len(segments) - 1))
+            start = i
+    if start > -1:
+        segments.append([start, length])
+
+    merged = set()
+    for boundary, k in similarity_breaks:
+        if k >= len(segments) - 1:
+            continue
+        (a_start, a_end), (b_start, b_end) = segments[k], segments[k + 1]
+        mean_a, mean_b = x[a_start:a_end].mean(0), x[b_start:b_end].mean(0)
+        if _cosine(mean_a, mean_b) >= merge_threshold:
+            segments[k + 1] = [a_start, b_end]  # later boundaries see the merged segment
+            merged.add(k)
+            continue
+        lo = max(a_start, boundary - max(1, (a_end - a_start) // 2))
+        hi = min(b_end, boundary + max(1, (b_end - b_start) // 2))
+        sim_a = _cosine(x[lo:hi], mean_a[None, :])
+        sim_b = _cosine(x[lo:hi], mean_b[None, :])
+        sweep = [sim_a[:j].sum() + sim_b[j:].sum() for j in range(hi - lo)]
+        cut = lo + int(np.argmax(sweep))
+        segments[k] = [a_start, cut]
+        segments[k + 1] = [cut, b_end]
+
+    kept = [seg for k, seg in enumerate(segments) if k not in merged]
+    return np.array(kept, dtype=np.int64).reshape(-1, 2)
+
+
+# ----------------------------------------------------------------------------- fast
+
+if HAVE_NUMBA:
+    _jit = numba.njit(cache=True, nogil=True)
+
+    # numpy sums a contiguous run with 8 interleaved accumulators when it has at most 128
+    # elements, and otherwise splits it in two (the first part a multiple of 8) and adds
+    # the two sums. The kernels below replay that order exactly. The split is driven by an
+    # explicit stack (`frames`, `values`: scratch buffers) because numba's on-disk cache
+    # cannot hold recursive functions.
+    _STACK = 128  # > depth of the split tree for any array that fits in memory
+
+    @_jit
+    def _block_dot(a, b, lo, n):
+        """sum(a[lo:lo+n] * b[lo:lo+n]) for 1 <= n <= 128 (products rounded first, as in numpy)."""
+        if n < 8:
+            total = a[lo] * b[lo]
+            for i in range(lo + 1, lo + n):
+                total += a[i] * b[i]
+            return total
+        r0 = a[lo] * b[lo]
+        r1 = a[lo + 1] * b[lo + 1]
+        r2 = a[lo + 2] * b[lo + 2]
+        r3 = a[lo + 3] * b[lo + 3]
+        r4 = a[lo + 4] * b[lo + 4]
+        r5 = a[lo + 5] * b[lo + 5]
+        r6 = a[lo + 6] * b[lo + 6]
+        r7 = a[lo + 7] * b[lo + 7]
+        i = lo + 8
+        stop = lo + n - n % 8
+        while i < stop:
+            r0 += a[i] * b[i]
+            r1 += a[i + 1] * b[i + 1]
+            r2 += a[i + 2] * b[i + 2]
+            r3 += a[i + 3] * b[i + 3]
+            r4 += a[i + 4] * b[i + 4]
+            r5 += a[i + 5] * b[i + 5]
+            r6 += a[i + 6] * b[i + 6]
+            r7 += a[i + 7] * b[i + 7]
+            i += 8
+        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < lo + n:
+            total += a[i] * b[i]
+            i += 1
+        return total
+
+    @_jit
+    def _block_sum(a, lo, n):
+        """sum(a[lo:lo+n]) for 1 <= n <= 128, in numpy's order."""
+        if n < 8:
+            total = a[lo]
+            for i in range(lo + 1, lo + n):
+                total += a[i]
+            return total
+        r0 = a[lo]
+        r1 = a[lo + 1]
+        r2 = a[lo + 2]
+        r3 = a[lo + 3]
+        r4 = a[lo + 4]
+        r5 = a[lo + 5]
+        r6 = a[lo + 6]
+        r7 = a[lo + 7]
+        i = lo + 8
+        stop = lo + n - n % 8
+        while i < stop:
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+            i += 8
+        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < lo + n:
+            total += a[i]
+            i += 1
+        return total
+
+    @_jit
+    def _pairwise(a, b, lo, n, with_b, frames, values):
+        """numpy's pairwise sum of a[lo:lo+n] (times b[lo:lo+n] if with_b), n >= 1.
+
+        Post-order walk of the split tree: frames[0/1/2, t] = start, length, stage.
+        """
+        if n <= 128:
+            return _block_dot(a, b, lo, n) if with_b else _block_sum(a, lo, n)
+        top = 0
+        n_values = 0
+        frames[0, 0] = lo
+        frames[1, 0] = n
+        frames[2, 0] = 0
+        while top >= 0:
+            start = frames[0, top]
+            length = frames[1, top]
+            if length <= 128:
+                values[n_values] = _block_dot(a, b, start, length) if with_b else _block_sum(a, start, length)
+                n_values += 1
+                top -= 1
+                continue
+            first = length // 2
+            first -= first % 8
+            stage = frames[2, top]
+            if stage == 2:
+                values[n_values - 2] = values[n_values - 2] + values[n_values - 1]
+                n_values -= 1
+                top -= 1
+                continue
+            frames[2, top] = stage + 1
+            top += 1
+            frames[0, top] = start if stage == 0 else start + first
+            frames[1, top] = first if stage == 0 else length - first
+            frames[2, top] = 0
+        return values[0]
+
+    @_jit
+    def _row_dot(a, b, dim, leaf, frames, values):
+        """sum(a[:dim] * b[:dim]) in numpy's order; ``leaf`` > 0 when the split tree of
+        ``dim`` is perfect (e.g. 768 -> 8 runs of 96): then the runs are summed and added
+        pairwise level by level, which is the same tree without the stack walk."""
+        if leaf == 0:
+            return _pairwise(a, b, 0, dim, True, frames, values)
+        n = dim // leaf
+        if n == 8:  # 768-d HuBERT features; scalars keep the partial sums in registers
+            s0 = _block_dot(a, b, 0, leaf)
+            s1 = _block_dot(a, b, leaf, leaf)
+            s2 = _block_dot(a, b, 2 * leaf, leaf)
+            s3 = _block_dot(a, b, 3 * leaf, leaf)
+            s4 = _block_dot(a, b, 4 * leaf, leaf)
+            s5 = _block_dot(a, b, 5 * leaf, leaf)
+            s6 = _block_dot(a, b, 6 * leaf, leaf)
+            s7 = _block_dot(a, b, 7 * leaf, leaf)
+            return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+        for j in range(n):
+            values[j] = _block_dot(a, b, j * leaf, leaf)
+        while n > 1:
+            n //= 2
+            for j in range(n):
+                values[j] = values[2 * j] + values[2 * j + 1]
+        return values[0]
+
+    @_jit
+    def _row_squared_norms(x, out, leaf, frames, values):
+        for i in range(x.shape[0]):
+            out[i] = _row_dot(x[i], x[i], x.shape[1], leaf, frames, values)
+
+    @_jit
+    def _column_mean(x, start, stop, one, out):
+        """x[start:stop].mean(0): numpy adds the rows in order, then divides by the count."""
+        out[:] = x[start]
+        count = one
+        for r in range(start + 1, stop):
+            row = x[r]
+            for c in range(x.shape[1]):
+                out[c] += row[c]
+            count += one
+        for c in range(x.shape[1]):
+            out[c] /= count
+
+    @_jit
+    def _greedy(x, squared, is_speech, merge_threshold, eps, half, one,
+                segments, breaks, similarity, leaf, frames, values):
+        """First pass of speech.md §1.5; returns (n_segments, n_breaks).
+
+        ``eps``, ``half`` and ``one`` carry the compute dtype so that no literal promotes
+        float32 arithmetic to float64; ``half`` is a run-time value so the compiler keeps
+        libm ``pow`` (the official scalar ``** .5``) instead of substituting ``sqrt``.
+        """
+        length, dim = x.shape
+        running = np.empty(dim, dtype=x.dtype)
+        running_sq = squared[0] if length > 0 else eps
+        count = one  # numpy turns the int count into the compute dtype at each use
+        n_seg = 0
+        n_break = 0
+        start = -1
+        open_segment = False
+        for i in range(length):
+            if not is_speech[i]:
+                if start > -1:
+                    segments[n_seg, 0] = start
+                    segments[n_seg, 1] = i
+                    n_seg += 1
+                start = -1
+                open_segment = False
+                continue
+            row = x[i]
+            if not open_segment:
+                running[:] = row
+                running_sq = squared[i]
+                count = one
+                start = i
+                open_segment = True
+                continue
+            dot = _row_dot(running, row, dim, leaf, frames, values)
+            sim = dot / (running_sq + eps) ** half / (squared[i] + eps) ** half
+            similarity[i] = sim
+            if sim >= merge_threshold:
+                new_count = count + one
+                for c in range(dim):
+                    running[c] = (running[c] * count + row[c]) / new_count
+                running_sq = _row_dot(running, running, dim, leaf, frames, values)
+                count = new_count
+            else:
+                running[:] = row
+                running_sq = squared[i]
+                count = count + one  # speech.md §1.5: not reset to 1 (official quirk)
+                segments[n_seg, 0] = start
+                segments[n_seg, 1] = i
+                breaks[n_break, 0] = i
+                breaks[n_break, 1] = n_seg
+                n_seg += 1
+                n_break += 1
+                start = i
+        if start > -1:
+            segments[n_seg, 0] = start
+            segments[n_seg, 1] = length
+            n_seg += 1
+        return n_seg, n_break
+
+    @_jit
+    def _refine(x, row_norms, segments, n_seg, breaks, n_break, merge_threshold,
+                eps, half, one, unit_roundoff, merged, merge_similarity, leaf, frames, values):
+        """Second pass of speech.md §1.5: merge or move each similarity-made boundary.
+
+        The sweep argmax uses O(w) prefix/suffix sums in float64 to find candidates,
+        then re-scores every candidate that could be (or tie with) the official
+        maximum with numpy's pairwise sums in the compute dtype, so ties resolve as in
+        numpy's first-maximum argmax.
+        """
+        dim = x.shape[1]
+        mean_a = np.empty(dim, dtype=x.dtype)
+        mean_b = np.empty(dim, dtype=x.dtype)
+        sim_a = np.empty(x.shape[0], dtype=x.dtype)
+        sim_b = np.empty(x.shape[0], dtype=x.dtype)
+        score = np.empty(x.shape[0] + 1, dtype=np.float64)
+        for m in range(n_break):
+            boundary = breaks[m, 0]
+            k = breaks[m, 1]
+            if k >= n_seg - 1:
+                continue
+            a_start = segments[k, 0]
+            a_end = segments[k, 1]
+            b_start = segments[k + 1, 0]
+            b_end = segments[k + 1, 1]
+            _column_mean(x, a_start, a_end, one, mean_a)
+            _column_mean(x, b_start, b_end, one, mean_b)
+            sq_a = _row_dot(mean_a, mean_a, dim, leaf, frames, values)
+            sq_b = _row_dot(mean_b, mean_b, dim, leaf, frames, values)
+            sim = _row_dot(mean_a, mean_b, dim, leaf, frames, values) / (sq_a + eps) ** half / (sq_b + eps) ** half
+            merge_similarity[m] = sim
+            if sim >= merge_threshold:
+                segments[k + 1, 0] = a_start
+                merged[k] = True
+                continue
+            lo = max(a_start, boundary - max(1, (a_end - a_start) // 2))
+            hi = min(b_end, boundary + max(1, (b_end - b_start) // 2))
+            width = hi - lo
+            # centre norms come from a (1, d) array in the official code: array sqrt
+            norm_a = np.sqrt(sq_a + eps)
+            norm_b = np.sqrt(sq_b + eps)
+            for j in range(width):
+                row = x[lo + j]
+                sim_a[j] = _row_dot(row, mean_a, dim, leaf, frames, values) / row_norms[lo + j] / norm_a
+                sim_b[j] = _row_dot(row, mean_b, dim, leaf, frames, values) / row_norms[lo + j] / norm_b
+            # score[j] = sum(sim_a[:j]) + sum(sim_b[j:]), via prefix and suffix sums
+            suffix = 0.0
+            for j in range(width - 1, -1, -1):
+                suffix += sim_b[j]
+                score[j] = suffix
+            prefix = 0.0
+            best = -np.inf
+            for j in range(width):
+                score[j] += prefix
+                prefix += sim_a[j]
+                if score[j] > best:
+                    best = score[j]
+            cut = -1
+            for j in range(width):  # numpy's argmax returns the first NaN, if any
+                if score[j] != score[j]:
+                    cut = j
+                    break
+            # both sums of a score are off by at most ~width^2 * u (|cos| <= 1)
+            slack = 2.5 * width * width * unit_roundoff + 1e-300
+            best_exact = one
+            for j in range(width if cut < 0 else 0):
+                if not score[j] >= best - 2.0 * slack:
+                    continue
+                exact = _pairwise(sim_b, sim_b, j, width - j, False, frames, values)
+                if j > 0:
+                    exact = _pairwise(sim_a, sim_a, 0, j, False, frames, values) + exact
+                if cut < 0 or exact > best_exact:
+                    cut = j
+                    best_exact = exact
+            segments[k, 1] = lo + cut
+            segments[k + 1, 0] = lo + cut
+
+
+def _perfect_leaf(dim: int) -> int:
+    """Run length if numpy's pairwise split of ``dim`` is a perfect binary tree, else 0."""
+    if dim <= 128:
+        return 0
+    length = dim
+    while length > 128:
+        first = length // 2 - (length // 2) % 8
+        if 2 * first != length:
+            return 0
+        length = first
+    return length
+
+
+def _segment_fast(x: np.ndarray, norm_threshold: float, merge_threshold: float, norms, trace=None):
+    ftype = x.dtype.type
+    length = x.shape[0]
+    squared = np.empty(length, dtype=x.dtype)
+    frames = np.empty((3, _STACK), dtype=np.int64)
+    values = np.empty(_STACK, dtype=x.dtype)
+    leaf = _perfect_leaf(x.shape[1])
+    _row_squared_norms(x, squared, leaf, frames, values)
+    row_norms = (squared + ftype(_EPS)) ** 0.5  # official frame norms (array sqrt)
+    is_speech = _speech_mask(row_norms if norms is None else norms, norm_threshold, length)
+
+    segments = np.empty((length + 1, 2), dtype=np.int64)
+    breaks = np.empty((length + 1, 2), dtype=np.int64)
+    similarity = np.full(length, np.nan, dtype=x.dtype)
+    eps, half, one = ftype(_EPS), ftype(0.5), ftype(1)
+    threshold = ftype(merge_threshold)
+    n_seg, n_break = _greedy(x, squared, is_speech, threshold, eps, half, one, segments, breaks, similarity, leaf, frames, values)
+
+    merged = np.zeros(n_seg, dtype=np.bool_)
+    merge_similarity = np.full(n_break, np.nan, dtype=x.dtype)
+    unit_roundoff = float(np.finfo(x.dtype).eps)
+    _refine(x, row_norms, segments, n_seg, breaks, n_break, threshold, eps, half, one,
+            unit_roundoff, merged, merge_similarity, leaf, frames, values)
+    if trace is not None:
+        trace.update(similarity=similarity, merge_similarity=merge_similarity,
+                     breaks=breaks[:n_break].copy())
+    return segments[:n_seg][~merged].copy()
+
+
+def segment(
+    states,
+    norm_threshold: float = 2.6,
+    merge_threshold: float = 0.8,
+    *,
+    norms=None,
+    dtype=None,
+) -> np.ndarray:
+    """Syllable segments of one utterance's features (speech.md §1.5).
+
+    Args:
+        states: (L, d) frame features at 50 Hz (numpy array or torch tensor).
+        norm_threshold: frames whose feature norm is below it are silence (2.6 at inference;
+            the stage-2 trainer uses :meth:`Thresholder.threshold`).
+        merge_threshold: cosine similarity needed to stay in the current segment (0.8).
+        norms: optional per-frame norms for the speech mask (defaults to the feature norms).
+        dtype: compute precision; default is the features' dtype, as in the official code.
+
+    Returns:
+        int64 array (N, 2) of ``[start, end)`` frame indices; ``(0, 2)`` when no frame is speech.
+    """
+    x = _prepare_states(states, dtype)
+    if not HAVE_NUMBA:  # pragma: no cover
+        return segment_reference(x, norm_threshold, merge_threshold, norms=norms)
+    if x.shape[0] == 0:
+        return _empty_segments()
+    return _segment_fast(x, float(norm_threshold), float(merge_threshold), norms)
+
+
+def segments_to_seconds(segments, frame_rate: float = FRAME_RATE) -> np.ndarray:
+    """Frame-index segments -> seconds (float64), as the official ``in_second=True``."""
+    return np.asarray(segments, dtype=np.float64).reshape(-1, 2) / frame_rate
+
+
+def segment_means(states, segments):
+    """Mean feature of each segment, (N, d): the official ``segment_features``.
+
+    numpy in, numpy out (computed in the features' dtype); a torch tensor in gives a torch
+    tensor out. An empty segment gives a NaN row.
+    """
+    segments = np.asarray(segments, dtype=np.int64).reshape(-1, 2)
+    if isinstance(states, torch.Tensor):
+        if states.ndim != 2:
+            raise SegmentInputError(f"Expected features of shape (frames, dim), got {tuple(states.shape)}.")
+        if len(segments) == 0:
+            return states.new_zeros((0, states.shape[1]))
+        return torch.stack([states[s:e].mean(0) for s, e in segments])
+    x = np.asarray(states)
+    if x.ndim != 2:
+        raise SegmentInputError(f"Expected features of shape (frames, dim), got {tuple(x.shape)}.")
+    out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    out = np.empty((len(segments), x.shape[1]), dtype=out_dtype)
+    for n, (s, e) in enumerate(segments):
+        out[n] = x[s:e].mean(0) if e > s else np.nan
+    return out
+
+
+def frame_norms(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Per-frame feature norm ``sqrt(sum(h^2) + 1e-8)`` (speech.md §1.5), any leading shape."""
+    return ((hidden_states ** 2).sum(-1) + _EPS) ** 0.5
+
+
+# ----------------------------------------------------------------------- thresholder
+
+
+class Thresholder(torch.nn.Module):
+    """Adaptive norm threshold for stage-2 training (speech.md §1.4).
+
+    Keeps running Gaussians of the frame norms of "signal" (speech) and "noise"
+    (silence) frames and places the threshold where the two densities cross, between
+    the means. The statistics are buffers, so they travel in model.safetensors under the
+    official names ``signal_mean``, ``signal_var``, ``noise_mean``, ``noise_var`` (shape (1,)).
+
+    Official stage-2 use, each training step:
+
+    * ``thr = thresholder.threshold()`` (before any update);
+    * teacher norms ``n_t``: signal frames are ``n_t >= thr``; segment the teacher
+      features with ``norm_threshold=thr``;
+    * ``use_train_thrupdate: false``: ``update(n_t[n_t >= thr], n_t[n_t < thr])``;
+    * ``use_train_thrupdate: true`` (the stage-2 config): ``update(n_t[n_t >= thr], None)``,
+      then, after the student forward pass, ``update(None, n_s[n_t < thr])`` with the
+      *student's* norms at the teacher's noise frames.
+
+    :meth:`update_from_norms` does all of this in one call.
+    """
+
+    def __init__(
+        self,
+        signal_mean: float = 6.10,
+        signal_var: float = 0.87,
+        noise_mean: float = 0.34,
+        noise_var: float = 0.34,
+        decay: float = 0.9999,
+        eta: float = 1.0,
+    ):
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ThresholdError(f"decay must lie in [0, 1], got {decay}.")
+        if eta <= 0:
+            raise ThresholdError(f"eta (prior ratio) must be positive, got {eta}.")
+        self.decay = float(decay)
+        self.eta = float(eta)
+        for name, value in (("signal_mean", signal_mean), ("signal_var", signal_var),
+                            ("noise_mean", noise_mean), ("noise_var", noise_var)):
+            self.register_buffer(name, torch.full((1,), float(value), dtype=torch.float32))
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, eta={self.eta}"
+
+    @torch.no_grad()
+    def threshold(self) -> float:
+        """Norm where the signal and noise Gaussians cross (η = 1 by default).
+
+        Solves A t^2 + B t + C = 0 with the official coefficients, in the buffers'
+        float32 like the official code; with equal variances the equation is linear and
+        gives the midpoint of the means.
+        """
+        mu_s, mu_n = self.signal_mean, self.noise_mean
+        sigma_s = (self.signal_var + 1e-8) ** 0.5
+        sigma_n = (self.noise_var + 1e-8) ** 0.5
+        var_s, var_n = sigma_s ** 2, sigma_n ** 2
+        a = var_s - var_n
+        b = -2 * var_s * mu_n + 2 * var_n * mu_s
+        c = (var_s * mu_n ** 2 - var_n * mu_s ** 2
+             - 2 * var_n * var_s * (math.log(self.eta) + torch.log(sigma_s / sigma_n)))
+        if bool(a != 0):
+            discriminant = b ** 2 - 4 * a * c
+            if bool(discriminant > 0):
+                # the official root: +sqrt when the signal mean is the larger one
+                sign = (mu_s > mu_n).to(a.dtype)
+                return float((-b + sign * torch.sqrt(discriminant)) / (2 * a))
+            if bool(discriminant == 0):
+                return float(-b / (2 * a))
+        elif bool(b != 0):
+            return float(-c / b)
+        raise ThresholdError(
+            "The signal and noise norm Gaussians do not cross "
+            f"(signal {float(mu_s):.4g}±{float(sigma_s):.4g}, noise {float(mu_n):.4g}±{float(sigma_n):.4g}). "
+            "Reset the Thresholder statistics (e.g. to the defaults) or segment with a fixed norm_threshold."
+        )
+
+    @torch.no_grad()
+    def update(self, signal_norms=None, noise_norms=None) -> None:
+        """One EMA step of the statistics (official ``update_stats``).
+
+        mean <- d*mean + (1-d)*x.mean();  var <- d*var + (1-d)*((x - mean_new)^2).mean(),
+        where the variance uses the *updated* mean. None skips that Gaussian. Empty inputs
+        are skipped too (the official code would write NaN into the buffer).
+        """
+        for prefix, values in (("signal", signal_norms), ("noise", noise_norms)):
+            if values is None:
+                continue
+            mean, var = getattr(self, f"{prefix}_mean"), getattr(self, f"{prefix}_var")
+            values = torch.as_tensor(values).detach().to(device=mean.device, dtype=mean.dtype).reshape(-1)
+            if values.numel() == 0:
+                continue
+            mean.mul_(self.decay).add_((1 - self.decay) * values.mean())
+            var.mul_(self.decay).add_((1 - self.decay) * ((values - mean) ** 2).mean())
+
+    @torch.no_grad()
+    def update_from_norms(self, teacher_norms, student_norms=None) -> float:
+        """Split frames by the current threshold and update the statistics.
+
+        ``student_norms`` (same shape as ``teacher_norms``) selects the
+        ``use_train_thrupdate`` behaviour: noise statistics then come from the student's
+        norms at the frames the teacher calls noise. Returns the threshold used for the
+        split, which is also the one to segment this step's teacher features with.
+        """
+        threshold = self.threshold()
+        teacher_norms = torch.as_tensor(teacher_norms).detach()
+        is_signal = teacher_norms >= threshold
+        if student_norms is None:
+            self.update(teacher_norms[is_signal], teacher_norms[~is_signal])
+        else:
+            student_norms = torch.as_tensor(student_norms).detach()
+            if student_norms.shape != teacher_norms.shape:
+                raise ThresholdError(
+                    f"student_norms has shape {tuple(student_norms.shape)} but teacher_norms has "
+                    f"{tuple(teacher_norms.shape)}; pass the norms of the same frames."
+                )
+            self.update(teacher_norms[is_signal], student_norms[~is_signal.to(student_norms.device)])
+        return threshold
