@@ -1,0 +1,523 @@
+"""``zoo train ca-dino``: DINO, cluster-aware DINO and DLG-LC pseudo-label training (speech.md §3.3, §3.4).
+
+``ca_dino.stage`` picks the objective:
+
+* ``dino`` (Stage I, WeSpeaker v3): per utterance 2 global crops (300 frames = 3 s) and
+  4 local crops (200 frames = 2 s); the student sees all 6, the teacher (EMA of the
+  student, momentum 0.996 -> 1 on a cosine over training) the 2 global ones; DINO loss
+  with centring and teacher temperature 0.04 -> 0.07 over the first 20% of epochs,
+  student temperature 0.1; gradients clipped to norm 3.0 *per parameter*; the head's
+  last layer gets no gradient during the first epoch (``freeze_last_layer``).
+  With ``cluster.positives_from: cluster`` (CA-DINO), the crops of an anchor after the
+  first are drawn from other utterances of its k-means cluster; clusters come from the
+  current teacher's embeddings at the start and every ``cluster.every_epochs`` epochs.
+* ``stage2`` (iterative pseudo-label training): k-means pseudo-labels from the current
+  model (``model.init`` = the Stage I result) -> ECAPA + AAM-softmax on 2 s crops with
+  DLG-LC (loss_gate.py); re-clustering every ``cluster.every_epochs`` epochs (a round).
+
+The model the engine optimises is the *student*; the teacher lives here (saved in the
+trainer state for exact resume) and is copied into the model after the last step, so
+the saved model is the teacher, which evaluation uses (speech.md §3.2). In stage2 the
+trained network itself is the result. Features are computed on the model's device:
+kaldi fbank with dither 1.0 and CMN (fbank.py), after optional noise/RIR augmentation.
+
+Labels in the manifest are never used for training: ``data.exclude_speakers`` only holds
+voices out of the training set, and ``data.eval_speakers`` picks the verification trials.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.errors import ConfigError
+from zoo.speech.ca_dino.cluster import ClusterPositives, kmeans_labels
+from zoo.speech.ca_dino.dino_loss import DINOLoss, cosine_value, teacher_temperature
+from zoo.speech.ca_dino.fbank import NoiseReverb, kaldi_fbank, random_crop, samples_for_frames
+from zoo.speech.ca_dino.loss_gate import LossGateError, dlg_lc_loss, gmm_threshold, margin_at
+from zoo.train import Trainer
+
+logger = logging.getLogger("zoo.ca_dino")
+
+
+def _resolve(value) -> Path:
+    if value == "demo":
+        from zoo.data import demo_corpus
+
+        return Path(demo_corpus())
+    if value in (None, ""):
+        raise ConfigError("data.train is not set: give a JSONL manifest or an audio folder (data.train=PATH), "
+                          "or 'demo' for the bundled corpus.")
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data path {str(value)!r} does not exist; give a JSONL manifest, an audio folder or 'demo'.")
+    return path
+
+
+def read_split(value, *, exclude=None, only=None) -> list[dict]:
+    """Manifest rows, without the ``exclude`` voices / with only the ``only`` voices."""
+    from zoo.speech.ca_dino.evaluate import read_rows
+
+    rows = read_rows(_resolve(value))
+    exclude, only = set(map(str, exclude or [])), set(map(str, only or []))
+    if exclude:
+        rows = [r for r in rows if str(r.get("speaker")) not in exclude]
+    if only:
+        rows = [r for r in rows if str(r.get("speaker")) in only]
+    if not rows:
+        raise ConfigError(f"no utterances left in {value} (exclude={sorted(exclude)}, only={sorted(only)})")
+    return rows
+
+
+def _is_bias_or_norm(name: str, param: torch.Tensor) -> bool:
+    return name.endswith(".bias") or param.dim() == 1
+
+
+class _Audio:
+    """Decoded-audio access with an optional in-memory cache."""
+
+    def __init__(self, rows: list[dict], sample_rate: int, cache: bool):
+        self.rows, self.sample_rate, self.cache = rows, sample_rate, cache
+        self._store: dict[int, torch.Tensor] = {}
+
+    def __call__(self, index: int) -> torch.Tensor:
+        if index in self._store:
+            return self._store[index]
+        from zoo.speech.ca_dino.evaluate import load_wave
+
+        wave = load_wave(self.rows[index]["path"], self.sample_rate)
+        if self.cache:
+            self._store[index] = wave
+        return wave
+
+
+class MultiCropDataset(torch.utils.data.Dataset):
+    """DINO crops per anchor utterance: {"global": [n_g, Lg], "local": [n_l, Ll], "index"}.
+
+    Crop positions come from a per-(seed, epoch, index) RNG, so a resumed run sees the same crops.
+    """
+
+    def __init__(self, rows, *, sample_rate, global_samples, local_samples, n_global, n_local, cache, augment,
+                 seed):
+        self.audio = _Audio(rows, sample_rate, cache)
+        self.global_samples, self.local_samples = global_samples, local_samples
+        self.n_global, self.n_local = n_global, n_local
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.positives: ClusterPositives | None = None
+
+    def __len__(self) -> int:
+        return len(self.audio.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        count = self.n_global + self.n_local
+        if self.positives is None:
+            sources = [index] * count
+        else:  # CA-DINO: crops after the first come from other utterances of the anchor's cluster
+            sources = [index] + self.positives.sample(index, count - 1, rng)
+        crops = []
+        for k, source in enumerate(sources):
+            length = self.global_samples if k < self.n_global else self.local_samples
+            crop = random_crop(self.audio(source), length, rng)
+            crops.append(self.augment(crop) if self.augment is not None else crop)
+        return {"global": torch.stack(crops[:self.n_global]), "local": torch.stack(crops[self.n_global:]),
+                "index": index}
+
+
+class PseudoLabelDataset(torch.utils.data.Dataset):
+    """Stage II items: one crop, its augmented copy and the utterance's pseudo-label."""
+
+    def __init__(self, rows, *, sample_rate, crop_samples, cache, augment, seed):
+        self.audio = _Audio(rows, sample_rate, cache)
+        self.crop_samples, self.augment, self.seed = crop_samples, augment, seed
+        self.epoch = 0
+        self.labels = np.zeros(len(rows), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.audio.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        clean = random_crop(self.audio(index), self.crop_samples, rng)
+        augmented = self.augment(clean.clone()) if self.augment is not None else clean.clone()
+        return {"clean": clean, "augmented": augmented, "label": int(self.labels[index]), "index": index}
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return out
+
+
+class CADinoTrainer(Trainer):
+    config_defaults = {
+        "model": {"size": "tiny", "init": None, "overrides": {}},
+        "data": {
+            "train": "demo",              # JSONL manifest, audio folder or 'demo'
+            "exclude_speakers": [],       # voices kept out of training (held out for verification)
+            "eval": None,                 # manifest for EER during training (None = no evaluation)
+            "eval_speakers": [],          # restrict evaluation to these voices
+            "eval_max_trials": 20000,
+            "cache_audio": False,
+            "noise_dir": None,            # MUSAN-style noise folder (speech.md §3.2), optional
+            "rir_dir": None,              # room impulse responses folder, optional
+            "aug_prob": 1.0,              # WeSpeaker SSL recipe: 1.0 (v2 supervised: 0.6)
+            "steps_per_epoch": None,      # default: len(train) // (batch_size * world_size)
+        },
+        "ca_dino": {
+            "stage": "dino",              # dino | stage2
+            "global_frames": 300, "global_crops": 2,
+            "local_frames": 200, "local_crops": 4,
+            "student_temp": 0.1, "teacher_temp": 0.07, "warmup_teacher_temp": 0.04,
+            "warmup_teacher_temp_epochs_ratio": 0.2,
+            "center_momentum": 0.9,
+            "momentum_teacher": 0.996,
+            "clip_grad": 3.0,             # per-parameter gradient norm (WeSpeaker clip_gradients)
+            "freeze_last_layer": 1,       # epochs without last-layer gradients
+            "dither": 1.0,
+        },
+        "cluster": {
+            "positives_from": "utterance",  # utterance | cluster (CA-DINO)
+            "num_clusters": 8,
+            "every_epochs": 0,            # 0 = cluster once at the start
+            "seed": 0,
+        },
+        "stage2": {
+            "crop_frames": 200,
+            "margin": 0.2, "scale": 32.0,  # WeSpeaker v2 (wavlm_ssl_sv uses scale 30)
+            "margin_increase_start": 20, "margin_fix_start": 40,  # 1-based epochs, WeSpeaker v2
+            "gate_start_epoch": 5,         # DLG from this (0-based) epoch on
+            "correction_start_epoch": 9,   # LC for epochs > 8
+            "sharpen_temperature": 0.1,
+            "confidence": 0.5,
+        },
+    }
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        cfg = self.config["ca_dino"]
+        if cfg["stage"] not in ("dino", "stage2"):
+            raise ConfigError(f"ca_dino.stage must be 'dino' or 'stage2', got {cfg['stage']!r}")
+        if self.config["cluster"]["positives_from"] not in ("utterance", "cluster"):
+            raise ConfigError("cluster.positives_from must be 'utterance' or 'cluster'")
+        self.stage = cfg["stage"]
+        self.teacher = None
+        self.dino_loss = None
+        self.epoch = 0
+        self.gate_threshold: float | None = None
+        self.epoch_losses: dict[int, float] = {}
+        self.train_dataset = None
+        self._pending_state = None
+        self._hooks = []
+        self._clustered = False  # True once labels exist (computed, or restored on resume)
+
+    # ------------------------------------------------------------------ setup
+    def _train_section(self) -> dict:
+        return self.config.get("train", {}) or {}
+
+    def build_model(self):
+        import zoo
+        from zoo.registry import get_family
+
+        section = self.config["model"]
+        overrides = dict(section.get("overrides") or {})
+        if self.stage == "stage2":
+            overrides.setdefault("num_classes", int(self.config["cluster"]["num_clusters"]))
+        if section.get("init"):
+            model = zoo.load(section["init"], **overrides)
+        else:
+            family = get_family("ca-dino")
+            model = family.build(family.make_config(section.get("size") or "tiny", overrides, source="model.overrides"))
+        if self.stage == "dino" and model.projection_head is None:
+            raise ConfigError("DINO training needs the projection head: set model.overrides.head.enabled=true")
+        if self.stage == "stage2" and model.projection is None:
+            raise ConfigError("stage2 needs a classifier: model.overrides.num_classes must equal cluster.num_clusters")
+        model.train()
+        return model
+
+    def _augment(self):
+        data = self.config["data"]
+        if not (data["noise_dir"] or data["rir_dir"]):
+            return None
+        return NoiseReverb(data["noise_dir"], data["rir_dir"], aug_prob=float(data["aug_prob"]),
+                           seed=int(self._train_section().get("seed", 0) or 0))
+
+    def build_datasets(self):
+        data, cfg = self.config["data"], self.config["ca_dino"]
+        rows = read_split(data["train"], exclude=data["exclude_speakers"])
+        seed = int(self._train_section().get("seed", 0) or 0)
+        if self.stage == "dino":
+            self.train_dataset = MultiCropDataset(
+                rows, sample_rate=16000, global_samples=samples_for_frames(cfg["global_frames"]),
+                local_samples=samples_for_frames(cfg["local_frames"]), n_global=cfg["global_crops"],
+                n_local=cfg["local_crops"], cache=bool(data["cache_audio"]), augment=self._augment(), seed=seed)
+        else:
+            self.train_dataset = PseudoLabelDataset(
+                rows, sample_rate=16000, crop_samples=samples_for_frames(self.config["stage2"]["crop_frames"]),
+                cache=bool(data["cache_audio"]), augment=self._augment(), seed=seed)
+        return self.train_dataset, None
+
+    def collate(self, items: list):
+        return collate(items)
+
+    def param_groups(self, model) -> list[dict]:
+        # WeSpeaker get_params_groups: no weight decay on biases and 1-D (norm) parameters.
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if _is_bias_or_norm(name, param) else decay).append(param)
+        weight_decay = float((self.config.get("optim") or {}).get("weight_decay", 0.0) or 0.0)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # ------------------------------------------------------------------ schedule bookkeeping
+    def _world_size(self) -> int:
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def steps_per_epoch(self) -> int:
+        explicit = self.config["data"].get("steps_per_epoch")
+        if explicit:
+            return int(explicit)
+        batch = int(self._train_section().get("batch_size", 1) or 1)
+        accum = int(self._train_section().get("grad_accum", 1) or 1)
+        size = len(self.train_dataset) if self.train_dataset is not None else batch
+        return max(size // (batch * accum * self._world_size()), 1)
+
+    def total_steps(self) -> int:
+        return max(int(self._train_section().get("max_steps", 1) or 1), 1)
+
+    def total_epochs(self) -> int:
+        return max(math.ceil(self.total_steps() / self.steps_per_epoch()), 1)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, model) -> None:
+        cfg = self.config["ca_dino"]
+        if self.stage == "dino":
+            if self.teacher is None:
+                # speech.md §3.3: teacher = deepcopy(student), head included; never back-propagated.
+                self.teacher = copy.deepcopy(model).requires_grad_(False)
+                self.dino_loss = DINOLoss(model.projection_head.last_layer.out_features,
+                                          n_student_crops=cfg["global_crops"] + cfg["local_crops"],
+                                          n_teacher_crops=cfg["global_crops"], student_temp=cfg["student_temp"],
+                                          center_momentum=cfg["center_momentum"]).to(model.device)
+            self._install_grad_hooks(model)
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+        self._cluster_if_due(model, self.epoch, force=self._needs_initial_clusters() and not self._clustered)
+
+    def _install_grad_hooks(self, model) -> None:
+        """Per-parameter clipping (norm 3.0) and the first-epoch last-layer freeze, as tensor hooks.
+
+        The engine clips the global norm; WeSpeaker clips each parameter's gradient separately, so
+        the recipe sets train.clip_grad_norm: null and this does it. Hooks act on each process's
+        local gradient before DDP averages them.
+        """
+        if self._hooks:
+            return
+        clip = float(self.config["ca_dino"]["clip_grad"] or 0)
+        freeze_epochs = int(self.config["ca_dino"]["freeze_last_layer"] or 0)
+
+        def make_hook(name):
+            def hook(grad):
+                if "last_layer" in name and self.epoch < freeze_epochs:
+                    return torch.zeros_like(grad)
+                if clip > 0:
+                    norm = grad.norm(2)
+                    coef = clip / (norm + 1e-6)
+                    if coef < 1:
+                        return grad * coef
+                return grad
+            return hook
+
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                self._hooks.append(param.register_hook(make_hook(name)))
+
+    def on_epoch_start(self, model, epoch: int) -> None:
+        self.epoch = epoch
+        if self.train_dataset is not None:
+            self.train_dataset.set_epoch(epoch)
+        if self.stage == "stage2":
+            self._update_gate()
+            self.epoch_losses = {}
+        self._cluster_if_due(model, epoch)
+
+    def on_step_end(self, model, step: int) -> None:
+        if self.stage == "dino" and self.teacher is not None:
+            momentum = cosine_value(step - 1, self.total_steps(), float(self.config["ca_dino"]["momentum_teacher"]),
+                                    1.0)
+            with torch.no_grad():
+                for ema, live in zip(self.teacher.parameters(), model.parameters()):
+                    ema.mul_(momentum).add_(live.detach(), alpha=1 - momentum)
+            if step >= self.total_steps():
+                # The result of DINO training is the teacher (speech.md §3.2): hand it to the engine to save.
+                model.load_state_dict(self.teacher.state_dict())
+
+    # ------------------------------------------------------------------ clustering
+    def _needs_initial_clusters(self) -> bool:
+        return self.stage == "stage2" or self.config["cluster"]["positives_from"] == "cluster"
+
+    def _cluster_if_due(self, model, epoch: int, force: bool = False) -> None:
+        if not self._needs_initial_clusters():
+            return
+        every = int(self.config["cluster"]["every_epochs"] or 0)
+        due = force or (every > 0 and epoch > 0 and epoch % every == 0)
+        if not due or self.train_dataset is None:
+            return
+        labels, centroids = self.cluster(model)
+        self._clustered = True
+        if self.stage == "dino":
+            self.train_dataset.positives = ClusterPositives(labels)
+        else:
+            self.train_dataset.labels = labels
+            with torch.no_grad():  # a new round: class centres start at the cluster centroids
+                weight = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=-1)
+                model.projection.weight.copy_(weight.to(model.projection.weight))
+
+    @torch.no_grad()
+    def cluster(self, model) -> tuple[np.ndarray, np.ndarray]:
+        """k-means on the current embeddings (teacher in Stage I) of every training utterance."""
+        encoder = self.teacher if self.teacher is not None else model
+        audio = self.train_dataset.audio
+        waves = [audio(i) for i in range(len(self.train_dataset))]
+        embeddings = encoder.embed(waves, 16000)
+        cluster = self.config["cluster"]
+        labels, centroids = kmeans_labels(embeddings, int(cluster["num_clusters"]), seed=int(cluster["seed"]))
+        counts = np.bincount(labels, minlength=int(cluster["num_clusters"]))
+        logger.info("k-means: %d clusters over %d utterances (sizes %d..%d)", len(counts), len(labels),
+                    counts.min(), counts.max())
+        encoder.train()
+        return labels, centroids
+
+    # ------------------------------------------------------------------ DLG-LC bookkeeping
+    def _update_gate(self) -> None:
+        losses = self._gather_losses()
+        gate_start = int(self.config["stage2"]["gate_start_epoch"])
+        if self.epoch < gate_start or len(losses) < 4:
+            return
+        try:
+            self.gate_threshold = gmm_threshold(np.asarray(losses))
+            logger.info("epoch %d: loss gate log-threshold %.4f", self.epoch, self.gate_threshold)
+        except LossGateError as err:  # keep the previous threshold (or none) rather than stop training
+            logger.warning("epoch %d: %s", self.epoch, err)
+
+    def _gather_losses(self) -> list[float]:
+        values = list(self.epoch_losses.values())
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, values)
+            values = [v for part in gathered for v in part]
+        return values
+
+    # ------------------------------------------------------------------ steps
+    def _fbank(self, waves: torch.Tensor, device) -> torch.Tensor:
+        feats, _ = kaldi_fbank(waves.to(device, non_blocking=True), dither=float(self.config["ca_dino"]["dither"]))
+        return feats
+
+    def training_step(self, model, batch) -> dict:
+        unwrapped = getattr(model, "module", model)
+        device = unwrapped.device
+        if self.stage == "dino":
+            return self._dino_step(model, batch, device)
+        return self._stage2_step(model, batch, device)
+
+    def _dino_step(self, model, batch, device) -> dict:
+        cfg = self.config["ca_dino"]
+        g, lo = batch["global"], batch["local"]
+        # crop-major order (crop, batch) as WeSpeaker's executor: chunk(n_crops) yields one view per chunk
+        global_feats = self._fbank(g.transpose(0, 1).reshape(-1, g.shape[-1]), device)
+        local_feats = self._fbank(lo.transpose(0, 1).reshape(-1, lo.shape[-1]), device)
+        student = model([global_feats, local_feats])["head"]
+        with torch.no_grad():
+            self.teacher.train()  # WeSpeaker's teacher runs in train mode (its BN statistics update)
+            teacher = self.teacher(global_feats)["head"]
+        temperature = teacher_temperature(self.epoch, self.total_epochs(), warmup_temp=cfg["warmup_teacher_temp"],
+                                          final_temp=cfg["teacher_temp"],
+                                          warmup_ratio=cfg["warmup_teacher_temp_epochs_ratio"])
+        loss = self.dino_loss(student, teacher, temperature)
+        return {"loss": loss, "teacher_temp": temperature}
+
+    def _stage2_step(self, model, batch, device) -> dict:
+        cfg = self.config["stage2"]
+        augmented = self._fbank(batch["augmented"], device)
+        clean = self._fbank(batch["clean"], device)
+        cosine = model([augmented, clean], head=False)["cosine"]
+        cosine_aug, cosine_clean = cosine.chunk(2)
+        labels = batch["label"].to(device)
+        margin = margin_at(self.epoch + 1, final_margin=float(cfg["margin"]), increase_start=cfg["margin_increase_start"],
+                           fix_start=cfg["margin_fix_start"])
+        loss, per_sample, stats = dlg_lc_loss(
+            cosine_aug, labels, cosine_clean, threshold=self.gate_threshold,
+            correct=self.epoch >= int(cfg["correction_start_epoch"]), margin=margin, scale=float(cfg["scale"]),
+            temperature=float(cfg["sharpen_temperature"]), confidence=float(cfg["confidence"]))
+        for index, value in zip(batch["index"].tolist(), per_sample.tolist()):
+            self.epoch_losses[int(index)] = float(value)
+        return {"loss": loss, "margin": margin, **stats}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model) -> dict:
+        data = self.config["data"]
+        if not data["eval"]:
+            return {}
+        from zoo.speech.ca_dino.evaluate import evaluate as evaluate_verification
+
+        encoder = self.teacher if self.teacher is not None else getattr(model, "module", model)
+        was_training = encoder.training
+        try:
+            metrics = evaluate_verification(encoder, data=str(_resolve(data["eval"])),
+                                            speakers=data["eval_speakers"] or None,
+                                            max_trials=int(data["eval_max_trials"]), det=False)
+        finally:
+            encoder.train(was_training)
+        return {"eer": metrics["eer"], "min_dcf": metrics["min_dcf_p0.01"]}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        state = {"epoch": self.epoch, "gate_threshold": self.gate_threshold,
+                 "epoch_losses": dict(self.epoch_losses)}
+        if self.teacher is not None:
+            state["teacher"] = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
+            state["center"] = self.dino_loss.center.detach().cpu()
+        if self.train_dataset is not None:
+            if isinstance(self.train_dataset, PseudoLabelDataset):
+                state["labels"] = torch.from_numpy(self.train_dataset.labels.copy())
+            elif self.train_dataset.positives is not None:
+                state["cluster_labels"] = torch.from_numpy(self.train_dataset.positives.labels.copy())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.stage == "dino" and self.teacher is None:
+            self._pending_state = state  # restored in on_train_start, once the teacher exists
+            return
+        self._restore(state)
+
+    def _restore(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.gate_threshold = state.get("gate_threshold")
+        self.epoch_losses = dict(state.get("epoch_losses", {}))
+        if "teacher" in state and self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"], strict=True)
+            self.dino_loss.center.copy_(state["center"])
+        if "labels" in state and self.train_dataset is not None:
+            self.train_dataset.labels = state["labels"].numpy().copy()
+            self._clustered = True
+        if "cluster_labels" in state and self.train_dataset is not None:
+            self.train_dataset.positives = ClusterPositives(state["cluster_labels"].numpy())
+            self._clustered = True
