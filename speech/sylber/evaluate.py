@@ -50,9 +50,7 @@ def boundary_scores(predicted: list[np.ndarray], reference: list[np.ndarray], *,
 
     if shift is None:
         shift, _ = metrics.tune_shift(predicted, reference, tolerance=tolerance)
-    scores = dict(metrics.boundary_metrics(predicted, reference, tolerance=tolerance, shift=shift))
-    scores["shift"] = float(shift)
-    return scores
+    return dict(metrics.boundary_scores(predicted, reference, tolerance, float(shift)))
 
 
 def evaluate(model, *, data, output=None, norm_threshold: float | None = None, merge_threshold: float | None = None,
@@ -100,7 +98,6 @@ def evaluate(model, *, data, output=None, norm_threshold: float | None = None, m
         scores = boundary_scores(predicted, reference, tolerance=float(tolerance),
                                  shift=None if tune_shift else float(shift or 0.0))
         report.update({f"boundary_{k}": v for k, v in scores.items()})
-        report["boundary_tolerance"] = float(tolerance)
     if output:
         path = Path(output)
         path.parent.mkdir(parents=True, exist_ok=True)
