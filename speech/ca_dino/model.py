@@ -45,6 +45,17 @@ class CADinoModel(ECAPALayers, ZooModel):
         else:
             self.projection = None
 
+    # ----------------------------------------------------------------- structure changes between stages
+    def drop_projection_head(self) -> None:
+        """Remove the DINO head (Stage II trains the encoder with a classifier instead)."""
+        self.projection_head = None
+        self.config["head"] = {**self.config.get("head", {}), "enabled": False}
+
+    def set_classifier(self, num_classes: int) -> None:
+        """Attach a fresh AAM classifier with ``num_classes`` centres (``projection.weight``)."""
+        self.projection = _CosineClassifier(self.embed_dim, num_classes).to(self.device) if num_classes else None
+        self.config["num_classes"] = int(num_classes)
+
     # ----------------------------------------------------------------- training path
     def forward(self, feats, lengths=None, *, head: bool = True) -> dict:
         """feats [B, T, F] or a list of such tensors (crops of different lengths, e.g. DINO global + local).

@@ -236,17 +236,26 @@ class CADinoTrainer(Trainer):
 
         section = self.config["model"]
         overrides = dict(section.get("overrides") or {})
-        if self.stage == "stage2":
-            overrides.setdefault("num_classes", int(self.config["cluster"]["num_clusters"]))
         if section.get("init"):
+            # structural overrides (head / classifier) are applied after loading, so strict loading holds
+            structural = {k: overrides.pop(k) for k in ("head", "num_classes") if k in overrides}
             model = zoo.load(section["init"], **overrides)
+            if structural.get("head", {}).get("enabled") is False and model.projection_head is not None:
+                model.drop_projection_head()
+            if "num_classes" in structural:
+                model.set_classifier(int(structural["num_classes"]))
         else:
             family = get_family("ca-dino")
             model = family.build(family.make_config(section.get("size") or "tiny", overrides, source="model.overrides"))
+        if self.stage == "stage2":
+            if model.projection_head is not None:
+                model.drop_projection_head()  # unused in Stage II (and unused parameters upset DDP)
+            clusters = int(self.config["cluster"]["num_clusters"])
+            if model.projection is None or model.projection.weight.shape[0] != clusters:
+                model.set_classifier(clusters)
         if self.stage == "dino" and model.projection_head is None:
-            raise ConfigError("DINO training needs the projection head: set model.overrides.head.enabled=true")
-        if self.stage == "stage2" and model.projection is None:
-            raise ConfigError("stage2 needs a classifier: model.overrides.num_classes must equal cluster.num_clusters")
+            raise ConfigError("DINO training needs the projection head: set model.overrides.head.enabled=true "
+                              "or start from a model that has one")
         model.train()
         return model
 
