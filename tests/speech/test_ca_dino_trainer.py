@@ -1,0 +1,160 @@
+"""CA-DINO trainer: DINO steps with falling loss, EMA teacher, clipping/freeze hooks, stage II with DLG-LC."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("zoo.train")
+
+from zoo.speech.ca_dino.trainer import CADinoTrainer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voices")
+    rng = np.random.default_rng(0)
+    rows = []
+    for v, f0 in enumerate([100, 150, 210, 290]):
+        for u in range(4):
+            t = np.arange(int(16000 * (0.9 + 0.5 * rng.random()))) / 16000
+            f = f0 * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
+            phase = 2 * np.pi * np.cumsum(f) / 16000
+            wave = sum(np.sin(k * phase) * (0.6 + 0.4 * np.cos(v * k)) / k for k in range(1, 7))
+            wave = (0.1 * wave / np.abs(wave).max() + 0.003 * rng.normal(size=t.size)).astype(np.float32)
+            sf.write(root / f"v{v}_{u}.wav", wave, 16000)
+            rows.append({"path": f"v{v}_{u}.wav", "speaker": f"voice{v}", "id": f"v{v}_{u}"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(root / "manifest.jsonl")
+
+
+def _config(manifest, stage, steps, **cluster):
+    config = copy.deepcopy(CADinoTrainer.config_defaults)
+    config["data"].update(train=manifest, cache_audio=True, exclude_speakers=["voice3"], eval=manifest,
+                          eval_speakers=["voice2", "voice3"])
+    config["ca_dino"].update(stage=stage, global_frames=80, local_frames=50, local_crops=2)
+    config["cluster"].update(num_clusters=3, **cluster)
+    config["train"] = {"max_steps": steps, "batch_size": 4, "seed": 0}
+    config["optim"] = {"weight_decay": 5e-5}
+    return config
+
+
+def _run(trainer, steps, lr=0.05, seed=0):
+    """The engine's call order, inlined: hooks, step, SGD, EMA."""
+    torch.manual_seed(seed)
+    model = trainer.build_model()
+    dataset, _ = trainer.build_datasets()
+    trainer.on_train_start(model)
+    optimizer = torch.optim.SGD(trainer.param_groups(model), lr=lr, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, drop_last=True,
+                                         collate_fn=trainer.collate, generator=generator)
+    losses, step, epoch = [], 0, 0
+    while step < steps:
+        trainer.on_epoch_start(model, epoch)
+        for batch in loader:
+            out = trainer.training_step(model, batch)
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+            step += 1
+            trainer.on_step_end(model, step)
+            losses.append(out["loss"].item())
+            if step >= steps:
+                break
+        epoch += 1
+    return model, losses
+
+
+def test_dino_loss_falls_on_a_fixed_batch(manifest):
+    config = _config(manifest, "dino", 12)
+    config["ca_dino"].update(freeze_last_layer=0, dither=0.0)
+    trainer = CADinoTrainer(config)
+    torch.manual_seed(0)
+    model = trainer.build_model()
+    trainer.build_datasets()
+    trainer.on_train_start(model)
+    trainer.on_epoch_start(model, 0)
+    batch = trainer.collate([trainer.train_dataset[i] for i in range(4)])
+    optimizer = torch.optim.SGD(trainer.param_groups(model), lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(1, 13):
+        loss = trainer.training_step(model, batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trainer.on_step_end(model, step)
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
+
+
+def test_dino_trains_and_teacher_is_saved(manifest):
+    trainer = CADinoTrainer(_config(manifest, "dino", 8))
+    model, losses = _run(trainer, 8)
+    assert len(trainer.train_dataset) == 12  # voice3 held out; speaker labels are not used otherwise
+    assert np.isfinite(losses).all()
+    # after the last step the model holds the teacher's weights (the result of DINO training)
+    teacher = trainer.teacher.state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in model.state_dict().items())
+    metrics = trainer.evaluate(model)
+    assert 0.0 <= metrics["eer"] <= 100.0
+
+
+def test_first_epoch_last_layer_frozen_and_per_parameter_clipping(manifest):
+    trainer = CADinoTrainer(_config(manifest, "dino", 1))
+    model = trainer.build_model()
+    trainer.build_datasets()
+    trainer.on_train_start(model)
+    trainer.on_epoch_start(model, 0)
+    batch = trainer.collate([trainer.train_dataset[i] for i in range(4)])
+    (trainer.training_step(model, batch)["loss"] * 1e4).backward()  # big gradients: clipping must act
+    assert torch.count_nonzero(model.projection_head.last_layer.weight_v.grad) == 0
+    norms = [p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None and "last_layer" not in n]
+    assert max(norms) <= 3.0 + 1e-4
+    model.zero_grad()
+    trainer.on_epoch_start(model, 1)
+    trainer.training_step(model, batch)["loss"].backward()
+    assert torch.count_nonzero(model.projection_head.last_layer.weight_v.grad) > 0
+
+
+def test_teacher_ema_momentum(manifest):
+    trainer = CADinoTrainer(_config(manifest, "dino", 10))
+    model = trainer.build_model()
+    trainer.build_datasets()
+    trainer.on_train_start(model)
+    before = trainer.teacher.layer1.conv.weight.detach().clone()
+    with torch.no_grad():
+        model.layer1.conv.weight.add_(1.0)
+    trainer.on_step_end(model, 1)  # step 1 -> schedule index 0 -> m = 0.996
+    assert torch.allclose(trainer.teacher.layer1.conv.weight, before + 0.004, atol=1e-6)
+
+
+def test_cluster_aware_positives_and_resume_state(manifest):
+    trainer = CADinoTrainer(_config(manifest, "dino", 2, positives_from="cluster"))
+    model, _ = _run(trainer, 2)
+    labels = trainer.train_dataset.positives.labels
+    assert labels.shape == (12,) and len(set(labels.tolist())) == 3
+    state = trainer.state_dict()
+    fresh = CADinoTrainer(_config(manifest, "dino", 2, positives_from="cluster"))
+    fresh_model = fresh.build_model()
+    fresh.build_datasets()
+    fresh.load_state_dict(state)  # before on_train_start: kept until the teacher exists
+    fresh.on_train_start(fresh_model)
+    assert np.array_equal(fresh.train_dataset.positives.labels, labels)
+    assert torch.equal(fresh.dino_loss.center, trainer.dino_loss.center)
+    assert all(torch.equal(v, state["teacher"][k]) for k, v in fresh.teacher.state_dict().items())
+
+
+def test_stage2_pseudo_labels_and_loss_gate(manifest):
+    config = _config(manifest, "stage2", 18)
+    config["stage2"].update(gate_start_epoch=2, correction_start_epoch=3, margin_increase_start=1,
+                            margin_fix_start=2)
+    trainer = CADinoTrainer(config)
+    model, losses = _run(trainer, 18, lr=0.02)
+    assert model.projection_head is None and model.projection.weight.shape == (3, 192)
+    assert set(trainer.train_dataset.labels.tolist()) <= {0, 1, 2}
+    assert len(trainer.epoch_losses) > 0
+    assert trainer.gate_threshold is None or np.isfinite(trainer.gate_threshold)
+    assert np.isfinite(losses).all()
