@@ -1,0 +1,247 @@
+"""Sylber training: NoiseMixer, crops, targets and loss, the teacher, and `zoo train` with falling loss."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import zoo
+from zoo.errors import ConfigError
+from zoo.speech.sylber.noise import NoiseMixer
+
+
+# ----------------------------------------------------------------------------- NoiseMixer
+
+def test_noise_mixer_identity_when_not_augmenting():
+    wav = torch.randn(4, 100)
+    out = NoiseMixer(augment_prob=0.0)(wav, torch.randn(4, 100), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, wav)
+
+
+def test_noise_mixer_additive_noise_gain():
+    wav, noise = torch.randn(3, 50), torch.randn(3, 50)
+    mixer = NoiseMixer(augment_prob=1.0, utterance_mix_ratio=0.0, magnitude_range=(0.5, 0.5))
+    out = mixer(wav, noise, torch.tensor([50, 50, 20]), generator=torch.Generator().manual_seed(0))
+    expected = wav + 0.5 * noise
+    expected[2, 20:] = wav[2, 20:]  # nothing is added past an utterance's true length
+    torch.testing.assert_close(out, expected)
+    # Without a noise folder, utterances picked for additive noise stay clean.
+    assert torch.equal(mixer(wav, None, generator=torch.Generator().manual_seed(0)), wav)
+
+
+def test_noise_mixer_utterance_mixing_covers_one_side():
+    torch.manual_seed(0)
+    wav = torch.randn(2, 1000)
+    mixer = NoiseMixer(augment_prob=1.0, utterance_mix_ratio=1.0, shift_range=(0.3, 0.3),
+                       magnitude_range=(0.1, 0.7), utterance_magnitude_max_scale=0.1)
+    out = mixer(wav, None, generator=torch.Generator().manual_seed(1))
+    added = out - wav
+    for row in range(2):
+        other = wav[1 - row]  # with two utterances the partner is the other one, or itself
+        ratio_other = (added[row] / other)[added[row] != 0]
+        ratio_self = (added[row] / wav[row])[added[row] != 0]
+        assert torch.allclose(ratio_other, torch.full_like(ratio_other, 0.1), atol=1e-4) or \
+            torch.allclose(ratio_self, torch.full_like(ratio_self, 0.1), atol=1e-4)
+        covered = (added[row] != 0).float()
+        # 30% cut from one end: the interferer covers the other 70% (one contiguous side).
+        assert abs(covered.mean().item() - 0.7) < 0.01
+        assert covered[0].item() != covered[-1].item()
+
+
+def test_noise_mixer_rates():
+    torch.manual_seed(0)
+    wav = torch.ones(20000, 8)
+    mixer = NoiseMixer()
+    out = mixer(wav, torch.ones(20000, 8), generator=torch.Generator().manual_seed(2))
+    augmented = (out != wav).any(-1).float().mean().item()
+    assert abs(augmented - 0.2) < 0.02
+
+
+# ----------------------------------------------------------------------------- data
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """Three utterances with stage-1 segment files, and a noise folder."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for index, seconds in enumerate([1.0, 2.3, 0.6]):
+        path = tmp_path / f"utt{index}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+        frames = int(seconds * 50)
+        segments = np.array([[2, frames // 3], [frames // 3, frames - 3]], dtype=np.int64)
+        np.save(tmp_path / f"utt{index}.npy", segments)
+        rows.append({"path": path.name, "segments": f"utt{index}.npy"})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "n.wav", rng.standard_normal(4000).astype(np.float32), 16000)
+    return tmp_path
+
+
+def test_crops_are_frame_aligned_and_padded(corpus):
+    from zoo.data import read_manifest
+    from zoo.speech.sylber.trainer import SylberCropDataset, collate_crops
+
+    rows = read_manifest(corpus / "train.jsonl")
+    data = SylberCropDataset(rows, corpus, max_len=32000, segments_field="segments", noise_dir=str(corpus / "noise"))
+    torch.manual_seed(0)
+    short = data[0]  # 1.0 s = 50 frames, shorter than the 100-frame crop: kept whole
+    assert short["wav"].shape == (50 * 320 + 320,)
+    assert short["wav"][:160].abs().sum() == 0 and short["wav"][-160:].abs().sum() == 0
+    np.testing.assert_array_equal(short["segments"], [[2, 16], [16, 47]])
+    long = data[1]  # 2.3 s = 115 frames -> a random 100-frame crop
+    assert long["wav"].shape == (32000 + 320,)
+    assert long["noise"].shape == long["wav"].shape and (long["noise"] != 0).sum() == 4000
+    assert long["segments"].min() >= 0 and long["segments"].max() <= 100
+    batch = collate_crops([short, long])
+    assert batch["input_values"].shape == (2, 32320) and batch["lengths"].tolist() == [16320, 32320]
+    assert abs(batch["input_values"][0, :16320].mean().item()) < 1e-5
+    assert abs(batch["input_values"][0, :16320].std(unbiased=False).item() - 1) < 1e-3
+    assert batch["input_values"][0, 16320:].abs().sum() == 0
+    # The crop makes exactly as many HuBERT frames as the crop has 320-sample frames.
+    from zoo.speech.sylber.model import num_frames
+
+    assert num_frames(16320) == 50 and num_frames(32320) == 100
+
+
+def test_stage1_requires_the_segments_field(corpus):
+    from zoo.speech.sylber.trainer import SylberCropDataset
+
+    with pytest.raises(ConfigError, match="segments"):
+        SylberCropDataset([{"path": str(corpus / "utt0.wav")}], corpus, segments_field="segments")
+
+
+def test_targets_and_loss_by_hand():
+    from zoo.speech.sylber.trainer import SylberTrainer
+
+    teacher = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [9.0, 9.0]],
+                            [[2.0, 2.0], [4.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    segments = [np.array([[0, 2], [2, 3]]), np.array([[0, 2]])]
+    targets = SylberTrainer._targets(teacher, segments)
+    expected = torch.tensor([[[2.0, 1.0], [2.0, 1.0], [5.0, 4.0], [0.0, 0.0]],
+                             [[3.0, 1.0], [3.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
+    assert torch.equal(targets, expected)
+    student = torch.zeros_like(teacher)
+    # speech.md §1.4: sum over features, mean over all B x L frames, padding included.
+    loss = (student - targets).pow(2).sum(-1).mean()
+    assert loss.item() == pytest.approx((5 + 5 + 41 + 0 + 10 + 10 + 0 + 0) / 8)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def _trainer(corpus, **sections):
+    import copy
+
+    from zoo.speech.sylber.trainer import SylberTrainer
+
+    config = copy.deepcopy(SylberTrainer.config_defaults)
+    config["train"] = {"seed": 0, "max_steps": 10}
+    config["data"].update(train=str(corpus / "train.jsonl"), max_len=16000, cache_audio=True)
+    for name, values in sections.items():
+        config[name].update(values)
+    return SylberTrainer(config)
+
+
+def _run_steps(trainer, steps: int, batch_size: int = 3):
+    torch.manual_seed(0)
+    model = trainer.build_model()
+    data, _ = trainer.build_datasets()
+    trainer.on_train_start(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), eps=1e-4, weight_decay=0.1)
+    batch = trainer.collate([data[i] for i in range(batch_size)])  # one fixed batch: the loss must fall
+    losses, outputs = [], []
+    for step in range(1, steps + 1):
+        out = trainer.training_step(model, batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+        trainer.on_step_end(model, step)
+        losses.append(out["loss"].item())
+        outputs.append(out)
+    return model, losses, outputs
+
+
+def test_stage1_from_segment_files_loss_falls(corpus):
+    trainer = _trainer(corpus, sylber={"stage": 1}, noise={"enabled": False})
+    model, losses, _ = _run_steps(trainer, 12)
+    assert losses[-1] < 0.7 * losses[0], losses
+    # ema_decay 1.0 (as released): the teacher never moves.
+    torch.manual_seed(0)
+    fresh = trainer.build_model()
+    for (name, ema), init in zip(trainer.teacher.state_dict().items(), fresh.hubert.state_dict().values()):
+        assert torch.equal(ema, init), name
+
+
+def test_stage2_online_segmentation_and_thresholder(corpus):
+    trainer = _trainer(corpus, data={"noise_dir": str(corpus / "noise")})
+    before = {k: v.clone() for k, v in trainer.thresholder.state_dict().items()}
+    model, losses, outputs = _run_steps(trainer, 12)
+    assert losses[-1] < losses[0], losses
+    merges = [o["merge_threshold"] for o in outputs]
+    assert all(0.8 <= m <= 0.9 for m in merges) and len(set(merges)) > 1
+    after = trainer.thresholder.state_dict()
+    assert not torch.equal(after["signal_mean"], before["signal_mean"])
+    # Resume: the trainer's own state (teacher, thresholder, generator) round-trips.
+    state = trainer.state_dict()
+    other = _trainer(corpus, data={"noise_dir": str(corpus / "noise")})
+    other.on_train_start(other.build_model())
+    other.load_state_dict(state)
+    assert torch.equal(torch.rand(3, generator=other.generator), torch.rand(3, generator=trainer.generator))
+    for key, value in trainer.teacher.state_dict().items():
+        assert torch.equal(other.teacher.state_dict()[key], value)
+
+
+def test_ema_teacher_moves_when_decay_below_one(corpus):
+    trainer = _trainer(corpus, sylber={"stage": 1, "ema_decay": 0.5}, noise={"enabled": False})
+    model, _, _ = _run_steps(trainer, 2)
+    moved = [not torch.equal(a, b) for a, b in zip(trainer.teacher.parameters(), model.hubert.parameters())]
+    assert any(moved)
+
+
+def test_energy_bootstrap_segments_by_hand():
+    from zoo.speech.sylber.trainer import energy_syllables
+
+    # Two 200 ms tones separated by 100 ms of silence, inside a padded crop.
+    t = torch.arange(3200) / 16000
+    tone = torch.sin(2 * torch.pi * 200 * t)
+    wave = torch.cat([torch.zeros(160 + 1600), tone, torch.zeros(1600), tone, torch.zeros(1600 + 160)])
+    segments = energy_syllables(wave, smooth_frames=1)
+    assert segments.shape == (2, 2)
+    # tone 1 covers samples [1760, 4960) of the padded crop -> frames 4..14 overlap it.
+    assert abs(segments[0, 0] - 5) <= 1 and abs(segments[0, 1] - 15) <= 1
+    assert abs(segments[1, 0] - 20) <= 1 and abs(segments[1, 1] - 30) <= 1
+
+
+def test_config_errors(corpus):
+    with pytest.raises(ConfigError):
+        _trainer(corpus, sylber={"stage": 3})
+    with pytest.raises(ConfigError):
+        _trainer(corpus, sylber={"merge_threshold_range": [0.9, 0.8]})
+    trainer = _trainer(corpus)
+    trainer.config["data"]["train"] = None
+    with pytest.raises(ConfigError, match="data.train"):
+        trainer.build_datasets()
+
+
+def test_demo_recipe_runs_through_the_engine(tmp_path):
+    """`zoo train sylber --config demo.yaml` on the bundled corpus, shortened; the codebook is fitted and saved."""
+    from importlib import resources
+
+    from safetensors.torch import load_file
+
+    from zoo.train import load_recipe, run
+
+    recipe = resources.files("zoo.speech.sylber") / "recipes" / "demo.yaml"
+    config = load_recipe(str(recipe), [
+        "train.max_steps=6", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=1000",
+        "train.eval_every=1000", f"train.output_dir={tmp_path / 'run'}", "data.max_len=16000",
+        "data.eval=null", "tokenizer.num_tokens=4", "tokenizer.max_items=8",
+    ])
+    final = run(config)
+    weights = load_file(str(final / "model.safetensors"))
+    assert weights["codebook"].shape == (4, 64)
+    model = zoo.load(str(final))
+    assert model.num_tokens == 4 and model.config["num_tokens"] == 4
