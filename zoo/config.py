@@ -1,0 +1,242 @@
+"""Recipe configs: YAML files, ``a.b.c=value`` overrides, validation against defaults (DESIGN.md "Training engine").
+
+A recipe is a nested dict. Its shape is given by a *defaults* dict (the engine's sections plus
+the trainer's ``config_defaults``): every key of a recipe must exist in the defaults, and its value
+must have the default's type. Two escape hatches:
+
+* a default of ``{}`` marks an open section (free-form keys, e.g. ``model.overrides``);
+* a default of ``None`` accepts any type (unless a ``types`` entry names the allowed ones).
+
+``None`` is accepted for every key (it means "unset"); the code that reads a key decides whether
+it may be unset. Numbers written as strings that YAML 1.1 does not parse (``1e-3``) are converted.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoo.errors import ConfigError
+
+__all__ = ["load_yaml", "parse_overrides", "apply_overrides", "merge", "validate", "check_paths", "get_dotted",
+           "build_config", "type_name"]
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping (an empty file is ``{}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Recipe file {path} does not exist; pass an existing YAML file to --config.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Recipe file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe file {path} must hold a mapping of sections, not a {type(data).__name__}.")
+    return data
+
+
+def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML (``null``, lists, numbers)."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} must look like key=value (e.g. optim.lr=3e-4).")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({err}).") from err
+    return out
+
+
+def merge(base: Mapping, update: Mapping) -> dict:
+    """Deep copy of ``base`` with ``update`` merged in (sections merge, other values replace)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_open(default: Any) -> bool:
+    return isinstance(default, dict) and not default
+
+
+def _lookup_default(defaults: Mapping, parts: list[str]) -> tuple[bool, Any]:
+    """(known, default) for a dotted key; keys below an open section are known with default None."""
+    node: Any = defaults
+    for part in parts:
+        if _is_open(node):
+            return True, None
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def get_dotted(config: Mapping, dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def apply_overrides(config: dict, overrides: Mapping[str, Any], *, defaults: Mapping | None = None,
+                    source: str = "command line") -> dict:
+    """Set each dotted key in ``config`` (in place; returns it). With ``defaults``, unknown keys raise."""
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if defaults is not None:
+            known, _ = _lookup_default(defaults, parts)
+            if not known:
+                raise ConfigError(_unknown_key_message(dotted, defaults, source))
+        node = config
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"Override {dotted}={value!r} ({source}): {'.'.join(parts[:depth + 1])} is a "
+                                  f"value, not a section.")
+            node = child
+        node[parts[-1]] = value
+    return config
+
+
+def _unknown_key_message(dotted: str, defaults: Mapping, source: str) -> str:
+    parts = dotted.split(".")
+    node: Any = defaults
+    for depth, part in enumerate(parts):
+        if not isinstance(node, Mapping) or part not in node:
+            where = ".".join(parts[:depth]) or "the top level"
+            valid = ", ".join(sorted(node)) if isinstance(node, Mapping) else "(none: it is a value)"
+            return (f"Unknown config key {dotted!r} in {source}: {where} has keys {valid}. "
+                    "Fix the spelling or remove it.")
+        node = node[part]
+    return f"Unknown config key {dotted!r} in {source}."
+
+
+def type_name(types: tuple[type, ...]) -> str:
+    names = {bool: "bool", int: "int", float: "float (a number)", str: "str", list: "list", dict: "mapping"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _allowed_types(default: Any) -> tuple[type, ...] | None:
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (float, int)
+    if isinstance(default, str):
+        return (str,)
+    if isinstance(default, (list, tuple)):
+        return (list, tuple)
+    if isinstance(default, dict):
+        return (dict,)
+    return (type(default),)
+
+
+def _coerce(value: Any, types: tuple[type, ...]) -> tuple[bool, Any]:
+    """(ok, value): is ``value`` of ``types`` (after the few safe conversions)?"""
+    if value is None:
+        return True, None
+    if isinstance(value, bool):
+        return bool in types, value
+    if isinstance(value, int) and (int in types or float in types):
+        return True, value if int in types else float(value)
+    if isinstance(value, float):
+        if float in types:
+            return True, value
+        if int in types and value.is_integer():
+            return True, int(value)
+        return False, value
+    if isinstance(value, str) and str not in types and (int in types or float in types):
+        try:
+            number = float(value)  # "1e-3": YAML 1.1 reads it as a string
+        except ValueError:
+            return False, value
+        if float in types:
+            return True, number
+        if number.is_integer():
+            return True, int(number)
+        return False, value
+    if isinstance(value, tuple) and list in types:
+        return True, list(value)
+    return isinstance(value, types), value
+
+
+def validate(config: dict, defaults: Mapping, *, source: str = "recipe",
+             types: Mapping[str, tuple[type, ...]] | None = None,
+             sources: Mapping[str, str] | None = None, _prefix: str = "") -> dict:
+    """Check every key of ``config`` against ``defaults`` (in place; converts numbers; returns ``config``).
+
+    ``types`` maps dotted keys to allowed types where the default alone cannot say (``None`` defaults);
+    ``sources`` maps dotted keys to where they were set (for messages), falling back to ``source``.
+    """
+    types = types or {}
+    sources = sources or {}
+    for key in list(config):
+        dotted = f"{_prefix}{key}"
+        where = sources.get(dotted, source)
+        if _is_open(defaults):
+            return config
+        if not isinstance(defaults, Mapping) or key not in defaults:
+            section = _prefix[:-1] or "the top level"
+            raise ConfigError(f"Unknown config key {dotted!r} in {where}: {section} has keys "
+                              f"{', '.join(sorted(defaults))}. Fix the spelling or remove it.")
+        default = defaults[key]
+        value = config[key]
+        allowed = types.get(dotted) or _allowed_types(default)
+        if allowed is None or value is None:
+            continue
+        ok, converted = _coerce(value, allowed)
+        if not ok:
+            raise ConfigError(f"Config key {dotted!r} in {where} must be {type_name(allowed)}, "
+                              f"got {type(value).__name__} {value!r}.")
+        config[key] = converted
+        if isinstance(default, dict) and default and isinstance(converted, dict):
+            validate(converted, default, source=source, types=types, sources=sources, _prefix=f"{dotted}.")
+    return config
+
+
+def check_paths(config: Mapping, path_keys: Iterable[str], *, source: str = "recipe") -> None:
+    """Every dotted key in ``path_keys`` that is set must name an existing file or folder."""
+    for dotted in path_keys:
+        value = get_dotted(config, dotted)
+        if value in (None, ""):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if not Path(str(item)).expanduser().exists():
+                raise ConfigError(f"{dotted}: {item!r} does not exist ({source}). Point {dotted} at an existing "
+                                  f"file or folder (override on the command line: {dotted}=PATH).")
+
+
+def build_config(defaults: Mapping, recipe: Mapping | None = None, overrides: Any = None, *,
+                 source: str = "recipe", types: Mapping[str, tuple[type, ...]] | None = None) -> dict:
+    """defaults <- recipe (checked, naming ``source``) <- overrides (checked, naming the command line)."""
+    recipe = copy.deepcopy(dict(recipe or {}))
+    validate(recipe, defaults, source=source, types=types)
+    config = merge(defaults, recipe)
+    parsed = parse_overrides(overrides)
+    apply_overrides(config, parsed, defaults=defaults, source="command-line overrides")
+    sources = {key: f"command-line override {key}={value!r}" for key, value in parsed.items()}
+    return validate(config, defaults, source=source, types=types, sources=sources)

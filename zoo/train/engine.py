@@ -1,0 +1,457 @@
+"""The training engine: one loop for every family (DESIGN.md "Training engine").
+
+``run(config)`` seeds everything, builds the trainer's model and data, trains with gradient
+accumulation, clipping, bf16 autocast on CUDA, logs (JSONL, TensorBoard, tqdm), evaluates,
+checkpoints atomically and resumes exactly (model, optimizer, scheduler, trainer state, RNG
+states and data position), under torchrun with DDP or FSDP, and saves the final model in zoo
+format to ``output_dir/final``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from zoo.config import check_paths
+from zoo.errors import ConfigError, OutputExistsError, ZooError
+from zoo.train import distributed as D
+from zoo.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from zoo.train.logs import LOG_FILE, TENSORBOARD_DIR, RunLogger, truncate_log
+from zoo.train.recipe import complete_config
+from zoo.train.sampler import ResumableBatchSampler
+from zoo.train.schedule import build_optimizer, build_scheduler
+
+logger = logging.getLogger("zoo.train")
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
+ENGINE_OUTPUTS = ("checkpoints", FINAL_DIR, TENSORBOARD_DIR, LOG_FILE, RUN_FILE, CONFIG_FILE)
+# keys that may differ between a finished run and a request to resume it
+_RUN_ONLY_KEYS = ("resume", "overwrite", "progress", "device", "num_workers")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(choice: str, info: D.DistInfo) -> torch.device:
+    choice = str(choice or "auto").lower()
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={choice} but no CUDA GPU is visible; use train.device=cpu or auto.")
+        if choice == "cuda":
+            return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return torch.device(choice)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    precision = str(precision or "auto").lower()
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        if precision == "bf16":
+            raise ConfigError("train.precision=bf16 needs a CUDA device (bf16 autocast is CUDA-only here); "
+                              "use train.precision=auto or fp32 on CPU.")
+        return None
+    if not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise ConfigError("This GPU does not support bf16; use train.precision=fp32.")
+        return None
+    return torch.bfloat16
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _scalar(value):
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().item()) if value.numel() == 1 else None
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return float(value)
+    return None
+
+
+def _comparable(config: dict) -> dict:
+    out = json.loads(json.dumps(config, default=str))
+    for key in _RUN_ONLY_KEYS:
+        out.get("train", {}).pop(key, None)
+    return out
+
+
+# ---------------------------------------------------------------------------- output folder
+
+def _prepare_output(output_dir: Path, config: dict) -> dict:
+    """Decide fresh / resume / done for this output folder (rank 0). Returns a plan dict."""
+    train = config["train"]
+    resume, overwrite = train["resume"], bool(train["overwrite"])
+    if isinstance(resume, str) and resume.lower() in ("true", "false", "auto"):
+        resume = {"true": True, "false": False, "auto": "auto"}[resume.lower()]
+    if isinstance(resume, str) and resume != "auto":
+        path = Path(resume).expanduser()
+        if not path.exists():
+            raise ConfigError(f"train.resume={resume!r} does not exist; point it at a checkpoints/step-* folder.")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return {"action": "resume", "checkpoint": str(path)}
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputExistsError(f"train.output_dir={output_dir} is a file; choose a folder.")
+    if overwrite and output_dir.is_dir():
+        for name in ENGINE_OUTPUTS:
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return {"action": "fresh"}
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        if resume is True:
+            raise ConfigError(f"--resume: {output_dir} holds no checkpoint to resume from.")
+        return {"action": "fresh"}
+    run_file = output_dir / RUN_FILE
+    if not run_file.is_file():
+        raise OutputExistsError(f"{output_dir} is not empty and holds no zoo training run; choose another "
+                                "train.output_dir or pass --overwrite (train.overwrite=true).")
+    previous = json.loads(run_file.read_text(encoding="utf-8"))
+    same = _comparable(previous.get("config", {})) == _comparable(config)
+    if previous.get("status") == "finished" and (output_dir / FINAL_DIR).is_dir():
+        if not same:
+            raise OutputExistsError(f"{output_dir} holds a different finished run; choose another train.output_dir, "
+                                    "or pass --overwrite (train.overwrite=true) to replace it.")
+        if resume is False:
+            raise OutputExistsError(f"{output_dir} holds this finished run already; pass --overwrite to train again.")
+        return {"action": "done"}
+    checkpoint = latest_checkpoint(output_dir)
+    if resume is False:
+        raise OutputExistsError(f"{output_dir} holds an unfinished run; resume it (train.resume=auto, --resume), "
+                                "or pass --overwrite to start again.")
+    if checkpoint is None:
+        if resume is True:
+            raise ConfigError(f"--resume: {output_dir} holds no checkpoint yet; start again with --overwrite.")
+        return {"action": "fresh"}
+    if not same:
+        logger.warning("resuming %s with a config that differs from the one it started with", output_dir)
+    return {"action": "resume", "checkpoint": str(checkpoint)}
+
+
+def _write_run_file(output_dir: Path, config: dict, status: str, step: int) -> None:
+    record = {"status": status, "step": step, "final": FINAL_DIR, "config": json.loads(json.dumps(config, default=str))}
+    tmp = output_dir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(output_dir / RUN_FILE)
+
+
+# ---------------------------------------------------------------------------- data stream
+
+class _BatchStream:
+    """Batches across epochs from the resumable sampler, calling the epoch hooks; knows its position."""
+
+    def __init__(self, dataset, sampler: ResumableBatchSampler, trainer, model, *, num_workers: int, seed: int,
+                 pin_memory: bool, epoch: int, batches_done: int):
+        self.dataset, self.sampler, self.trainer, self.model = dataset, sampler, trainer, model
+        self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
+        self.epoch, self.batches_done = epoch, batches_done
+        self._iterator = None
+        self._resumed_mid_epoch = batches_done > 0
+
+    def _start_epoch(self) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        if not self._resumed_mid_epoch:  # the hook ran before the checkpoint; its effects are in trainer state
+            self.trainer.on_epoch_start(self.model, self.epoch)
+        self._resumed_mid_epoch = False
+        self.sampler.set_position(self.epoch, self.batches_done)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=self.trainer.collate, num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # a private generator: worker seeds per epoch, and the global torch RNG is left alone
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        self._iterator = iter(loader)
+
+    def next(self):
+        if self.batches_done >= self.sampler.batches_per_epoch:
+            self.epoch += 1
+            self.batches_done = 0
+            self._iterator = None
+        if self._iterator is None:
+            self._start_epoch()
+        batch = next(self._iterator)
+        self.batches_done += 1
+        return batch
+
+
+# ---------------------------------------------------------------------------- run
+
+def run(config: dict, trainer_cls=None) -> Path:
+    """Train as the recipe says; returns ``output_dir/final`` (a zoo-format folder).
+
+    Under torchrun (RANK / WORLD_SIZE set) every process calls ``run``; rank 0 writes.
+    """
+    config, trainer_cls = complete_config(config, trainer_cls)
+    train = config["train"]
+    use_cuda = str(train["device"]).startswith("cuda") or (train["device"] == "auto" and torch.cuda.is_available())
+    info = D.init_distributed(use_cuda)
+    try:
+        return _run(config, trainer_cls, info)
+    finally:
+        D.cleanup(info)
+
+
+def _check_train_section(train: dict) -> None:
+    for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
+        if train[key] is None or int(train[key]) < 1:
+            raise ConfigError(f"train.{key} must be a positive integer, got {train[key]!r}")
+    for key in ("ckpt_every", "eval_every", "keep_last", "num_workers"):
+        if train[key] is not None and int(train[key]) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {train[key]!r}")
+
+
+def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
+    train = config["train"]
+    _check_train_section(train)
+    device = pick_device(train["device"], info)
+    amp_dtype = autocast_dtype(train["precision"], device)
+    output_dir = Path(str(train["output_dir"])).expanduser()
+    final_dir = output_dir / FINAL_DIR
+
+    plan: dict | str | None = None
+    failure: ZooError | None = None
+    if info.is_main:
+        try:
+            check_paths(config, getattr(trainer_cls, "path_keys", ()) or ())
+            plan = _prepare_output(output_dir, config)
+        except ZooError as err:
+            failure, plan = err, f"{type(err).__name__}\0{err}"
+    plan = D.broadcast_object(plan, info)
+    if isinstance(plan, str):  # every rank raises rank 0's error (no rank is left waiting)
+        if failure is not None:
+            raise failure
+        import zoo.errors as errors
+
+        name, _, message = plan.partition("\0")
+        try:
+            raise getattr(errors, name, ZooError)(message)
+        except TypeError:
+            raise ZooError(message) from None
+    if plan["action"] == "done":
+        logger.info("%s already holds this finished run; nothing to do", output_dir)
+        return final_dir
+
+    max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
+    seed = int(train["seed"] or 0)
+    seed_everything(seed)
+    trainer = trainer_cls(config)
+    trainer.device, trainer.rank, trainer.world_size, trainer.output_dir = device, info.rank, info.world_size, output_dir
+    model = trainer.build_model()
+    model.to(device)
+    train_set, _eval_set = trainer.build_datasets()
+    if train_set is None:
+        raise ConfigError(f"{trainer_cls.__name__}.build_datasets returned no training dataset.")
+
+    state = None
+    if plan["action"] == "resume":
+        state = load_checkpoint(plan["checkpoint"])
+        if train["distributed"] != "fsdp" or not info.enabled:
+            from zoo.hub import load_state_dict_strict
+
+            load_state_dict_strict(model, state["model"], plan["checkpoint"])
+        logger.info("resuming from %s (step %d)", plan["checkpoint"], state["step"])
+    trainer.on_train_start(model)
+    if state is not None:
+        trainer.load_state_dict(state.get("trainer") or {})
+
+    wrapped = D.wrap_model(model, info, device, train["distributed"], bool(train["find_unused_parameters"]))
+    optimizer = build_optimizer(trainer.param_groups(model), config["optim"])
+    scheduler = build_scheduler(optimizer, config["schedule"], max_steps)
+    sampler = ResumableBatchSampler(len(train_set), int(train["batch_size"]), seed=seed,
+                                    shuffle=bool(train["shuffle"]), drop_last=bool(train["drop_last"]),
+                                    rank=info.rank, world_size=info.world_size)
+    step, epoch, batches_done = 0, 0, 0
+    if state is not None:
+        if train["distributed"] == "fsdp" and info.enabled:
+            _fsdp_load(wrapped, optimizer, state)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batches_done = int(state["step"]), int(state["epoch"]), int(state["batches_done"])
+        rngs = state["rng"]
+        set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+        del state
+    else:
+        seed_everything(seed + info.rank)  # ranks draw different augmentations; weights came from one seed
+
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if plan["action"] == "resume":
+            truncate_log(output_dir / LOG_FILE, step)
+        else:
+            (output_dir / LOG_FILE).unlink(missing_ok=True)
+        (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        _write_run_file(output_dir, config, "running", step)
+    from zoo.nn import attention_backend
+
+    logger.info("training %s on %s (%d process%s), attention backend %s, precision %s", trainer_cls.__name__,
+                device, info.world_size, "es" if info.world_size > 1 else "", attention_backend(device),
+                "bf16 autocast" if amp_dtype else "fp32")
+    run_log = RunLogger(output_dir, enabled=info.is_main, tensorboard=bool(train["tensorboard"]),
+                        progress=_progress_flag(train["progress"]), total_steps=max_steps, start_step=step)
+    stream = _BatchStream(train_set, sampler, trainer, model, num_workers=int(train["num_workers"]), seed=seed,
+                          pin_memory=device.type == "cuda", epoch=epoch, batches_done=batches_done)
+    try:
+        _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
+              step, output_dir)
+    finally:
+        run_log.close()
+
+    D.barrier(info)
+    if train["distributed"] == "fsdp" and info.enabled:
+        _fsdp_save_final(trainer, wrapped, final_dir, info)
+    elif info.is_main:
+        model.save_pretrained(final_dir, overwrite=True)
+    if info.is_main:
+        _write_run_file(output_dir, config, "finished", max_steps)
+    D.barrier(info)
+    return final_dir
+
+
+def _progress_flag(value):
+    if isinstance(value, bool):
+        return value
+    return {"true": True, "false": False}.get(str(value).lower(), "auto")
+
+
+def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
+          step, output_dir):
+    train = config["train"]
+    max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
+    log_every, eval_every, ckpt_every = int(train["log_every"]), int(train["eval_every"] or 0), int(train["ckpt_every"] or 0)
+    clip = train["clip_grad_norm"]
+    batch_size = int(train["batch_size"])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    model.train()
+    while step < max_steps:
+        step_sums: dict[str, float] = {}
+        for micro in range(accum):
+            batch = to_device(stream.next(), device)
+            sync = contextlib.nullcontext()
+            if micro < accum - 1 and hasattr(wrapped, "no_sync"):
+                sync = wrapped.no_sync()  # DDP: all-reduce once per optimizer step
+            autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    out = trainer.training_step(wrapped, batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss.detach()).all():
+                    raise ZooError(f"The loss is {loss.item()} at step {step + 1}; lower optim.lr, set "
+                                   "train.clip_grad_norm, or check the data. Resume from the last checkpoint.")
+                (loss / accum).backward()
+            for key, value in out.items():
+                number = _scalar(value)
+                if number is not None:
+                    step_sums[key] = step_sums.get(key, 0.0) + number / accum
+        if clip is not None and float(clip) > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip))
+            step_sums["grad_norm"] = float(grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        trainer.on_step_end(model, step)
+        for key, value in step_sums.items():
+            window[key] = window.get(key, 0.0) + value
+        window_steps += 1
+        run_log.step(step_sums.get("loss"))
+
+        if step % log_every == 0 or step == max_steps:
+            keys = sorted(window)
+            means = D.mean_across_ranks([window[k] / window_steps for k in keys], info, device)
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            record = {"step": step, "epoch": stream.epoch, "lr": lr, **dict(zip(keys, means)),
+                      "samples_per_s": window_steps * accum * batch_size * info.world_size / elapsed,
+                      "time": time.time()}
+            run_log.log(record)
+            window, window_steps, window_start = {}, 0, time.perf_counter()
+
+        if eval_every and step % eval_every == 0:
+            model.eval()
+            with torch.no_grad():
+                metrics = trainer.evaluate(model) or {}
+            model.train()
+            numbers = {k: _scalar(v) for k, v in metrics.items() if _scalar(v) is not None}
+            if numbers:
+                logger.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+                run_log.log({"step": step, "eval": numbers})
+
+        if ckpt_every and step % ckpt_every == 0 and step < max_steps:
+            _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir)
+
+
+def _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir):
+    rngs = D.gather_objects(rng_state(), info)
+    fsdp = config["train"]["distributed"] == "fsdp" and info.enabled
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model_state, optim_state = get_state_dict(
+            wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if info.is_main:
+        payload = {
+            "step": step, "epoch": stream.epoch, "batches_done": stream.batches_done,
+            "model": model_state if fsdp else model.state_dict(),
+            "optimizer": optim_state if fsdp else optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "trainer": trainer.state_dict(),
+            "rng": rngs, "world_size": info.world_size,
+        }
+        path = save_checkpoint(output_dir, step, payload, keep_last=int(config["train"]["keep_last"] or 0),
+                               meta={"epoch": stream.epoch, "batches_done": stream.batches_done,
+                                     "world_size": info.world_size})
+        _write_run_file(output_dir, config, "running", step)
+        logger.info("saved checkpoint %s", path)
+    D.barrier(info)
+
+
+def _fsdp_load(wrapped, optimizer, state) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(wrapped, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def _fsdp_save_final(trainer, wrapped, final_dir: Path, info: D.DistInfo) -> None:
+    """Gather the full weights to rank 0 and save them through a fresh, unsharded copy of the model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if info.is_main:
+        from zoo.hub import load_state_dict_strict
+
+        plain = trainer.build_model().to("cpu")
+        load_state_dict_strict(plain, full, "the FSDP-trained model")
+        plain.save_pretrained(final_dir, overwrite=True)

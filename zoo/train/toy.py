@@ -1,0 +1,115 @@
+"""A tiny regression trainer for the engine's own tests (no family needed).
+
+``ToyRegressor`` is an MLP with dropout on a synthetic linear problem; the dataset adds random
+input noise in ``__getitem__`` from the global torch RNG and the trainer keeps its own generator,
+so exact resume is only bit-identical when RNG states, data position and trainer state are all
+restored. Recipe: ``trainer: zoo.train.toy:ToyTrainer``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from zoo.model import ZooModel
+from zoo.registry import Family, register_family
+from zoo.train.trainer import Trainer
+
+
+class ToyRegressor(ZooModel):
+    family = "toy-regression"
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(config["in_dim"], config["hidden"]), torch.nn.Tanh(),
+            torch.nn.Dropout(config["dropout"]), torch.nn.Linear(config["hidden"], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: float = 0.0):
+        self.x, self.y, self.augment = x, y, augment
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict:
+        x = self.x[index]
+        if self.augment:
+            x = x + self.augment * torch.randn(x.shape)  # global RNG: restored by exact resume
+        return {"x": x, "y": self.y[index], "index": index}
+
+
+def synthetic(n: int, in_dim: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.linspace(-1.0, 1.0, in_dim)
+    x = torch.randn(n, in_dim, generator=generator)
+    return x, x @ weight + noise * torch.randn(n, generator=generator)
+
+
+class ToyTrainer(Trainer):
+    config_defaults = {
+        "model": {"in_dim": 4, "hidden": 16, "dropout": 0.1},
+        "data": {"file": None, "train_size": 64, "eval_size": 16, "noise": 0.01, "augment": 0.05, "seed": 1234},
+        "toy": {"jitter": 0.0},  # scale of trainer-RNG noise on the loss (exercises trainer state_dict)
+    }
+    path_keys = ("data.file",)
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.generator = torch.Generator().manual_seed(int(config["train"]["seed"] or 0) + 17)
+        self.steps_seen = 0
+        self.epochs_started: list[int] = []
+
+    def build_model(self) -> ToyRegressor:
+        return ToyRegressor(dict(self.config["model"]))
+
+    def build_datasets(self):
+        data, in_dim = self.config["data"], self.config["model"]["in_dim"]
+        if data["file"]:
+            rows = [json.loads(line) for line in Path(data["file"]).read_text().splitlines() if line.strip()]
+            x = torch.tensor([row["x"] for row in rows], dtype=torch.float32)
+            y = torch.tensor([row["y"] for row in rows], dtype=torch.float32)
+        else:
+            x, y = synthetic(data["train_size"], in_dim, data["noise"], data["seed"])
+        ex, ey = synthetic(data["eval_size"], in_dim, data["noise"], data["seed"] + 1)
+        self.eval_set = ToyDataset(ex, ey)
+        return ToyDataset(x, y, augment=float(data["augment"])), self.eval_set
+
+    def training_step(self, model, batch) -> dict:
+        prediction = model(batch["x"])
+        loss = torch.nn.functional.mse_loss(prediction, batch["y"])
+        jitter = float(self.config["toy"]["jitter"])
+        if jitter:
+            loss = loss * (1 + jitter * torch.rand((), generator=self.generator))
+        return {"loss": loss, "mae": (prediction - batch["y"]).abs().mean().detach()}
+
+    def on_epoch_start(self, model, epoch: int) -> None:
+        self.epochs_started.append(epoch)
+
+    def on_step_end(self, model, step: int) -> None:
+        self.steps_seen += 1
+
+    def evaluate(self, model) -> dict:
+        prediction = model(self.eval_set.x.to(model.device))
+        return {"mse": torch.nn.functional.mse_loss(prediction, self.eval_set.y.to(model.device)).item()}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "steps_seen": self.steps_seen,
+                "epochs_started": list(self.epochs_started)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.steps_seen = int(state["steps_seen"])
+        self.epochs_started = list(state["epochs_started"])
+
+
+# Registered so that save_pretrained / zoo.load / `zoo train toy-regression` work once this module is imported.
+FAMILY = register_family(Family(
+    name="toy-regression", modality="vision", build=ToyRegressor,
+    sizes={"tiny": dict(ToyTrainer.config_defaults["model"])}, trainer="zoo.train.toy:ToyTrainer",
+    description="A tiny MLP regressor used by the training engine's own tests."))
