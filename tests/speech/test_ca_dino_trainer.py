@@ -158,3 +158,30 @@ def test_stage2_pseudo_labels_and_loss_gate(manifest):
     assert len(trainer.epoch_losses) > 0
     assert trainer.gate_threshold is None or np.isfinite(trainer.gate_threshold)
     assert np.isfinite(losses).all()
+
+
+def _engine_overrides(manifest, out, steps, extra=()):
+    return [f"data.train={manifest}", f"data.eval={manifest}", "data.exclude_speakers=[voice3]",
+            "data.eval_speakers=[voice2,voice3]", "ca_dino.global_frames=80", "ca_dino.local_frames=50",
+            "ca_dino.local_crops=2", "train.batch_size=4", f"train.max_steps={steps}", "train.log_every=1",
+            f"train.eval_every={steps}", "train.ckpt_every=2", f"train.output_dir={out}", "train.progress=false",
+            "train.tensorboard=false", "schedule.warmup_steps=2", *extra]
+
+
+@pytest.mark.parametrize("extra", [(), ("cluster.positives_from=cluster", "cluster.num_clusters=3")],
+                         ids=["dino", "ca-dino"])
+def test_demo_recipe_through_the_engine_with_exact_resume(manifest, tmp_path, extra):
+    import zoo
+    from zoo.speech.ca_dino.demo_check import RECIPE
+    from zoo.train import load_recipe, run
+
+    straight = run(load_recipe(RECIPE, _engine_overrides(manifest, tmp_path / "a", 4, extra)))
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-00000002"  # mid-epoch (3 batches per epoch)
+    assert checkpoint.is_dir()
+    resumed = run(load_recipe(RECIPE, _engine_overrides(manifest, tmp_path / "b", 4,
+                                                        (*extra, f"train.resume={checkpoint}"))))
+    a, b = zoo.load(str(straight)), zoo.load(str(resumed))
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    clip = torch.randn(12000) * 0.1
+    assert torch.equal(a.embed(clip), b.embed(clip))
