@@ -14,13 +14,8 @@ import sys
 from zoo.errors import ZooError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="FAMILY|NAME",
-                        help="family to train (see `zoo list`), a model name to fine-tune (sets model.init), "
-                             "or a trainer class as package.module:Class")
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="YAML recipe (default: the family's defaults)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="recipe overrides with dotted keys, e.g. optim.lr=3e-4 train.max_steps=1000")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in train.output_dir")
     parser.add_argument("--resume", action="store_true",
                         help="resume from the latest checkpoint in train.output_dir (error if there is none); "
@@ -33,6 +28,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--master-addr", "--master_addr", dest="master_addr", default="127.0.0.1")
     group.add_argument("--master-port", "--master_port", dest="master_port", type=int, default=None,
                        help="default: a free port on a single node, 29500 across nodes")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="FAMILY|NAME",
+                        help="family to train (see `zoo list`), a model name to fine-tune (sets model.init), "
+                             "or a trainer class as package.module:Class")
+    # REMAINDER: key=value overrides may come before or after the options (re-parsed in main)
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                        help="recipe overrides with dotted keys, e.g. optim.lr=3e-4 train.max_steps=1000")
+    _add_options(parser)
+
+
+def _split_options(args: argparse.Namespace) -> None:
+    """Options that came after the target are in ``args.overrides``: parse them out."""
+    extra = list(args.overrides or [])
+    if any(item.startswith("-") for item in extra):
+        options = argparse.ArgumentParser(prog="zoo train", add_help=False)
+        _add_options(options)
+        _, rest = options.parse_known_args(extra, namespace=args)
+        args.overrides = rest
 
 
 def _overrides(args) -> list[str]:
@@ -78,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
     from zoo.train import distributed, load_recipe, run
 
     _setup_logging()
+    _split_options(args)
     overrides = _overrides(args)
     config = load_recipe(args.config, overrides, family=args.target)  # fail fast, before any process starts
     multi = args.nproc_per_node > 1 or str(args.nnodes) != "1"

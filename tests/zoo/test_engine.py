@@ -1,0 +1,213 @@
+"""zoo.train engine on the toy trainer: falling loss, logs, checkpoints, exact resume after SIGKILL, output rules."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from zoo.errors import CheckpointFormatError, ConfigError, OutputExistsError
+from zoo.train import ResumableBatchSampler, list_checkpoints, load_checkpoint, load_recipe, run
+from zoo.train.schedule import build_optimizer, lr_factor
+from zoo.train.toy import ToyTrainer
+
+TOY = "trainer=zoo.train.toy:ToyTrainer"
+
+
+def _config(out, *overrides):
+    return load_recipe(None, [TOY, f"train.output_dir={out}", "train.max_steps=12", "train.batch_size=8",
+                              "train.log_every=1", "train.ckpt_every=4", "train.keep_last=2", "optim.lr=0.02",
+                              "train.progress=false", *overrides])
+
+
+def _train_lines(out):
+    lines = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return [line for line in lines if "loss" in line], [line for line in lines if "eval" in line]
+
+
+def test_training_run_writes_logs_checkpoints_and_final(tmp_path):
+    out = tmp_path / "run"
+    final = run(_config(out, "train.eval_every=6", "schedule.name=cosine", "schedule.warmup_steps=2",
+                        "train.clip_grad_norm=1.0"))
+    assert final == out / "final"
+    train, evals = _train_lines(out)
+    assert [line["step"] for line in train] == list(range(1, 13))
+    losses = [line["loss"] for line in train]
+    assert sum(losses[-4:]) < 0.6 * sum(losses[:4])  # batches of 8 are noisy: compare 4-step means
+    assert {"lr", "loss", "mae", "grad_norm", "samples_per_s", "epoch"} <= set(train[0])
+    assert train[0]["lr"] == pytest.approx(0.01) and train[1]["lr"] == pytest.approx(0.02)  # warmup
+    assert [e["step"] for e in evals] == [6, 12] and evals[1]["eval"]["mse"] < evals[0]["eval"]["mse"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert [step for step, _ in list_checkpoints(out)] == [4, 8]  # keep_last=2; no checkpoint at the end
+    state = load_checkpoint(out / "checkpoints" / "step-00000008")
+    # 64 items / 8 = 8 batches per epoch: epoch 0 fully consumed, the next one starts on resume
+    assert (state["step"], state["epoch"], state["batches_done"]) == (8, 0, 8)
+    assert set(state) >= {"model", "optimizer", "scheduler", "trainer", "rng"}
+    assert state["trainer"]["steps_seen"] == 8
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["status"] == "finished" and run_info["config"]["train"]["max_steps"] == 12
+    # the final folder is the zoo format: the same weights come back through zoo.load
+    model = zoo.load(str(final))
+    weights = load_file(str(final / "model.safetensors"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key])
+    assert model.config == {"in_dim": 4, "hidden": 16, "dropout": 0.1}
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    import zoo.train.engine as engine
+    from zoo.train import load_recipe, run
+
+    out, kill_at = sys.argv[1], int(sys.argv[2])
+    if kill_at:
+        original = engine.save_checkpoint
+        def save_then_die(output_dir, step, payload, **kw):
+            path = original(output_dir, step, payload, **kw)
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: like a lost machine
+            return path
+        engine.save_checkpoint = save_then_die
+    config = load_recipe(None, [
+        "trainer=zoo.train.toy:ToyTrainer", f"train.output_dir={out}", "train.max_steps=20", "train.log_every=1",
+        "train.ckpt_every=5", "train.batch_size=6", "train.grad_accum=2", "data.train_size=40", "toy.jitter=0.1",
+        "schedule.name=cosine", "schedule.warmup_steps=3", "train.clip_grad_norm=1.0", "train.eval_every=4",
+        "train.tensorboard=false", "train.progress=false", "optim.lr=0.01"])
+    run(config)
+""")
+
+
+def _script(tmp_path, *args):
+    script = tmp_path / "resume_run.py"
+    script.write_text(RESUME_SCRIPT)
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _script(tmp_path, straight, 0)
+    assert done.returncode == 0, done.stderr
+    crash = _script(tmp_path, killed, 10)
+    assert crash.returncode == -9, crash.stderr  # SIGKILL
+    lines, _ = _train_lines(killed)
+    assert [line["step"] for line in lines] == list(range(1, 11))
+    assert [step for step, _ in list_checkpoints(killed)] == [5, 10]
+    state = load_checkpoint(killed / "checkpoints" / "step-00000010")
+    assert (state["epoch"], state["batches_done"]) == (3, 2)  # 6 batches per epoch, 2 per step: mid-epoch
+    resumed = _script(tmp_path, killed, 0)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def fields(out):
+        train, evals = _train_lines(out)
+        keep = ("step", "epoch", "loss", "lr", "mae", "grad_norm")
+        return [{k: line[k] for k in keep} for line in train], evals
+
+    assert fields(killed) == fields(straight)  # bit-identical floats: JSON keeps every digit
+    assert len(fields(killed)[0]) == 20
+    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_output_folder_rules(tmp_path):
+    out = tmp_path / "run"
+    run(_config(out, "train.max_steps=2", "train.tensorboard=false"))
+    stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    # the same finished run again: nothing to do, nothing rewritten
+    assert run(_config(out, "train.max_steps=2", "train.tensorboard=false")) == out / "final"
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(OutputExistsError, match="different finished run"):
+        run(_config(out, "train.max_steps=3", "train.tensorboard=false"))
+    run(_config(out, "train.max_steps=3", "train.tensorboard=false", "train.overwrite=true"))
+    assert [line["step"] for line in _train_lines(out)[0]] == [1, 2, 3]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="holds no zoo training run"):
+        run(_config(foreign, "train.max_steps=1"))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run(_config(tmp_path / "empty", "train.max_steps=1", "train.resume=true"))
+
+
+def test_paths_checked_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.file: .*missing\.jsonl' does not exist"):
+        run(_config(tmp_path / "run", f"data.file={tmp_path / 'missing.jsonl'}"))
+    assert not (tmp_path / "run").exists()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"x": [i, 1, 0, -i], "y": i / 10}) + "\n" for i in range(16)))
+    final = run(_config(tmp_path / "run", f"data.file={rows}", "train.max_steps=2", "train.tensorboard=false"))
+    assert (final / "model.safetensors").is_file()
+
+
+def test_grad_accumulation_matches_a_larger_batch(tmp_path):
+    common = ["model.dropout=0.0", "data.augment=0.0", "train.max_steps=4", "train.tensorboard=false",
+              "optim.name=sgd", "optim.lr=0.1"]
+    big = run(_config(tmp_path / "big", "train.batch_size=8", *common))
+    small = run(_config(tmp_path / "small", "train.batch_size=4", "train.grad_accum=2", *common))
+    a, b = load_file(str(big / "model.safetensors")), load_file(str(small / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_schedules_and_optimizers():
+    kw = dict(warmup_steps=4, total_steps=14)
+    assert [lr_factor(s, name="constant", **kw) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(9, name="linear", **kw) == pytest.approx(0.5)
+    assert lr_factor(9, name="cosine", **kw) == pytest.approx(0.5)
+    assert lr_factor(14, name="cosine", **kw) == pytest.approx(0.0)
+    assert lr_factor(14, name="linear", min_lr_ratio=0.1, **kw) == pytest.approx(0.1)
+    assert lr_factor(9, name="polynomial", power=2.0, **kw) == pytest.approx(0.25)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(build_optimizer(params, {"name": "sgd", "lr": 0.1, "momentum": 0.9}), torch.optim.SGD)
+    assert isinstance(build_optimizer(params, {"name": "adam", "lr": 0.1}), torch.optim.Adam)
+    with pytest.raises(ConfigError, match="optim.name"):
+        build_optimizer(params, {"name": "lamb", "lr": 0.1})
+
+
+def test_resumable_sampler_shards_and_skips():
+    full = ResumableBatchSampler(10, 2, seed=3, drop_last=False)
+    epoch0 = [i for batch in full for i in batch]
+    assert sorted(epoch0) == list(range(10))
+    full.set_position(1, 0)
+    assert [i for batch in full for i in batch] != epoch0  # a new permutation each epoch
+    full.set_position(0, 3)
+    assert [i for batch in full for i in batch] == epoch0[6:]  # resume skips exactly the consumed batches
+    ranks = [ResumableBatchSampler(10, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    shards = [[i for batch in s for i in batch] for s in ranks]
+    assert len(shards[0]) == len(shards[1]) == 4 and not set(shards[0]) & set(shards[1])
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        ResumableBatchSampler(3, 4)
+
+
+def test_bad_checkpoint_and_bad_settings(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointFormatError, match="Cannot read"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="bf16 needs a CUDA"):
+        run(_config(tmp_path / "x", "train.precision=bf16", "train.device=cpu"))
+    with pytest.raises(ConfigError, match="max_steps must be a positive"):
+        run(_config(tmp_path / "y", "train.max_steps=0"))
+
+
+def test_cli_trains_and_reports_errors(tmp_path, capsys):
+    from zoo.cli import main
+
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text("trainer: zoo.train.toy:ToyTrainer\ntrain:\n  max_steps: 3\n  tensorboard: false\n")
+    out = tmp_path / "cli-run"
+    assert main(["train", "zoo.train.toy:ToyTrainer", "--config", str(recipe), f"train.output_dir={out}"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "final")
+    assert main(["train", "toy-regression", "--config", str(recipe), f"train.output_dir={out}",
+                 "train.max_steps=4"]) == 2
+    assert "different finished run" in capsys.readouterr().err
+    assert main(["train", "toy-regression", "--config", str(recipe), f"train.output_dir={out}",
+                 "train.max_steps=4", "--overwrite"]) == 0
+    assert main(["train", "toy-regression", "--config", str(recipe), "train.max_stepz=4"]) == 2
+    assert "Unknown config key 'train.max_stepz'" in capsys.readouterr().err
