@@ -1,0 +1,452 @@
+"""Reading official checkpoints safely, key maps and strict loading.
+
+* ``read_checkpoint``: safetensors, or ``torch.load(weights_only=True)``. Official
+  fairseq checkpoints also pickle their training config (``argparse.Namespace``,
+  omegaconf ``DictConfig``) next to the weights, which ``weights_only`` refuses. For
+  those, a restricted unpickler reads torch's file layout itself: tensors are rebuilt
+  with torch's own functions, and every other class the pickle names becomes an inert
+  ``ForeignObject`` that only records its state. No foreign module is ever imported.
+* ``strict_load``: every missing, unexpected or mis-shaped key is a ``CheckpointKeysError``.
+* ``remap_keys``: torchtune-style key templates with ``{}`` for layer indices.
+* ``fairseq_hubert_to_hf``: fairseq HuBERT -> transformers' ``HubertModel`` names (speech.md §2.3).
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from zoo.errors import CheckpointFormatError, CheckpointKeysError
+
+# --------------------------------------------------------------------------- restricted unpickling
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-1.6 (non-zip) format
+
+
+class ForeignObject:
+    """Stand-in for a class a checkpoint names but zoo does not import (e.g. ``argparse.Namespace``).
+
+    ``module``/``name`` say what it stood for; ``args``, ``state``, ``items`` and ``list``
+    hold what the pickle gave it. Attribute access falls back to ``state`` when it is a dict.
+    """
+
+    module = "?"
+    name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        object.__setattr__(obj, "args", args)
+        object.__setattr__(obj, "state", kwargs or None)
+        object.__setattr__(obj, "items", {})
+        object.__setattr__(obj, "list", [])
+        return obj
+
+    def __init__(self, *args, **kwargs):  # state arrives through __new__/__setstate__
+        pass
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "state", state)
+
+    def __setitem__(self, key, value):
+        self.items[key] = value
+
+    def append(self, value):
+        self.list.append(value)
+
+    def extend(self, values):
+        self.list.extend(values)
+
+    def __getattr__(self, key):
+        state = object.__getattribute__(self, "state")
+        if isinstance(state, dict) and key in state:
+            return state[key]
+        if isinstance(state, tuple) and state and isinstance(state[0], dict) and key in state[0]:
+            return state[0][key]
+        raise AttributeError(key)
+
+    def __call__(self, *args, **kwargs):  # a stand-in used as a function (REDUCE) makes another stand-in
+        return type(self)(*args, **kwargs)
+
+    def __repr__(self):
+        return f"ForeignObject({self.module}.{self.name})"
+
+
+_FOREIGN_CLASSES: dict[tuple[str, str], type] = {}
+
+
+def _foreign_class(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _FOREIGN_CLASSES:
+        _FOREIGN_CLASSES[key] = type(f"Foreign_{name}", (ForeignObject,), {"module": module, "name": name})
+    return _FOREIGN_CLASSES[key]
+
+
+class _StorageType:
+    """What a pickled ``torch.FloatStorage`` (etc.) name resolves to: just its dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
+}
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    """torch's tensor-subclass rebuild, limited to plain tensors and parameters."""
+    tensor = func(*args)
+    if new_type is torch.nn.Parameter and not isinstance(tensor, torch.nn.Parameter):
+        tensor = torch.nn.Parameter(tensor, requires_grad=tensor.requires_grad)
+    return tensor
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    import _codecs
+    import collections
+
+    from torch import _utils
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "complex"): complex,
+        ("builtins", "bytearray"): bytearray, ("builtins", "slice"): slice,
+        ("_codecs", "encode"): _codecs.encode,  # bytes in protocol-2 pickles
+        ("torch", "Size"): torch.Size, ("torch", "device"): torch.device, ("torch", "Tensor"): torch.Tensor,
+        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    }
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
+        allowed[("torch._utils", name)] = getattr(_utils, name)
+    for name, dtype in _STORAGE_DTYPES.items():
+        allowed[("torch", name)] = _StorageType(dtype)
+        allowed[("torch.storage", name)] = _StorageType(dtype)
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Real objects only for torch's tensor rebuild functions and a few builtins; inert stand-ins for the rest."""
+
+    def __init__(self, file, persistent_load=None):
+        super().__init__(file)
+        self._allowed = _allowed_globals()
+        self._persistent_load = persistent_load
+        self.foreign: set[str] = set()
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        self.foreign.add(f"{module}.{name}")
+        return _foreign_class(module, name)
+
+    def persistent_load(self, pid):
+        if self._persistent_load is None:
+            raise pickle.UnpicklingError("persistent id in a pickle that has no storages")
+        return self._persistent_load(pid)
+
+
+def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype):
+    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def _storage_dtype(storage_type) -> torch.dtype:
+    if not isinstance(storage_type, _StorageType):
+        raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
+    return storage_type.dtype
+
+
+def _load_zip(path: Path):
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise pickle.UnpicklingError("not a torch zip checkpoint (no unique <name>/data.pkl)")
+        prefix = pickles[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() not in (b"little", b""):
+            raise pickle.UnpicklingError("big-endian checkpoints are not supported")
+        storages: dict[str, Any] = {}
+
+        def persistent_load(pid):
+            if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+            _, storage_type, key, _location, _numel = pid[:5]
+            if key not in storages:
+                data = archive.read(f"{prefix}data/{key}")
+                untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else torch.UntypedStorage(0)
+                storages[key] = _typed(untyped, _storage_dtype(storage_type))
+            return storages[key]
+
+        return RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), persistent_load).load()
+
+
+def _load_legacy(path: Path):
+    """torch's pre-1.6 format: magic, protocol, sys info, the object pickle, storage keys, raw storages."""
+    with open(path, "rb") as handle:
+        if RestrictedUnpickler(handle).load() != _LEGACY_MAGIC:
+            raise pickle.UnpicklingError("not a torch checkpoint (bad magic number)")
+        RestrictedUnpickler(handle).load()  # protocol version
+        RestrictedUnpickler(handle).load()  # sys info
+        roots: dict[str, Any] = {}
+
+        def persistent_load(pid):
+            if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+            _, storage_type, key, _location, numel, view = (tuple(pid) + (None,))[:6]
+            dtype = _storage_dtype(storage_type)
+            size = torch.empty(0, dtype=dtype).element_size()
+            if key not in roots:
+                roots[key] = (torch.UntypedStorage(int(numel) * size), size)
+            untyped = roots[key][0]
+            if view is not None:
+                _view_key, offset, view_size = view
+                untyped = untyped[offset * size:(offset + view_size) * size]
+            return _typed(untyped, dtype)
+
+        result = RestrictedUnpickler(handle, persistent_load).load()
+        keys = RestrictedUnpickler(handle).load()
+        for key in keys:
+            untyped, size = roots[str(key)]
+            (count,) = struct.unpack("<q", handle.read(8))
+            nbytes = count * size
+            data = handle.read(nbytes)
+            if len(data) != nbytes or nbytes != untyped.nbytes():
+                raise EOFError("storage data is truncated")
+            if nbytes:
+                target = torch.empty(0, dtype=torch.uint8).set_(untyped)
+                target.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        return result
+
+
+def restricted_load(path: str | Path):
+    """Read a torch checkpoint without importing any class it names (see module docstring)."""
+    path = Path(path)
+    try:
+        return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    except CheckpointFormatError:
+        raise
+    except Exception as err:  # any failure to parse means the file is not a readable checkpoint
+        raise CheckpointFormatError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}). It may be truncated or "
+            "corrupt: download it again.") from err
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 28)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a checkpoint file (a plain state dict -> ``dict[str, Tensor]``).
+
+    safetensors via ``safetensors.torch.load_file``; .pt/.ckpt/.pth/.bin via
+    ``torch.load(map_location="cpu", weights_only=True)``, falling back to the restricted
+    unpickler when the pickle also holds foreign objects (fairseq's ``args``/``cfg``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFormatError(f"Checkpoint {path} does not exist or is not a file; check the path.")
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:
+            raise CheckpointFormatError(
+                f"{path} is not a readable safetensors file ({err}); it may be truncated: download it again.") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        obj = restricted_load(path)  # weights_only refused a class: parse without importing it
+    except Exception as err:
+        raise CheckpointFormatError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}). It may be truncated or "
+            "corrupt: download it again.") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not a dict of tensors.")
+    return dict(obj)
+
+
+def find_state_dict(checkpoint: Mapping[str, Any], source: str,
+                    keys: Iterable[str] = ("model", "state_dict", "module", "ema")) -> dict[str, torch.Tensor]:
+    """The tensor dict of a checkpoint: itself, or the first of ``keys`` that holds one (fairseq: ``model``)."""
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return dict(checkpoint)
+    for key in keys:
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return dict(inner)
+    raise CheckpointFormatError(
+        f"{source} holds no state dict: top-level keys are {sorted(map(str, checkpoint))[:20]}; expected tensors, "
+        f"or a dict of tensors under one of {list(keys)}.")
+
+
+# --------------------------------------------------------------------------- key handling
+_LEGACY_SUFFIX = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+
+
+def normalize_weight_norm_keys(state_dict: Mapping[str, torch.Tensor], prefer: str = "parametrizations") -> dict:
+    """Spell weight-norm keys one way: ``X.weight_g/weight_v`` <-> ``X.parametrizations.weight.original0/1``."""
+    if prefer not in ("parametrizations", "legacy", "weight_g"):
+        raise ValueError(f"prefer must be 'parametrizations' or 'legacy', got {prefer!r}")
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        if prefer == "parametrizations":
+            for old, modern in _LEGACY_SUFFIX.items():
+                if key.endswith("." + old) or key == old:
+                    new = key[: -len(old)] + modern
+        else:
+            for old, modern in _LEGACY_SUFFIX.items():
+                if key.endswith("." + modern) or key == modern:
+                    new = key[: -len(modern)] + old
+        if new in out:
+            raise CheckpointKeysError("state dict", hint=f"  both spellings of weight norm are present for {new}.")
+        out[new] = value
+    return out
+
+
+def _weight_norm_spelling(keys: Iterable[str]) -> str | None:
+    for key in keys:
+        if ".parametrizations.weight.original" in key:
+            return "parametrizations"
+        if key.endswith(".weight_g") or key.endswith(".weight_v"):
+            return "legacy"
+    return None
+
+
+def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
+                normalize_weight_norm: bool = True) -> torch.nn.Module:
+    """``module.load_state_dict(state_dict, strict=True)``, after listing every key problem in one error."""
+    expected = module.state_dict()
+    if normalize_weight_norm:
+        spelling = _weight_norm_spelling(expected)
+        if spelling is not None:
+            state_dict = normalize_weight_norm_keys(state_dict, prefer=spelling)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, tuple(expected[k].shape), tuple(v.shape)) for k, v in state_dict.items()
+                  if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)]
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if missing or unexpected or mismatched or not_tensors:
+        hint = f"  entries that are not tensors: {not_tensors}" if not_tensors else ""
+        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
+    module.load_state_dict(dict(state_dict), strict=True)
+    return module
+
+
+def _template_regex(pattern: str) -> re.Pattern:
+    parts = re.split(r"(\{\}|\*)", pattern)
+    regex = "".join(r"(\d+)" if p == "{}" else "(.+)" if p == "*" else re.escape(p) for p in parts)
+    return re.compile(regex + r"\Z")
+
+
+def _fill(target: str, groups: tuple[str, ...]) -> str:
+    pieces = re.split(r"(\{\}|\*)", target)
+    values = iter(groups)
+    return "".join(next(values) if p in ("{}", "*") else p for p in pieces)
+
+
+def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, strict: bool = True,
+               source: str = "state dict") -> dict[str, Any]:
+    """Rename keys by templates: ``{}`` matches a layer index, a ``*`` the rest of the key.
+
+    ``("encoder.layers.{}.fc1.*", "encoder.layers.{}.feed_forward.intermediate_dense.*")``.
+    The first matching rule wins. Unmatched keys are an error listing them (``strict``) or kept.
+    """
+    compiled = []
+    for pattern, target in rules:
+        if re.findall(r"\{\}|\*", pattern) != re.findall(r"\{\}|\*", target):
+            raise ValueError(f"remap rule {pattern!r} -> {target!r}: placeholders must appear in the same order")
+        compiled.append((_template_regex(pattern), target))
+    out: dict[str, Any] = {}
+    unmatched = []
+    for key, value in state_dict.items():
+        for regex, target in compiled:
+            match = regex.match(key)
+            if match:
+                new = _fill(target, match.groups())
+                break
+        else:
+            if strict:
+                unmatched.append(key)
+                continue
+            new = key
+        if new in out:
+            raise CheckpointKeysError(source, hint=f"  two keys map to {new!r}.")
+        out[new] = value
+    if unmatched:
+        raise CheckpointKeysError(source, unexpected=unmatched, hint="  these keys match no rule of the key map.")
+    return out
+
+
+# --------------------------------------------------------------------------- fairseq HuBERT
+# speech.md §2.3 (fairseq -> transformers names).
+FAIRSEQ_HUBERT_RULES = [
+    ("feature_extractor.conv_layers.{}.0.*", "feature_extractor.conv_layers.{}.conv.*"),
+    ("feature_extractor.conv_layers.{}.2.1.*", "feature_extractor.conv_layers.{}.layer_norm.*"),  # "layer" mode
+    ("feature_extractor.conv_layers.{}.2.*", "feature_extractor.conv_layers.{}.layer_norm.*"),    # GroupNorm on 0
+    ("layer_norm.*", "feature_projection.layer_norm.*"),
+    ("post_extract_proj.*", "feature_projection.projection.*"),
+    ("mask_emb", "masked_spec_embed"),
+    ("encoder.pos_conv.0.*", "encoder.pos_conv_embed.conv.*"),
+    ("encoder.layer_norm.*", "encoder.layer_norm.*"),
+    ("encoder.layers.{}.self_attn.k_proj.*", "encoder.layers.{}.attention.k_proj.*"),
+    ("encoder.layers.{}.self_attn.v_proj.*", "encoder.layers.{}.attention.v_proj.*"),
+    ("encoder.layers.{}.self_attn.q_proj.*", "encoder.layers.{}.attention.q_proj.*"),
+    ("encoder.layers.{}.self_attn.out_proj.*", "encoder.layers.{}.attention.out_proj.*"),
+    ("encoder.layers.{}.self_attn_layer_norm.*", "encoder.layers.{}.layer_norm.*"),
+    ("encoder.layers.{}.fc1.*", "encoder.layers.{}.feed_forward.intermediate_dense.*"),
+    ("encoder.layers.{}.fc2.*", "encoder.layers.{}.feed_forward.output_dense.*"),
+    ("encoder.layers.{}.final_layer_norm.*", "encoder.layers.{}.final_layer_norm.*"),
+]
+FAIRSEQ_PRETRAIN_KEYS = ("label_embs_concat", "final_proj.weight", "final_proj.bias")
+_FINETUNED_PREFIX = "w2v_encoder.w2v_model."
+
+
+def fairseq_hubert_to_hf(state_dict: Mapping[str, Any], *, prefer: str = "parametrizations",
+                         source: str = "fairseq HuBERT checkpoint") -> tuple[dict, dict]:
+    """fairseq HuBERT weights -> (``HubertModel`` state dict, pretraining extras).
+
+    Accepts the whole checkpoint (weights under ``model``) or the weights themselves.
+    Extras are ``label_embs_concat`` and ``final_proj.*``; any other key no rule maps is
+    a ``CheckpointKeysError`` listing it.
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+        state_dict = state_dict["model"]
+    weights = {(k[len(_FINETUNED_PREFIX):] if k.startswith(_FINETUNED_PREFIX) else k): v
+               for k, v in state_dict.items()}
+    extras = {k: weights.pop(k) for k in FAIRSEQ_PRETRAIN_KEYS if k in weights}
+    encoder = remap_keys(weights, FAIRSEQ_HUBERT_RULES, source=source)
+    return normalize_weight_norm_keys(encoder, prefer=prefer), extras
+
+
+def hf_to_fairseq_hubert(state_dict: Mapping[str, Any], extras: Mapping[str, Any] | None = None) -> dict:
+    """The inverse map (legacy weight-norm spelling, as fairseq saves): for writing test fixtures and exports."""
+    inverse = []
+    for pattern, target in FAIRSEQ_HUBERT_RULES:
+        if pattern == "feature_extractor.conv_layers.{}.2.1.*":
+            continue  # "layer"-mode models; the GroupNorm spelling is the common one
+        inverse.append((target, pattern))
+    out = remap_keys(normalize_weight_norm_keys(state_dict, prefer="legacy"), inverse, source="HubertModel state dict")
+    out.update(extras or {})
+    return out
+
+
+__all__ = [
+    "FAIRSEQ_HUBERT_RULES", "ForeignObject", "RestrictedUnpickler", "fairseq_hubert_to_hf", "find_state_dict",
+    "hf_to_fairseq_hubert", "normalize_weight_norm_keys", "read_checkpoint", "remap_keys", "restricted_load",
+    "strict_load",
+]
