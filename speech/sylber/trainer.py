@@ -321,6 +321,7 @@ class SylberTrainer(Trainer):
             # Different noise mixing per rank (resume restores the state saved with the checkpoint).
             self.generator.manual_seed(self._seed + 7919 + torch.distributed.get_rank())
         self._ensure_teacher(model)
+        self._has_mask_embed = hasattr(model.hubert, "masked_spec_embed")
         if self.thresholder is not None:
             self.thresholder.to(model.device)
 
@@ -392,8 +393,11 @@ class SylberTrainer(Trainer):
         if self.noise_mixer is not None:
             noise = batch["noise"].to(device) if batch["noise"] is not None else None
             student_in = self.noise_mixer(x, noise, lengths, generator=self.generator)
-        # mask_prob is 0.0 in both released configs: an all-False mask (speech.md §1.4).
-        no_mask = torch.zeros(teacher_states.shape[:2], dtype=torch.bool, device=device)
+        # mask_prob is 0.0 in both released configs: an explicit all-False mask (speech.md §1.4), which
+        # also stops the encoder's own SpecAugment (transformers applies it when no mask is given).
+        no_mask = None
+        if getattr(self, "_has_mask_embed", False):
+            no_mask = torch.zeros(teacher_states.shape[:2], dtype=torch.bool, device=device)
         out = model(input_values=student_in, lengths=lengths, mask_time_indices=no_mask)
         states = out.last_hidden_state
         # speech.md §1.4: squared error summed over features, mean over all B x L frames (padding included).
