@@ -1,1 +1,28 @@
+"""Shared neural building blocks (HuBERT backbone, ECAPA-TDNN, DINO head, checkpoint helpers).
 
+Submodules import lazily: ``from zoo.models import HubertModel`` loads only ``zoo.models.hubert``.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "HubertConfig": "zoo.models.hubert",
+    "HubertModel": "zoo.models.hubert",
+    "HubertOutput": "zoo.models.hubert",
+    "HubertPretrainModel": "zoo.models.hubert_pretrain",
+    "read_checkpoint": "zoo.models.checkpoints",
+    "strict_load": "zoo.models.checkpoints",
+    "normalize_weight_norm_keys": "zoo.models.checkpoints",
+    "remap_keys": "zoo.models.checkpoints",
+    "fairseq_hubert_to_hf": "zoo.models.checkpoints",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'zoo.models' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
