@@ -183,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         if verb is not None:
             return int(verb(argv[1:]) or 0)
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # `zoo eval NAME --data X key=value`: options may follow the flags.
+        if getattr(args, "command", None) == "eval" and all("=" in item for item in extra):
+            args.options = list(args.options) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -330,7 +330,6 @@ class SylberTrainer(Trainer):
             with torch.no_grad():
                 for ema, live in zip(self.teacher.parameters(), model.hubert.parameters()):
                     ema.lerp_(live.detach().to(ema.dtype), 1.0 - self.ema_decay)
-        self._maybe_fit_tokenizer(model, step)
 
     # ------------------------------------------------------------------ step
     def _norm_threshold(self) -> float:
@@ -427,12 +426,9 @@ class SylberTrainer(Trainer):
             model.train(was_training)
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
-    def _maybe_fit_tokenizer(self, model, step: int) -> None:
-        tokenizer = self.config["tokenizer"]
-        max_steps = int(self.config.get("train", {}).get("max_steps", 0) or 0)
-        if not tokenizer["num_tokens"] or step != max_steps:
-            return
-        self.fit_tokenizer(model)
+    def on_train_end(self, model) -> None:
+        if self.config["tokenizer"]["num_tokens"]:
+            self.fit_tokenizer(model)
 
     def fit_tokenizer(self, model) -> dict:
         """Fit the k-means syllable codebook on the training data (final step when tokenizer.num_tokens > 0)."""

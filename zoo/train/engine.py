@@ -326,6 +326,7 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     finally:
         run_log.close()
 
+    trainer.on_train_end(model)
     D.barrier(info)
     if train["distributed"] == "fsdp" and info.enabled:
         _fsdp_save_final(trainer, wrapped, final_dir, info)

@@ -57,6 +57,9 @@ class Trainer:
     def on_step_end(self, model, step: int) -> None:
         """After each optimizer step (``step`` counts from 1)."""
 
+    def on_train_end(self, model) -> None:
+        """Once, after the last step and before ``final/`` is saved (e.g. fit a tokenizer)."""
+
     def on_epoch_start(self, model, epoch: int) -> None:
         """Before the first batch of each epoch (not again when a run resumes mid-epoch)."""
 
