@@ -200,3 +200,23 @@ def test_span_mask_and_pack_helpers():
     packed = pack(x, [3, 1])
     assert packed.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert unpack(packed, [3, 1], 3).tolist() == [[[0, 1], [2, 3], [4, 5]], [[6, 7], [0, 0], [0, 0]]]
+
+
+def test_positional_conv_gradients_equal_stock_autograd():
+    from zoo.models.hubert import _GroupedConvCPU
+
+    gen = torch.Generator().manual_seed(8)
+    for kernel, padding in ((16, 8), (15, 7)):
+        x = torch.randn(1, 12, 30, generator=gen, requires_grad=True)
+        weight = torch.randn(12, 3, kernel, generator=gen, requires_grad=True)
+        bias = torch.randn(12, generator=gen, requires_grad=True)
+        upstream = torch.randn(1, 12, 30 + 2 * padding - kernel + 1, generator=gen)
+        torch.nn.functional.conv1d(x, weight, bias, padding=padding, groups=4).backward(upstream)
+        want = [t.grad.clone() for t in (x, weight, bias)]
+        for t in (x, weight, bias):
+            t.grad = None
+        out = _GroupedConvCPU.apply(x, weight, bias, padding, 4)
+        assert torch.allclose(out, torch.nn.functional.conv1d(x, weight, bias, padding=padding, groups=4))
+        out.backward(upstream)
+        for got, expected in zip((x.grad, weight.grad, bias.grad), want):
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
