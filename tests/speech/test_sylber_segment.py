@@ -256,3 +256,21 @@ def test_update_from_norms_train_thrupdate_uses_student_noise():
     assert float(with_student.noise_mean) == pytest.approx(0.5 * 0.34 + 0.5 * 4.0)
     with pytest.raises(ThresholdError, match="same frames"):
         with_student.update_from_norms(teacher, student_norms=student[:1])
+
+
+@pytest.mark.parametrize("dim", [768, 1024, 776])
+def test_fast_equals_reference_on_wide_features(dim):
+    """768 and 1024 take the 8-leaf vector dot, 776 the stack walk with a ragged tail."""
+    rng = np.random.default_rng(dim)
+    x = _random_features(rng, 400, dim, np.float32)
+    for merge_threshold in (0.5, 0.8, 0.95):
+        np.testing.assert_array_equal(segment(x, 1.0, merge_threshold), segment_reference(x, 1.0, merge_threshold))
+
+
+def test_speech_mask_compares_float32_norms_with_float32_threshold():
+    # the frame norm is float32(2.6) exactly, just below the float64 2.6: still speech
+    x = np.zeros((3, 4), dtype=np.float32)
+    x[:, 0] = np.float32(2.6)
+    x[1, 0] = np.nextafter(np.float32(2.6), np.float32(0))
+    for fn in (segment, segment_reference):
+        assert fn(x, 2.6, 0.8).tolist() == [[0, 1], [2, 3]]
