@@ -1,0 +1,112 @@
+"""Push, pull, revisions, offline mode and corrupt downloads, through the loopback Hub."""
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo.cards import add_card, remove_card
+from zoo.cli import main
+from zoo.errors import CheckpointFormatError, HubError, WeightsNotAvailableError
+from zoo.testing.toy_family import ToyModel, register
+
+
+def _toy(seed: int) -> ToyModel:
+    register()
+    torch.manual_seed(seed)
+    return ToyModel({"dim": 8, "hidden": 16, "num_classes": 3}).eval()
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_push_then_load_is_identical(loopback_hub):
+    model = _toy(0)
+    model.push_to_hub("alice/toy")
+    loaded = zoo.load("hf-hub:alice/toy")
+    assert _same(model, loaded)
+    x = torch.randn(2, 8)
+    assert torch.equal(model(x), loaded(x))
+    readme = Path(zoo.hub.download_file("alice/toy", "README.md")).read_text()
+    assert "library_name: zoo" in readme
+
+
+def test_revisions_pin(loopback_hub):
+    first, second = _toy(0), _toy(1)
+    commit_v1 = first.push_to_hub("alice/toy")
+    second.push_to_hub("alice/toy", revision="dev")
+    third = _toy(2)
+    third.push_to_hub("alice/toy")
+    assert _same(zoo.load(f"hf-hub:alice/toy@{commit_v1}"), first)
+    assert _same(zoo.load("hf-hub:alice/toy@dev"), second)
+    assert _same(zoo.load("hf-hub:alice/toy", revision="dev"), second)
+    assert _same(zoo.load("hf-hub:alice/toy"), third)
+    with pytest.raises(WeightsNotAvailableError, match="Revision 'nope' not found"):
+        zoo.load("hf-hub:alice/toy@nope")
+
+
+def test_offline_warm_cache_and_cold_cache(loopback_hub, hub_offline_factory):
+    model = _toy(0)
+    model.push_to_hub("alice/toy")
+    zoo.load("hf-hub:alice/toy")  # warms the cache
+    with hub_offline_factory():
+        before = loopback_hub.request_count
+        assert _same(zoo.load("hf-hub:alice/toy"), model)
+        assert loopback_hub.request_count == before
+        with pytest.raises(WeightsNotAvailableError, match="pretrained=False"):
+            zoo.load("hf-hub:alice/never-downloaded")
+
+
+def test_local_files_only_cold_cache(loopback_hub):
+    _toy(0).push_to_hub("alice/toy")
+    with pytest.raises(WeightsNotAvailableError, match="not in the local cache"):
+        zoo.load("hf-hub:alice/toy", local_files_only=True)
+
+
+def test_corrupt_download_is_reported_then_fetched_again(loopback_hub):
+    model = _toy(0)
+    model.push_to_hub("alice/toy")
+    path = Path(zoo.hub.download_file("alice/toy", "model.safetensors"))
+    blob = path.resolve()
+    blob.write_bytes(blob.read_bytes()[:40])  # an interrupted download left half a file
+    with pytest.raises(CheckpointFormatError, match="corrupt or truncated.*downloads it afresh"):
+        zoo.load("hf-hub:alice/toy")
+    assert _same(zoo.load("hf-hub:alice/toy"), model)
+
+
+def test_card_with_official_weights_loads_from_upstream_repo(loopback_hub, tmp_path):
+    model = _toy(3)
+    buffer = io.BytesIO()
+    torch.save({f"net.{k}": v for k, v in model.state_dict().items()}, buffer)
+    loopback_hub.add_file("upstream/toy-weights", "toy.pt", buffer.getvalue())
+    add_card({"name": "toy-official", "family": "toy", "size": "tiny", "description": "toy",
+              "weights": {"repo_id": "upstream/toy-weights", "filename": "toy.pt", "format": "official"}})
+    try:
+        loaded = zoo.load("toy-official")
+        assert _same(loaded, model) and loaded.card_name == "toy-official"
+        folder = loaded.save_pretrained(tmp_path / "converted")
+        readme = (folder / "README.md").read_text()
+        assert "base_model: upstream/toy-weights" in readme and json.loads(
+            (folder / "config.json").read_text())["card"] == "toy-official"
+    finally:
+        remove_card("toy-official")
+
+
+def test_push_without_token_is_refused(loopback_hub, monkeypatch):
+    model = _toy(0)
+    with pytest.raises(HubError, match="Not allowed to write"):
+        model.push_to_hub("alice/toy", token="wrong-token")
+
+
+def test_cli_push_and_pull(loopback_hub, tmp_path, capsys):
+    model = _toy(0)
+    folder = model.save_pretrained(tmp_path / "final")
+    assert main(["push", str(folder), "alice/cli-toy"]) == 0
+    assert main(["pull", "alice/cli-toy", "--to", str(tmp_path / "pulled")]) == 0
+    assert _same(zoo.load(str(tmp_path / "pulled")), model)
+    assert main(["pull", "alice/cli-toy", "--to", str(tmp_path / "pulled")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["pull", "alice/missing"]) == 2
