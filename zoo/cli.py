@@ -103,7 +103,14 @@ def _cmd_convert(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from zoo.version import __version__
 
-    parser = argparse.ArgumentParser(prog="zoo", description="Self-supervised speech, vision and multimodal models.")
+    from zoo.registry import list_families
+
+    verbs = [f"  zoo {verb} ...    ({family.name})" for family in list_families() for verb in family.commands]
+    parser = argparse.ArgumentParser(
+        prog="zoo", description="Self-supervised speech, vision and multimodal models.",
+        epilog=("family commands (`zoo VERB --help`):\n" + "\n".join(verbs)) if verbs else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

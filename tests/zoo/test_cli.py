@@ -64,5 +64,5 @@ def test_convert_reports_bad_keys(toy_card, tmp_path, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "zoo.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for verb in ("list", "info", "train", "eval", "push", "pull", "convert"):
+    for verb in ("list", "info", "train", "eval", "push", "pull", "convert", "zoo segment"):
         assert verb in result.stdout
