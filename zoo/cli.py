@@ -49,7 +49,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_eval(args) -> int:
     from zoo.api import load
-    from zoo.hub import parse_overrides
+    from zoo.config import parse_overrides
     from zoo.registry import get_family
 
     model = load(args.name, pretrained=not args.random_init)
@@ -84,7 +84,8 @@ def _cmd_pull(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from zoo.hub import _check_output_dir, parse_overrides
+    from zoo.config import parse_overrides
+    from zoo.hub import _check_output_dir
     from zoo.registry import get_family
 
     family = get_family(args.family)

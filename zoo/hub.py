@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zoo.errors import (
-    CheckpointFormatError, CheckpointKeysError, ConfigError, HubError, OutputExistsError, WeightsNotAvailableError,
+    CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
 from zoo.version import __version__
 
@@ -335,14 +335,3 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
         if (folder / name).exists():
             shutil.copyfile(folder / name, target / name)
     return target
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML-typed values."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"Override {item!r} must look like key=value")
-        out[key.strip()] = yaml.safe_load(value) if value != "" else ""
-    return out

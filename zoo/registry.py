@@ -7,7 +7,6 @@ the first time a family is looked up, so ``zoo`` itself never names a family.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib
 import logging
@@ -15,6 +14,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from zoo.config import merge
 from zoo.errors import ConfigError, UnknownFamilyError
 
 logger = logging.getLogger("zoo")
@@ -54,8 +54,7 @@ class Family:
                 f"Family {self.name!r} has no size {size!r}{' (' + source + ')' if source else ''}; "
                 f"sizes: {', '.join(self.sizes)}"
             )
-        config = copy.deepcopy(self.defaults or {})
-        _deep_update(config, copy.deepcopy(self.sizes[size]))
+        config = merge(self.defaults or {}, self.sizes[size])
         config.setdefault("size", size)
         for key, value in (overrides or {}).items():
             set_dotted(config, key, value, source=source or f"family {self.name!r}")
@@ -66,14 +65,6 @@ class Family:
         module_name, _, attr = dotted.partition(":")
         module = importlib.import_module(module_name)
         return getattr(module, attr) if attr else module
-
-
-def _deep_update(target: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _deep_update(target[key], value)
-        else:
-            target[key] = value
 
 
 def set_dotted(config: dict, dotted_key: str, value: Any, *, source: str = "", allow_new: bool = False) -> None:

@@ -7,7 +7,7 @@ never downloads anything. ``encoder`` holds the arguments of
 """
 from __future__ import annotations
 
-import copy
+from zoo.config import merge
 
 # speech.md §1.2: facebook/hubert-base-ls960 with num_hidden_layers=9.
 BASE_ENCODER = {
@@ -65,29 +65,19 @@ SIZES = {
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def make_config(size: str = "base", **overrides) -> dict:
     """The full config of ``size`` with nested ``overrides`` merged in."""
     if size not in SIZES:
         from zoo.errors import ConfigError
 
         raise ConfigError(f"Sylber has no size {size!r}; sizes: {', '.join(SIZES)}")
-    config = _merge(DEFAULT_CONFIG, SIZES[size])
+    config = merge(DEFAULT_CONFIG, SIZES[size])
     config["size"] = size
-    return _merge(config, overrides)
+    return merge(config, overrides)
 
 
 def build(config: dict):
     """A random-init Sylber model from a complete config (registry contract)."""
     from zoo.speech.sylber.model import SylberModel
 
-    return SylberModel(_merge(DEFAULT_CONFIG, config))
+    return SylberModel(merge(DEFAULT_CONFIG, config))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -260,7 +259,7 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
         logger.info("%s already holds this finished run; nothing to do", output_dir)
         return final_dir
 
-    max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
+    max_steps = int(train["max_steps"])
     seed = int(train["seed"] or 0)
     seed_everything(seed)
     trainer = trainer_cls(config)
@@ -347,7 +346,7 @@ def _progress_flag(value):
 def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
           step, output_dir):
     train = config["train"]
-    max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
+    max_steps = int(train["max_steps"])
     log_every, eval_every, ckpt_every = int(train["log_every"]), int(train["eval_every"] or 0), int(train["ckpt_every"] or 0)
     clip = train["clip_grad_norm"]
     batch_size = int(train["batch_size"])
