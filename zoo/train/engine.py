@@ -346,7 +346,7 @@ def _progress_flag(value):
 def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
           step, output_dir):
     train = config["train"]
-    max_steps = int(train["max_steps"])
+    max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
     log_every, eval_every, ckpt_every = int(train["log_every"]), int(train["eval_every"] or 0), int(train["ckpt_every"] or 0)
     clip = train["clip_grad_norm"]
     batch_size = int(train["batch_size"])
