@@ -8,7 +8,7 @@ WeSpeaker's name) used by the Stage II pseudo-label trainer.
 """
 from __future__ import annotations
 
-import copy
+from zoo.config import merge
 
 from zoo.models.ecapa_tdnn import ECAPA_DEFAULTS, ECAPA_SIZES
 
@@ -50,23 +50,13 @@ SIZES = {
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def make_config(size: str = "ecapa512", **overrides) -> dict:
     """The full config of ``size`` with nested ``overrides`` merged in."""
     if size not in SIZES:
         from zoo.errors import ConfigError
 
         raise ConfigError(f"CA-DINO has no size {size!r}; sizes: {', '.join(SIZES)}")
-    config = _merge(_merge(DEFAULT_CONFIG, SIZES[size]), overrides)
+    config = merge(merge(DEFAULT_CONFIG, SIZES[size]), overrides)
     config.setdefault("size", size)
     return config
 
@@ -75,4 +65,4 @@ def build(config: dict):
     """Full config -> random-init CADinoModel."""
     from zoo.speech.ca_dino.model import CADinoModel
 
-    return CADinoModel(_merge(DEFAULT_CONFIG, config))
+    return CADinoModel(merge(DEFAULT_CONFIG, config))
