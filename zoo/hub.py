@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from zoo.errors import (
     CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
+from zoo.files import swap_in_folder
 from zoo.version import __version__
 
 logger = logging.getLogger("zoo")
@@ -55,14 +56,7 @@ def save_pretrained(model, save_directory: str | Path, *, card: Any = None, over
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(plain_state_dict(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt", "family": model.family})
         (staging / README_NAME).write_text(model_card_text(model, card), encoding="utf-8")
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(target, backup)
-            os.replace(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        swap_in_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

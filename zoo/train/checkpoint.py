@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from zoo.errors import CheckpointFormatError
+from zoo.files import swap_in_folder
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -88,13 +89,7 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
             os.fsync(handle.fileno())
         info = {"step": step, "time": time.time(), **(meta or {})}
         (staging / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if target.exists():  # the same step saved again (a resumed run): swap, never leave a gap
-            stale = root / f".old-step-{step:08d}-{os.getpid()}"
-            os.replace(target, stale)
-            os.replace(staging, target)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        swap_in_folder(staging, target)  # the same step saved again (a resumed run) is swapped, never gapped
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if keep_last and keep_last > 0:
