@@ -88,7 +88,7 @@ class HubertPretrainModel(nn.Module):
                  feature_grad_mult: float = 0.1, feature_penalty_weight: float = 10.0,
                  pred_masked_weight: float = 1.0, pred_nomask_weight: float = 0.0, layerdrop: float | None = 0.05,
                  label_rate: float = 50.0, sample_rate: int = 16000, label_tolerance_frames: int = 2):
-        super().__init__()
+        nn.Module.__init__(self)  # not super(): a subclass may also derive from ZooModel, whose __init__ takes a config
         config = HubertConfig() if encoder is None else (
             HubertConfig.from_dict(encoder) if isinstance(encoder, dict) else encoder)
         if layerdrop is not None:
@@ -97,15 +97,19 @@ class HubertPretrainModel(nn.Module):
             raise ConfigError("HubertPretrainModel needs the encoder's masked_spec_embed: set the encoder's "
                               "mask_time_prob > 0 (transformers creates the embedding only then).")
         self.num_classes = [int(num_classes)] if isinstance(num_classes, int) else [int(c) for c in num_classes]
-        if not self.num_classes or min(self.num_classes) < 1:
+        if self.num_classes and min(self.num_classes) < 1:
             raise ConfigError(f"num_classes must be positive, got {num_classes}")
         self.hubert = HubertModel(config)
         self.final_dim = int(final_dim)
         self.untie_final_proj = bool(untie_final_proj) and len(self.num_classes) > 1
         sets = len(self.num_classes) if self.untie_final_proj else 1
-        # fairseq: one projection per label set when untied (final_dim * sets outputs), else one shared.
-        self.final_proj = nn.Linear(config.hidden_size, self.final_dim * sets)
-        self.label_embs_concat = nn.Parameter(torch.empty(sum(self.num_classes), self.final_dim).uniform_())
+        if self.num_classes:
+            # fairseq: one projection per label set when untied (final_dim * sets outputs), else one shared.
+            self.final_proj = nn.Linear(config.hidden_size, self.final_dim * sets)
+            self.label_embs_concat = nn.Parameter(torch.empty(sum(self.num_classes), self.final_dim).uniform_())
+        else:  # num_classes=[]: the encoder alone (feature extraction, fine-tuning); no prediction head
+            self.final_proj = None
+            self.register_parameter("label_embs_concat", None)
         self.logit_temp = float(logit_temp)
         self.mask_prob, self.mask_length, self.min_masks = float(mask_prob), int(mask_length), int(min_masks)
         self.require_same_masks = bool(require_same_masks)
@@ -144,7 +148,8 @@ class HubertPretrainModel(nn.Module):
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None,
                 labels: torch.Tensor | Sequence[torch.Tensor] | None = None, label_lengths=None, *,
                 mask: bool = True, mask_indices: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, output_layer: int | None = None) -> dict:
+                generator: torch.Generator | None = None, output_layer: int | None = None,
+                output_hidden_states: bool = False) -> dict:
         """Masked prediction on a padded batch ``input_values`` [B, T] with sample ``lengths``.
 
         labels: [B, N] (or a list, one per label set) frame labels at ``label_rate``, padded;
@@ -152,7 +157,8 @@ class HubertPretrainModel(nn.Module):
         output and the feature penalty are returned.
         Returns loss, loss_masked, loss_unmasked, feature_penalty, accuracy_masked, accuracy_unmasked,
         logits_masked / targets_masked (lists over label sets), mask_indices [B, L], frame_lengths,
-        and ``encoder`` (a HubertOutput with the padded last hidden state).
+        and ``encoder`` (a HubertOutput with the padded last hidden state). With
+        ``output_hidden_states`` also ``packed_hidden_states`` ([sum(L), D] per layer, embeddings first).
         """
         features, frames = self.conv_features(input_values, lengths)
         feature_penalty = features.float().pow(2).mean()
@@ -165,15 +171,21 @@ class HubertPretrainModel(nn.Module):
         mask_indices = mask_indices.to(features.device, torch.bool)
         hidden = self.hubert.feature_projection(features)
         hidden = self.hubert.mask_features(hidden, frames, mask_indices)
-        last, _ = self.hubert.encode(hidden, frames, output_layer=output_layer)
+        last, states = self.hubert.encode(hidden, frames, output_layer=output_layer,
+                                          output_hidden_states=output_hidden_states)
         encoder = HubertOutput(last_hidden_state=unpack(last, frames, width), hidden_states=None,
                                frame_lengths=torch.tensor(frames, dtype=torch.long, device=input_values.device))
         out = {"feature_penalty": feature_penalty, "mask_indices": mask_indices, "frame_lengths": encoder.frame_lengths,
-               "encoder": encoder}
+               "encoder": encoder, "packed_last_hidden_state": last}
+        if states is not None:
+            out["packed_hidden_states"] = states
         if labels is None:
             out["loss"] = self.feature_penalty_weight * feature_penalty
             return out
 
+        if not self.num_classes:
+            raise ConfigError("This model has no prediction head (num_classes=[]); build it with num_classes=[K] "
+                              "to train on K-class pseudo-labels.")
         label_sets = [labels] if isinstance(labels, torch.Tensor) else list(labels)
         if len(label_sets) != len(self.num_classes):
             raise ConfigError(f"Got {len(label_sets)} label sets for a model with {len(self.num_classes)} "

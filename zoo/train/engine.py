@@ -258,6 +258,11 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     if plan["action"] == "done":
         logger.info("%s already holds this finished run; nothing to do", output_dir)
         return final_dir
+    if info.is_main and plan["action"] == "fresh":
+        # Claim the folder before the trainer writes into it (e.g. pseudo-labels made in build_datasets),
+        # so a run stopped during that preparation starts again instead of finding a "foreign" folder.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_file(output_dir, config, "preparing", 0)
 
     max_steps = int(train["max_steps"])
     seed = int(train["seed"] or 0)

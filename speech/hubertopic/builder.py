@@ -1,0 +1,110 @@
+"""HuBERTopic configs and sizes (speech.md §2.2, §2.3).
+
+``encoder`` holds ``zoo.models.hubert.HubertConfig`` arguments (transformers' names,
+hard-coded ``facebook/hubert-base-ls960`` values for ``base``: nothing is downloaded).
+``pretrain`` holds fairseq's HuBERT objective (§2.3) and ``topic`` the auxiliary
+utterance-level topic head (§2.2). The paper leaves the topic head's details open;
+our defaults are marked "ours" and listed in README.md here.
+"""
+from __future__ import annotations
+
+from zoo.config import merge
+from zoo.errors import ConfigError
+
+# speech.md §2.3: conv [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2; 12 x 768, FFN 3072, 12 heads.
+BASE_ENCODER = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "conv_dim": [512] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "group",
+    "feat_proj_layer_norm": True,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "layer_norm_eps": 1e-5,
+    "do_stable_layer_norm": False,
+    # transformers keeps masked_spec_embed only when mask_time_prob > 0; pretraining masks with `pretrain`.
+    "mask_time_prob": 0.05,
+    "layerdrop": 0.05,              # §2.3 encoder_layerdrop
+    "hidden_dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,      # fairseq base: activation_dropout 0.0
+    "feat_proj_dropout": 0.1,
+}
+
+DEFAULT_CONFIG = {
+    "encoder": BASE_ENCODER,
+    "sample_rate": 16000,
+    # §2.3: `normalize: false` for Base (the waveform is fed as read); true z-scores it (fairseq's layer_norm).
+    "normalize": False,
+    # Classes per label set (one set: k-means units). [] = encoder only (e.g. the hubert-base card).
+    "num_classes": [500],
+    "label_rate": 50,               # labels per second: 100 for MFCC units (iteration 1), 50 for layer units
+    "pretrain": {
+        "final_dim": 256,
+        "untie_final_proj": True,
+        "logit_temp": 0.1,
+        "mask_prob": 0.8,
+        "mask_length": 10,
+        "min_masks": 2,
+        "require_same_masks": True,
+        "feature_grad_mult": 0.1,
+        "feature_penalty_weight": 10.0,
+        "pred_masked_weight": 1.0,
+        "pred_nomask_weight": 0.0,
+        "label_tolerance_frames": 2,
+    },
+    # §2.2: auxiliary topic classification on a pooled utterance representation.
+    "topic": {
+        "num_topics": 100,          # ours (paper: unknown T); 0 = no topic head
+        "layer": None,              # ours: None = last layer; k = output of layer k (1-based)
+        "pooling": "mean",          # ours: mean over the utterance's frames ("mean" | "max")
+        "dropout": 0.0,
+        "weight": 1.0,              # ours: lambda in L = L_hubert + lambda * CE
+    },
+}
+
+SIZES = {
+    # First = the default of `zoo convert hubertopic`.
+    "base": {},
+    # Same conv strides (50 Hz frames) at a width that trains on a CPU in minutes.
+    "tiny": {
+        "encoder": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "conv_dim": [32] * 7,
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+            "layerdrop": 0.0,
+        },
+        "num_classes": [100],
+        "label_rate": 100,
+        "pretrain": {"final_dim": 32},
+        "topic": {"num_topics": 10},
+    },
+}
+
+POOLINGS = ("mean", "max")
+
+
+def make_config(size: str = "base", **overrides) -> dict:
+    """The full config of ``size`` with nested ``overrides`` merged in."""
+    if size not in SIZES:
+        raise ConfigError(f"HuBERTopic has no size {size!r}; sizes: {', '.join(SIZES)}")
+    config = merge(DEFAULT_CONFIG, SIZES[size])
+    config["size"] = size
+    return merge(config, overrides)
+
+
+def build(config: dict):
+    """A random-init HubertopicModel from a complete config (registry contract)."""
+    from zoo.speech.hubertopic.model import HubertopicModel
+
+    return HubertopicModel(merge(DEFAULT_CONFIG, config))
