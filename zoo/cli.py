@@ -60,8 +60,12 @@ def _cmd_eval(args) -> int:
     options = parse_overrides(args.options)
     if args.trials:
         options["trials"] = args.trials
+    if args.data == "demo":  # the bundled speech corpus, as in recipes
+        from zoo.data import demo_corpus
+
+        args.data = str(demo_corpus())
     if not Path(args.data).exists():
-        raise ConfigError(f"--data {args.data!r} does not exist")
+        raise ConfigError(f"--data {args.data!r} does not exist; give a manifest or folder, or 'demo'")
     metrics = evaluate(model, data=args.data, output=args.output, **options)
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 0
@@ -137,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a manifest")
     p.add_argument("name", help="card name, hf-hub:org/name or a local folder")
-    p.add_argument("--data", required=True, help="JSONL manifest")
+    p.add_argument("--data", required=True, help="JSONL manifest, folder, or demo (the bundled speech corpus)")
     p.add_argument("--trials", help="trial list (speaker verification)")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")

@@ -1,0 +1,265 @@
+"""``zoo train hubertopic``: the label chain, then HuBERT pretraining with the topic task.
+
+build_datasets runs (or reuses) the resumable label steps of pipeline.py on rank 0
+(features -> k-means -> unit labels -> LDA topics), then every rank reads the labels
+folder. Batches follow fairseq's HuBERT data path (speech.md §2.3): utterances
+shorter than ``data.min_sample_size`` are dropped, every utterance of a batch is
+randomly cropped to the batch's shortest (at most ``data.max_sample_size``; fairseq's
+``pad_audio: false``), and the labels are cut to the same span. Crops start on the
+label grid (ours) so labels and audio stay aligned exactly.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from zoo.errors import ConfigError
+from zoo.models.hubert_pretrain import LabelLengthError
+from zoo.speech.hubertopic.pipeline import LABEL_DEFAULTS, LDA_DEFAULTS, LabelChain, Labels, utterance_id
+from zoo.train import Trainer
+
+logger = logging.getLogger("zoo.hubertopic")
+
+
+def resolve_rows(value) -> tuple[list[dict], str]:
+    """Manifest rows (absolute paths) and the corpus name for ``data.train``: a JSONL file, a folder or 'demo'."""
+    from zoo.data import audio_folder, demo_corpus, read_manifest
+
+    if value in (None, ""):
+        raise ConfigError("data.train is not set: give a JSONL manifest or an audio folder (data.train=PATH), "
+                          "or 'demo' for the bundled corpus.")
+    path = Path(demo_corpus()) if value == "demo" else Path(str(value)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data manifest {str(value)!r} does not exist; give a JSONL manifest, an audio folder, "
+                          "or 'demo' for the bundled corpus.")
+    rows = audio_folder(path) if path.is_dir() else read_manifest(path)
+    if not rows:
+        raise ConfigError(f"{path} lists no audio.")
+    return rows, str(path.resolve())
+
+
+def expected_labels(num_samples: int, label_rate: int, model) -> int:
+    """Labels an utterance of ``num_samples`` gets: MFCC frames at 100 Hz, conv frames at 50 Hz."""
+    from zoo.speech.hubertopic.features import mfcc_frame_count
+
+    if label_rate == 100:
+        return mfcc_frame_count(num_samples)
+    return int(model.hubert.frame_lengths(num_samples))
+
+
+class HubertopicDataset(torch.utils.data.Dataset):
+    """Whole utterances with their unit labels and topic; cropping happens in ``collate``."""
+
+    def __init__(self, rows: list[dict], ids: list[str], labels: Labels, *, normalize: bool, sample_rate: int,
+                 receptive_field: int, cache_audio: bool = False):
+        self.rows, self.ids, self.labels = rows, ids, labels
+        self.normalize, self.sample_rate = normalize, sample_rate
+        self.receptive_field = receptive_field
+        self.label_rate = int(labels.manifest["label_rate"])
+        self.cache = {} if cache_audio else None
+        labels.check_covers(ids)
+        missing = [i for i in ids if i not in labels.topics]
+        if missing:
+            raise ConfigError(f"{labels.folder / labels.manifest['topics']} has no topic for {missing[:3]}; "
+                              "redo the lda step (labels.force=true).")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _audio(self, index: int) -> torch.Tensor:
+        from zoo.audio import load_audio
+
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        wave = load_audio(self.rows[index]["path"], self.sample_rate, min_samples=self.receptive_field)
+        if self.cache is not None:
+            self.cache[index] = wave
+        return wave
+
+    def __getitem__(self, index: int) -> dict:
+        from zoo.speech.hubertopic.features import mfcc_frame_count
+
+        wave = self._audio(index)
+        units = torch.as_tensor(self.labels.units[self.ids[index]], dtype=torch.long)
+        if self.label_rate == 100:
+            expected = mfcc_frame_count(wave.shape[0])
+        else:
+            expected = max(0, (wave.shape[0] - self.receptive_field) // (self.sample_rate // self.label_rate) + 1)
+        if abs(units.numel() - expected) > 2:
+            raise LabelLengthError(
+                f"{self.labels.units_file}: utterance {self.ids[index]!r} ({self.rows[index]['path']}) has "
+                f"{units.numel()} labels but its audio gives {expected} at {self.label_rate} Hz. The labels belong "
+                "to other audio or another label rate; make them again (labels.force=true).")
+        if self.normalize:  # fairseq normalises the whole utterance before cropping
+            wave = torch.nn.functional.layer_norm(wave, wave.shape)
+        return {"wav": wave, "units": units, "topic": int(self.labels.topics[self.ids[index]])}
+
+
+def crop_batch(items: list[dict], max_sample_size: int, sample_rate: int, label_rate: int) -> dict:
+    """Crop every utterance to the batch's shortest (at most ``max_sample_size``), labels alike."""
+    hop = sample_rate // label_rate
+    size = min(min(item["wav"].shape[0] for item in items), int(max_sample_size))
+    size -= size % hop
+    waves, labels, label_lengths = [], [], []
+    for item in items:
+        wave, units = item["wav"], item["units"]
+        slots = (wave.shape[0] - size) // hop
+        start = int(torch.randint(slots + 1, ()).item()) if slots > 0 else 0
+        waves.append(wave[start * hop:start * hop + size])
+        piece = units[start:start + size // hop]
+        labels.append(piece)
+        label_lengths.append(piece.numel())
+    width = max(label_lengths)
+    padded_labels = torch.stack([torch.nn.functional.pad(p, (0, width - p.numel())) for p in labels])
+    return {"input_values": torch.stack(waves), "lengths": torch.full((len(items),), size, dtype=torch.long),
+            "labels": padded_labels, "label_lengths": torch.tensor(label_lengths, dtype=torch.long),
+            "topics": torch.tensor([item["topic"] for item in items], dtype=torch.long)}
+
+
+class HubertopicTrainer(Trainer):
+    config_defaults = {
+        "model": {"size": "tiny", "init": None, "overrides": {}},
+        "data": {
+            "train": "demo",              # JSONL manifest, audio folder, or 'demo' (bundled corpus)
+            "eval": None,                 # manifest for the evaluation hook (masked accuracy, topic NMI)
+            "min_sample_size": 32000,     # speech.md §2.3: shorter utterances are dropped
+            "max_sample_size": 250000,    # speech.md §2.3: crop length cap (15.6 s)
+            "cache_audio": False,
+            "eval_items": 64,
+        },
+        "labels": dict(LABEL_DEFAULTS),
+        "lda": dict(LDA_DEFAULTS),
+    }
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.chain = None
+
+    # ------------------------------------------------------------------ model
+    def model_config(self) -> dict:
+        """The model config: size + overrides, with heads sized by the label settings."""
+        from zoo.registry import get_family
+        from zoo.speech.hubertopic.features import FEATURE_RATES
+
+        section = self.config["model"]
+        labels = self.config["labels"]
+        family = get_family("hubertopic")
+        config = family.make_config(section.get("size") or "tiny", dict(section.get("overrides") or {}),
+                                    source="model.overrides")
+        config["num_classes"] = [int(labels["num_clusters"])]
+        if labels["source"] not in FEATURE_RATES:
+            raise ConfigError(f"labels.source must be one of {sorted(FEATURE_RATES)}, got {labels['source']!r}")
+        config["label_rate"] = FEATURE_RATES[labels["source"]]
+        if self.config["lda"]["num_topics"]:
+            config["topic"]["num_topics"] = int(self.config["lda"]["num_topics"])
+        if not int(config["topic"]["num_topics"]):
+            raise ConfigError("HuBERTopic training needs topics: set lda.num_topics (or model topic.num_topics) > 0.")
+        return config
+
+    def build_model(self):
+        from zoo.registry import get_family
+
+        model = get_family("hubertopic").build(self.model_config())
+        init = self.config["model"].get("init")
+        if init:
+            self._load_init(model, init)
+        model.train()
+        return model
+
+    @staticmethod
+    def _load_init(model, init) -> None:
+        """Start from another model's encoder (e.g. hubert-base); the heads stay freshly initialised."""
+        import zoo
+        from zoo.models.checkpoints import strict_load
+        from zoo.speech.hubertopic.loader import load_encoder
+
+        path = Path(str(init)).expanduser()
+        if path.is_file():
+            layout = load_encoder(model, path)
+            logger.info("encoder initialised from %s (%s layout)", path, layout)
+            return
+        source = zoo.load(str(init))
+        if not hasattr(source, "hubert"):
+            raise ConfigError(f"model.init={init!r} is a {type(source).__name__} without a HuBERT encoder.")
+        strict_load(model.hubert, source.hubert.state_dict(), f"model.init={init}")
+        logger.info("encoder initialised from %s", init)
+
+    # ------------------------------------------------------------------ data
+    def labels_folder(self) -> Path:
+        folder = self.config["labels"]["dir"]
+        return Path(str(folder)).expanduser() if folder else Path(self.output_dir) / "labels"
+
+    def build_datasets(self):
+        data = self.config["data"]
+        rows, corpus = resolve_rows(data["train"])
+        durations = []
+        kept = []
+        for row in rows:
+            seconds = row.get("duration")
+            if seconds is None:
+                import soundfile
+
+                try:
+                    seconds = soundfile.info(row["path"]).duration
+                except Exception as err:
+                    from zoo.errors import AudioInputError
+
+                    raise AudioInputError(f"{row['path']}: cannot read the audio ({err}).") from err
+            durations.append(float(seconds))
+            if float(seconds) * 16000 >= int(data["min_sample_size"]):
+                kept.append(row)
+        if not kept:
+            raise ConfigError(f"Every utterance of {corpus} is shorter than data.min_sample_size="
+                              f"{data['min_sample_size']} samples; lower it.")
+        if len(kept) < len(rows):
+            logger.info("dropped %d of %d utterances shorter than %d samples", len(rows) - len(kept), len(rows),
+                        data["min_sample_size"])
+        model_config = self.model_config()
+        folder = self.labels_folder()
+        self.chain = LabelChain(rows, folder, labels=self.config["labels"], lda=self.config["lda"],
+                                num_topics=model_config["topic"]["num_topics"],
+                                sample_rate=model_config["sample_rate"], corpus=corpus)
+        if getattr(self, "rank", 0) == 0:
+            self.chain.run()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        labels = Labels.read(folder)
+        from zoo.models.hubert import HubertConfig
+
+        encoder = HubertConfig(**model_config["encoder"])
+        ids = [utterance_id(row, rows.index(row)) for row in kept]
+        train = HubertopicDataset(kept, ids, labels, normalize=bool(model_config.get("normalize")),
+                                  sample_rate=int(model_config["sample_rate"]), receptive_field=encoder.receptive_field,
+                                  cache_audio=bool(data["cache_audio"]))
+        self.label_rate = int(labels.manifest["label_rate"])
+        return train, None
+
+    def collate(self, items: list):
+        return crop_batch(items, int(self.config["data"]["max_sample_size"]), 16000, self.label_rate)
+
+    # ------------------------------------------------------------------ step
+    def training_step(self, model, batch) -> dict:
+        out = model(batch["input_values"], batch["lengths"], batch["labels"], batch["label_lengths"],
+                    topics=batch["topics"])
+        metrics = {"loss": out["loss"], "loss_masked": out["loss_masked"].item(),
+                   "feature_penalty": out["feature_penalty"].item(), "accuracy_masked": out["accuracy_masked"]}
+        if "loss_topic" in out:
+            metrics.update(loss_topic=out["loss_topic"].item(), accuracy_topic=out["accuracy_topic"])
+        return metrics
+
+    def evaluate(self, model) -> dict:
+        data = self.config["data"]
+        if not data["eval"]:
+            return {}
+        from zoo.speech.hubertopic.evaluate import evaluate as evaluate_model
+
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = evaluate_model(model, data=data["eval"], labels=str(self.labels_folder()),
+                                     max_items=data["eval_items"])
+        finally:
+            model.train(was_training)
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
