@@ -140,3 +140,21 @@ def test_labels_that_do_not_fit_the_audio_are_an_error_naming_the_file(subset, t
         HubertopicDataset(rows, [r["id"] for r in rows], Labels.read(tmp_path / "labels"), normalize=False,
                           sample_rate=16000, receptive_field=400)
     assert np.all(read_labels(units_file)[rows[1]["id"]] >= 0)
+
+
+def test_a_run_stopped_while_making_labels_starts_again_and_reuses_them(subset, tmp_path, monkeypatch, caplog):
+    from zoo.speech.hubertopic import trainer as trainer_module
+
+    def stop(self):
+        raise KeyboardInterrupt("stopped after the label steps")
+
+    monkeypatch.setattr(trainer_module.HubertopicDataset, "__len__", stop)
+    config = _demo_config(subset, tmp_path / "run", **{"train.max_steps": 4, "data.eval": None})
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "preparing"
+    assert (tmp_path / "run" / "labels" / "topics.txt").is_file()
+    monkeypatch.undo()
+    caplog.set_level("INFO", logger="zoo.hubertopic")
+    final = run(config)
+    assert final.is_dir() and "lda already done" in caplog.text
