@@ -158,3 +158,43 @@ def test_a_run_stopped_while_making_labels_starts_again_and_reuses_them(subset, 
     caplog.set_level("INFO", logger="zoo.hubertopic")
     final = run(config)
     assert final.is_dir() and "lda already done" in caplog.text
+
+
+def test_base_recipe_is_paper_scale_iteration_two():
+    from zoo.speech.hubertopic.trainer import HubertopicTrainer
+
+    config = load_recipe(RECIPES / "base.yaml", ["data.train=ls960.jsonl", "labels.teacher=hubert-base"])
+    assert config["optim"] == {**config["optim"], "name": "adamw", "lr": 5.0e-4, "betas": [0.9, 0.98], "eps": 1.0e-6,
+                               "weight_decay": 0.01}
+    assert config["schedule"]["name"] == "polynomial" and config["schedule"]["warmup_steps"] == 32000
+    assert config["train"]["max_steps"] == 400000
+    model_config = HubertopicTrainer(config).model_config()
+    assert model_config["num_classes"] == [500] and model_config["label_rate"] == 50
+    assert model_config["encoder"]["num_hidden_layers"] == 12 and model_config["topic"]["num_topics"] == 100
+    assert model_config["pretrain"]["mask_prob"] == 0.8 and model_config["pretrain"]["feature_grad_mult"] == 0.1
+    with pytest.raises(ConfigError, match="labels.teacher"):
+        LabelChain([], "unused", labels={"source": "layer"})
+
+
+def test_iteration_two_labels_come_from_a_teacher_layer_at_50_hz(subset, tmp_path):
+    import zoo
+
+    torch.manual_seed(0)
+    teacher = zoo.load("hubertopic-tiny", pretrained=False)
+    folder = teacher.save_pretrained(tmp_path / "teacher")
+    rows = read_manifest(subset)[:6]
+    chain = LabelChain(rows, tmp_path / "labels", labels={"source": "layer", "teacher": str(folder), "layer": 1,
+                                                          "num_clusters": 8, "percent": 1.0, "kmeans": {"n_init": 2}},
+                       lda={"num_topics": 2, "max_iter": 5}, corpus="subset")
+    assert chain.run()["label_rate"] == 50
+    units = Labels.read(tmp_path / "labels").units
+    for row in rows:
+        samples = sf.info(row["path"]).frames
+        assert len(units[row["id"]]) == (samples - 400) // 320 + 1
+    # The first utterance's units are the nearest centroids of the teacher's layer-1 features.
+    from zoo.audio import load_audio
+    from zoo.speech.hubertopic.features import layer_features
+    from zoo.speech.hubertopic.kmeans import assign, load_centroids
+
+    features = layer_features(zoo.load(str(folder)).hubert, load_audio(rows[0]["path"]), 1)
+    assert np.array_equal(assign(features, load_centroids(tmp_path / "labels" / "centroids.npy")), units[rows[0]["id"]])

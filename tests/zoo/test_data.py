@@ -95,7 +95,8 @@ def test_demo_corpus_shape(demo_rows):
     assert min(sum(row["speaker"] == s for row in demo_rows) for s in speakers) >= 25
     assert len({row["id"] for row in demo_rows}) == len(demo_rows)
     for row in demo_rows:
-        assert set(row) == {"id", "path", "speaker", "text", "duration", "syllables"}
+        assert set(row) == {"id", "path", "speaker", "gender", "text", "duration", "syllables"}
+        assert row["gender"] == ("female" if row["speaker"].split("+")[1].startswith("f") else "male")
         assert 0.5 <= row["duration"] <= 3.5
         assert row["syllables"] == count_syllables(row["text"]) > 0
     raw = [json.loads(line) for line in demo_corpus().read_text().splitlines()]

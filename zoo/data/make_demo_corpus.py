@@ -163,6 +163,11 @@ def trim_silence(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, *, floor_db: 
     return wave[start:stop]
 
 
+def voice_gender(voice: str) -> str:
+    """espeak-ng variants are named m1..m7 (male) and f1..f5 (female)."""
+    return "female" if voice.rsplit("+", 1)[-1].startswith("f") else "male"
+
+
 def synthesize(text: str, voice: str, pitch: int, speed: int, workdir: Path) -> np.ndarray:
     """espeak-ng -> float32 mono at SAMPLE_RATE, trimmed."""
     import soundfile
@@ -204,7 +209,7 @@ def make_speech(out: Path) -> list[dict]:
                 soundfile.write(str(path), wave, SAMPLE_RATE, format="OGG", subtype="VORBIS")
                 frames = soundfile.info(str(path)).frames
                 rows.append({"id": utterance_id, "path": path.relative_to(speech).as_posix(), "speaker": voice,
-                             "text": text, "duration": round(frames / SAMPLE_RATE, 4),
+                             "gender": voice_gender(voice), "text": text, "duration": round(frames / SAMPLE_RATE, 4),
                              "syllables": count_syllables(text)})
     write_manifest(rows, speech / "manifest.jsonl")
     return rows
