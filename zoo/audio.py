@@ -16,7 +16,7 @@ import torch
 
 from zoo.errors import AudioInputError
 
-__all__ = ["load_audio", "prepare_waveform", "pad_batch", "AUDIO_EXTENSIONS"]
+__all__ = ["load_audio", "prepare_waveform", "prepare_waveforms", "pad_batch", "AUDIO_EXTENSIONS"]
 
 # Formats libsndfile (soundfile) reads; used by zoo.data.audio_folder too.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -86,6 +86,31 @@ def prepare_waveform(wav, sample_rate: int, target_rate: int = 16000, *, name: s
             f"but at least {need} samples ({need / target_rate:.3f} s) are needed; give a longer recording "
             "or pad it with silence.")
     return wave.to(torch.float32).contiguous()
+
+
+def prepare_waveforms(wav, sample_rate: int, target_rate: int = 16000, lengths=None, *,
+                      min_samples: int = 1) -> tuple[list[torch.Tensor], bool]:
+    """Model input in any accepted form -> (list of mono ``target_rate`` tensors, whether it was a batch).
+
+    Accepted: one waveform (1-D, or multi-channel [C, T] / [T, C], mixed down); a list of
+    waveforms; a padded batch [B, T] together with ``lengths``.
+    """
+    if isinstance(wav, (list, tuple)):
+        if len(wav) == 0:
+            raise AudioInputError("Got an empty list of waveforms; pass at least one.")
+        items, batched = list(wav), True
+    elif lengths is not None:
+        batch = wav if isinstance(wav, torch.Tensor) else torch.as_tensor(np.asarray(wav))
+        lengths = torch.as_tensor(lengths).tolist()
+        if batch.ndim != 2 or len(lengths) != batch.shape[0]:
+            raise AudioInputError(f"A padded batch must be [B, T] with B lengths; got {tuple(batch.shape)} "
+                                  f"and {len(lengths)} lengths.")
+        items, batched = [batch[i, :int(n)] for i, n in enumerate(lengths)], True
+    else:
+        items, batched = [wav], False
+    waves = [prepare_waveform(item, sample_rate, target_rate, name=f"waveform {i}" if batched else "waveform",
+                              min_samples=min_samples) for i, item in enumerate(items)]
+    return waves, batched
 
 
 def pad_batch(waves: Sequence) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.errors import AudioInputError, ConfigError
+from zoo.errors import ConfigError
 from zoo.model import ZooModel
 from zoo.models.hubert import HubertConfig, pack
 from zoo.models.hubert_pretrain import HubertPretrainModel
@@ -118,26 +117,11 @@ class HubertopicModel(HubertPretrainModel, ZooModel):
 
     def prepare_inputs(self, wav, sample_rate: int | None = None, lengths=None) -> tuple[list[torch.Tensor], bool]:
         """One waveform, a list, or a padded batch with ``lengths`` -> list of 16 kHz mono tensors."""
-        from zoo.audio import prepare_waveform
+        from zoo.audio import prepare_waveforms
 
-        sample_rate = int(sample_rate or self.sample_rate)
-        if isinstance(wav, (list, tuple)):
-            if not wav:
-                raise AudioInputError("Got an empty list of waveforms; pass at least one.")
-            items, batched = list(wav), True
-        elif lengths is not None:
-            batch = wav if isinstance(wav, torch.Tensor) else torch.as_tensor(np.asarray(wav))
-            lengths = torch.as_tensor(lengths).tolist()
-            if batch.ndim != 2 or len(lengths) != batch.shape[0]:
-                raise AudioInputError(f"A padded batch must be [B, T] with B lengths; got {tuple(batch.shape)} "
-                                      f"and {len(lengths)} lengths.")
-            items, batched = [batch[i, :int(n)] for i, n in enumerate(lengths)], True
-        else:
-            items, batched = [wav], False
-        minimum = self.hubert.config.receptive_field
-        waves = [self.normalize_waveform(prepare_waveform(
-            item, sample_rate, self.sample_rate, name=f"waveform {i}" if batched else "waveform", min_samples=minimum))
-            for i, item in enumerate(items)]
+        waves, batched = prepare_waveforms(wav, int(sample_rate or self.sample_rate), self.sample_rate, lengths,
+                                           min_samples=self.hubert.config.receptive_field)
+        waves = [self.normalize_waveform(wave) for wave in waves]
         return waves, batched
 
     def _run_encoder(self, waves: list[torch.Tensor], layer: int | None, all_layers: bool):

@@ -140,27 +140,11 @@ class SylberModel(ZooModel):
         Accepted: a 1-D waveform; a [C, T] / [T, C] multi-channel recording (mixed down);
         a list of waveforms; a padded batch [B, T] together with ``lengths``.
         """
-        from zoo.audio import prepare_waveform
+        from zoo.audio import prepare_waveforms
 
-        sample_rate = int(sample_rate or self.sample_rate)
-        if isinstance(wav, (list, tuple)):
-            if len(wav) == 0:
-                raise AudioInputError("Got an empty list of waveforms; pass at least one.")
-            items, batched = list(wav), True
-        elif lengths is not None:
-            batch = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav)
-            lengths = torch.as_tensor(lengths).tolist()
-            if batch.ndim != 2 or len(lengths) != batch.shape[0]:
-                raise AudioInputError(f"A padded batch must be [B, T] with B lengths; got {tuple(batch.shape)} "
-                                      f"and {len(lengths)} lengths.")
-            items, batched = [batch[i, : int(n)] for i, n in enumerate(lengths)], True
-        else:
-            items, batched = [wav], False
-        waves = []
-        for index, item in enumerate(items):
-            name = f"waveform {index}" if batched else "waveform"
-            wave = prepare_waveform(item, sample_rate, self.sample_rate, name=name, min_samples=RECEPTIVE_FIELD)
-            waves.append(znorm(wave))
+        waves, batched = prepare_waveforms(wav, int(sample_rate or self.sample_rate), self.sample_rate, lengths,
+                                           min_samples=RECEPTIVE_FIELD)
+        waves = [znorm(wave) for wave in waves]
         return waves, batched
 
     # ------------------------------------------------------------------ encoder
