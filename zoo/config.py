@@ -71,6 +71,15 @@ def merge(base: Mapping, update: Mapping) -> dict:
     return out
 
 
+def sized_config(family: str, defaults: Mapping, sizes: Mapping, size: str, overrides: Mapping) -> dict:
+    """A builder's full config: ``defaults``, then the named size, then ``overrides`` (``size`` recorded)."""
+    if size not in sizes:
+        raise ConfigError(f"{family} has no size {size!r}; sizes: {', '.join(sizes)}")
+    config = merge(defaults, sizes[size])
+    config["size"] = size
+    return merge(config, overrides)
+
+
 def _is_open(default: Any) -> bool:
     return isinstance(default, dict) and not default
 

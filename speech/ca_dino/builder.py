@@ -8,7 +8,7 @@ WeSpeaker's name) used by the Stage II pseudo-label trainer.
 """
 from __future__ import annotations
 
-from zoo.config import merge
+from zoo.config import merge, sized_config
 
 from zoo.models.ecapa_tdnn import ECAPA_DEFAULTS, ECAPA_SIZES
 
@@ -52,13 +52,7 @@ SIZES = {
 
 def make_config(size: str = "ecapa512", **overrides) -> dict:
     """The full config of ``size`` with nested ``overrides`` merged in."""
-    if size not in SIZES:
-        from zoo.errors import ConfigError
-
-        raise ConfigError(f"CA-DINO has no size {size!r}; sizes: {', '.join(SIZES)}")
-    config = merge(merge(DEFAULT_CONFIG, SIZES[size]), overrides)
-    config.setdefault("size", size)
-    return config
+    return sized_config("CA-DINO", DEFAULT_CONFIG, SIZES, size, overrides)
 
 
 def build(config: dict):

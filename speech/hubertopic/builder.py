@@ -8,8 +8,7 @@ our defaults are marked "ours" and listed in README.md here.
 """
 from __future__ import annotations
 
-from zoo.config import merge
-from zoo.errors import ConfigError
+from zoo.config import merge, sized_config
 
 # speech.md §2.3: conv [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2; 12 x 768, FFN 3072, 12 heads.
 BASE_ENCODER = {
@@ -96,11 +95,7 @@ POOLINGS = ("mean", "max")
 
 def make_config(size: str = "base", **overrides) -> dict:
     """The full config of ``size`` with nested ``overrides`` merged in."""
-    if size not in SIZES:
-        raise ConfigError(f"HuBERTopic has no size {size!r}; sizes: {', '.join(SIZES)}")
-    config = merge(DEFAULT_CONFIG, SIZES[size])
-    config["size"] = size
-    return merge(config, overrides)
+    return sized_config("HuBERTopic", DEFAULT_CONFIG, SIZES, size, overrides)
 
 
 def build(config: dict):

@@ -40,13 +40,13 @@ def resolve_rows(value) -> tuple[list[dict], str]:
     return rows, str(path.resolve())
 
 
-def expected_labels(num_samples: int, label_rate: int, model) -> int:
-    """Labels an utterance of ``num_samples`` gets: MFCC frames at 100 Hz, conv frames at 50 Hz."""
+def expected_labels(num_samples: int, label_rate: int, receptive_field: int, sample_rate: int = 16000) -> int:
+    """Labels an utterance of ``num_samples`` gets: kaldi MFCC frames at 100 Hz, conv frames at 50 Hz."""
     from zoo.speech.hubertopic.features import mfcc_frame_count
 
     if label_rate == 100:
         return mfcc_frame_count(num_samples)
-    return int(model.hubert.frame_lengths(num_samples))
+    return max(0, (num_samples - receptive_field) // (sample_rate // label_rate) + 1)
 
 
 class HubertopicDataset(torch.utils.data.Dataset):
@@ -79,14 +79,9 @@ class HubertopicDataset(torch.utils.data.Dataset):
         return wave
 
     def __getitem__(self, index: int) -> dict:
-        from zoo.speech.hubertopic.features import mfcc_frame_count
-
         wave = self._audio(index)
         units = torch.as_tensor(self.labels.units[self.ids[index]], dtype=torch.long)
-        if self.label_rate == 100:
-            expected = mfcc_frame_count(wave.shape[0])
-        else:
-            expected = max(0, (wave.shape[0] - self.receptive_field) // (self.sample_rate // self.label_rate) + 1)
+        expected = expected_labels(wave.shape[0], self.label_rate, self.receptive_field, self.sample_rate)
         if abs(units.numel() - expected) > 2:
             raise LabelLengthError(
                 f"{self.labels.units_file}: utterance {self.ids[index]!r} ({self.rows[index]['path']}) has "
@@ -116,6 +111,20 @@ def crop_batch(items: list[dict], max_sample_size: int, sample_rate: int, label_
     return {"input_values": torch.stack(waves), "lengths": torch.full((len(items),), size, dtype=torch.long),
             "labels": padded_labels, "label_lengths": torch.tensor(label_lengths, dtype=torch.long),
             "topics": torch.tensor([item["topic"] for item in items], dtype=torch.long)}
+
+
+def _duration(row: dict) -> float:
+    """Seconds of a manifest row: its ``duration`` field, else the audio file's header."""
+    if row.get("duration") is not None:
+        return float(row["duration"])
+    import soundfile
+
+    try:
+        return float(soundfile.info(row["path"]).duration)
+    except Exception as err:
+        from zoo.errors import AudioInputError
+
+        raise AudioInputError(f"{row['path']}: cannot read the audio ({err}).") from err
 
 
 class HubertopicTrainer(Trainer):
@@ -194,29 +203,17 @@ class HubertopicTrainer(Trainer):
     def build_datasets(self):
         data = self.config["data"]
         rows, corpus = resolve_rows(data["train"])
-        durations = []
-        kept = []
-        for row in rows:
-            seconds = row.get("duration")
-            if seconds is None:
-                import soundfile
-
-                try:
-                    seconds = soundfile.info(row["path"]).duration
-                except Exception as err:
-                    from zoo.errors import AudioInputError
-
-                    raise AudioInputError(f"{row['path']}: cannot read the audio ({err}).") from err
-            durations.append(float(seconds))
-            if float(seconds) * 16000 >= int(data["min_sample_size"]):
-                kept.append(row)
+        model_config = self.model_config()
+        self.sample_rate = int(model_config["sample_rate"])
+        ids = [utterance_id(row, index) for index, row in enumerate(rows)]
+        kept = [index for index, row in enumerate(rows)
+                if _duration(row) * self.sample_rate >= int(data["min_sample_size"])]
         if not kept:
             raise ConfigError(f"Every utterance of {corpus} is shorter than data.min_sample_size="
                               f"{data['min_sample_size']} samples; lower it.")
         if len(kept) < len(rows):
             logger.info("dropped %d of %d utterances shorter than %d samples", len(rows) - len(kept), len(rows),
                         data["min_sample_size"])
-        model_config = self.model_config()
         folder = self.labels_folder()
         self.chain = LabelChain(rows, folder, labels=self.config["labels"], lda=self.config["lda"],
                                 num_topics=model_config["topic"]["num_topics"],
@@ -229,15 +226,15 @@ class HubertopicTrainer(Trainer):
         from zoo.models.hubert import HubertConfig
 
         encoder = HubertConfig(**model_config["encoder"])
-        ids = [utterance_id(row, rows.index(row)) for row in kept]
-        train = HubertopicDataset(kept, ids, labels, normalize=bool(model_config.get("normalize")),
-                                  sample_rate=int(model_config["sample_rate"]), receptive_field=encoder.receptive_field,
+        train = HubertopicDataset([rows[i] for i in kept], [ids[i] for i in kept], labels,
+                                  normalize=bool(model_config.get("normalize")), sample_rate=self.sample_rate,
+                                  receptive_field=encoder.receptive_field,
                                   cache_audio=bool(data["cache_audio"]))
         self.label_rate = int(labels.manifest["label_rate"])
         return train, None
 
     def collate(self, items: list):
-        return crop_batch(items, int(self.config["data"]["max_sample_size"]), 16000, self.label_rate)
+        return crop_batch(items, int(self.config["data"]["max_sample_size"]), self.sample_rate, self.label_rate)
 
     # ------------------------------------------------------------------ step
     def training_step(self, model, batch) -> dict:

@@ -7,7 +7,7 @@ never downloads anything. ``encoder`` holds the arguments of
 """
 from __future__ import annotations
 
-from zoo.config import merge
+from zoo.config import merge, sized_config
 
 # speech.md §1.2: facebook/hubert-base-ls960 with num_hidden_layers=9.
 BASE_ENCODER = {
@@ -67,13 +67,7 @@ SIZES = {
 
 def make_config(size: str = "base", **overrides) -> dict:
     """The full config of ``size`` with nested ``overrides`` merged in."""
-    if size not in SIZES:
-        from zoo.errors import ConfigError
-
-        raise ConfigError(f"Sylber has no size {size!r}; sizes: {', '.join(SIZES)}")
-    config = merge(DEFAULT_CONFIG, SIZES[size])
-    config["size"] = size
-    return merge(config, overrides)
+    return sized_config("Sylber", DEFAULT_CONFIG, SIZES, size, overrides)
 
 
 def build(config: dict):
