@@ -9,32 +9,11 @@ our defaults are marked "ours" and listed in README.md here.
 from __future__ import annotations
 
 from zoo.config import merge, sized_config
+from zoo.models.hubert import HUBERT_BASE_ENCODER
 
-# speech.md §2.3: conv [(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2; 12 x 768, FFN 3072, 12 heads.
-BASE_ENCODER = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "conv_dim": [512] * 7,
-    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
-    "conv_bias": False,
-    "feat_extract_norm": "group",
-    "feat_proj_layer_norm": True,
-    "num_conv_pos_embeddings": 128,
-    "num_conv_pos_embedding_groups": 16,
-    "layer_norm_eps": 1e-5,
-    "do_stable_layer_norm": False,
-    # transformers keeps masked_spec_embed only when mask_time_prob > 0; pretraining masks with `pretrain`.
-    "mask_time_prob": 0.05,
-    "layerdrop": 0.05,              # §2.3 encoder_layerdrop
-    "hidden_dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.0,      # fairseq base: activation_dropout 0.0
-    "feat_proj_dropout": 0.1,
-}
+# speech.md §2.3: HuBERT Base; fairseq's pretraining uses encoder_layerdrop 0.05 and activation_dropout 0.0.
+# transformers keeps masked_spec_embed only when mask_time_prob > 0; pretraining masks with `pretrain`.
+BASE_ENCODER = {**HUBERT_BASE_ENCODER, "layerdrop": 0.05, "activation_dropout": 0.0}
 
 DEFAULT_CONFIG = {
     "encoder": BASE_ENCODER,

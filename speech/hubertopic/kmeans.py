@@ -62,38 +62,47 @@ def load_centroids(path) -> np.ndarray:
     return np.load(Path(path), allow_pickle=False)
 
 
-def write_labels(path, ids: list[str], labels: list) -> None:
-    """One line per utterance, ``id<TAB>unit unit ...``; written to a temporary file, then renamed."""
+def write_id_file(path, ids: list[str], values: list[str]) -> None:
+    """One line per utterance, ``id<TAB>value``; written to a temporary file, then renamed."""
     path = Path(path)
-    if len(ids) != len(labels):
-        raise ConfigError(f"write_labels got {len(ids)} ids for {len(labels)} label sequences")
+    if len(ids) != len(values):
+        raise ConfigError(f"{path.name}: got {len(ids)} ids for {len(values)} values")
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        for key, units in zip(ids, labels):
-            handle.write(f"{key}\t{' '.join(str(int(u)) for u in np.asarray(units).reshape(-1))}\n")
+        handle.writelines(f"{key}\t{value}\n" for key, value in zip(ids, values))
     os.replace(tmp, path)
 
 
-def read_labels(path) -> dict[str, np.ndarray]:
-    """``{id: int64 units}`` in file order; a malformed line is an error naming the file and the line."""
+def read_id_file(path, parse, expected: str) -> dict:
+    """``{id: parse(value)}`` in file order; a malformed line is an error naming the file and the line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Label file {path} does not exist; run the label steps (`zoo train hubertopic`).")
-    out: dict[str, np.ndarray] = {}
+        raise ConfigError(f"{path} does not exist; run the label steps (`zoo train hubertopic`).")
+    out = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\n")
             if not line:
                 continue
-            key, tab, units = line.partition("\t")
+            key, tab, value = line.partition("\t")
             try:
                 if not tab or not key:
                     raise ValueError("no id")
-                out[key] = np.array(units.split(), dtype=np.int64)
+                out[key] = parse(value)
             except ValueError:
-                raise ConfigError(f"{path}, line {number}: expected 'id<TAB>unit unit ...', got {line[:60]!r}") from None
+                raise ConfigError(f"{path}, line {number}: expected '{expected}', got {line[:60]!r}") from None
     return out
 
 
-__all__ = ["KMEANS_DEFAULTS", "assign", "fit_kmeans", "load_centroids", "read_labels", "sample_utterances",
-           "save_centroids", "write_labels"]
+def write_labels(path, ids: list[str], labels: list) -> None:
+    """Unit labels: ``id<TAB>unit unit ...`` per utterance."""
+    write_id_file(path, ids, [" ".join(str(int(u)) for u in np.asarray(units).reshape(-1)) for units in labels])
+
+
+def read_labels(path) -> dict[str, np.ndarray]:
+    """``{id: int64 units}`` in file order."""
+    return read_id_file(path, lambda value: np.array(value.split(), dtype=np.int64), "id<TAB>unit unit ...")
+
+
+__all__ = ["KMEANS_DEFAULTS", "assign", "fit_kmeans", "load_centroids", "read_id_file", "read_labels",
+           "sample_utterances", "save_centroids", "write_id_file", "write_labels"]

@@ -8,7 +8,6 @@ arrays and JSON (no pickle) and rebuilt exactly.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -126,27 +125,16 @@ class TopicModel:
 
 
 def write_topics(path, ids: list[str], topics) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for key, topic in zip(ids, np.asarray(topics).reshape(-1)):
-            handle.write(f"{key}\t{int(topic)}\n")
-    os.replace(tmp, path)
+    """One hard topic per utterance: ``id<TAB>topic``."""
+    from zoo.speech.hubertopic.kmeans import write_id_file
+
+    write_id_file(path, ids, [str(int(t)) for t in np.asarray(topics).reshape(-1)])
 
 
 def read_topics(path) -> dict[str, int]:
-    path = Path(path)
-    out = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            key, tab, value = line.partition("\t")
-            if not tab or not value.strip().lstrip("-").isdigit():
-                raise ConfigError(f"{path}, line {number}: expected 'id<TAB>topic', got {line[:60]!r}")
-            out[key] = int(value)
-    return out
+    from zoo.speech.hubertopic.kmeans import read_id_file
+
+    return read_id_file(path, int, "id<TAB>topic")
 
 
 def normalized_mutual_info(a, b) -> float:

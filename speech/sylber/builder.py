@@ -8,31 +8,10 @@ never downloads anything. ``encoder`` holds the arguments of
 from __future__ import annotations
 
 from zoo.config import merge, sized_config
+from zoo.models.hubert import HUBERT_BASE_ENCODER
 
 # speech.md §1.2: facebook/hubert-base-ls960 with num_hidden_layers=9.
-BASE_ENCODER = {
-    "hidden_size": 768,
-    "num_hidden_layers": 9,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "conv_dim": [512, 512, 512, 512, 512, 512, 512],
-    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
-    "conv_bias": False,
-    "feat_extract_norm": "group",
-    "feat_proj_layer_norm": True,
-    "num_conv_pos_embeddings": 128,
-    "num_conv_pos_embedding_groups": 16,
-    "layer_norm_eps": 1e-5,
-    "do_stable_layer_norm": False,
-    "mask_time_prob": 0.05,
-    "layerdrop": 0.1,
-    "hidden_dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.1,
-    "feat_proj_dropout": 0.1,
-}
+BASE_ENCODER = {**HUBERT_BASE_ENCODER, "num_hidden_layers": 9}
 
 DEFAULT_CONFIG = {
     "encoder": BASE_ENCODER,
