@@ -1,0 +1,345 @@
+"""SoM-LLaVA training data: "list items one by one" samples, QA samples, LLaVA conversation files, mixing.
+
+Records are LLaVA's conversation format (``haotian-liu/LLaVA:llava/train/train.py``,
+``LazySupervisedDataset``), one JSON list per file::
+
+    {"id": "000000000025", "image": "coco/som_train2017/000000000025.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\n<instruction>"},
+                       {"from": "gpt", "value": "1. ...\\n2. ..."}]}
+
+Turns alternate ``human`` / ``gpt`` starting with ``human``; a record with an ``image`` has exactly
+one ``<image>`` placeholder, in a human turn. A record without ``image`` is text-only (LLaVA's
+ShareGPT part).
+
+* Listing samples: the instruction is drawn from the 42 paraphrases the release ships
+  (``instruction_pool.txt``, from ``zzxslp/SoM-LLaVA:prompts.py``), the answer is a numbered list in
+  tag order. Items the annotator cannot identify (hidden objects) are said to be uncertain, as the
+  GPT-4V prompt of the paper asks.
+* QA samples: free questions about tagged images (the paper's 20k QA set was written by GPT-4V).
+* On the shapes world (``zoo.data.shapes``) answers come from the scene's ground truth: tags are
+  drawn on the objects' masks, so tag k names the object whose mask received it.
+* ``mix`` combines SoM records with plain LLaVA records by a ratio (the release's
+  ``som_llava_mix695k.json`` is ``llava_v1_5_mix665k`` + 30k SoM records).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from zoo.errors import ConfigError
+
+logger = logging.getLogger("zoo.som_llava")
+
+IMAGE_TOKEN = "<image>"
+HUMAN, GPT = "human", "gpt"
+
+
+# --------------------------------------------------------------------------- instructions
+
+
+@lru_cache(maxsize=1)
+def instruction_pool() -> tuple[str, ...]:
+    """The 42 listing instructions of the SoM-LLaVA release, in their official order."""
+    text = resources.files("zoo.multimodal.som_llava").joinpath("instruction_pool.txt").read_text(encoding="utf-8")
+    pool = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    if len(pool) != 42:
+        raise ConfigError(f"instruction_pool.txt holds {len(pool)} instructions, expected 42; reinstall zoo.")
+    return pool
+
+
+def sample_instruction(rng: random.Random) -> str:
+    """One instruction drawn uniformly from :func:`instruction_pool`."""
+    return rng.choice(instruction_pool())
+
+
+# --------------------------------------------------------------------------- answers
+
+
+@dataclass
+class Item:
+    """What one tag points at: ``text`` names it; ``sure=False`` marks an item the annotator could not
+    identify for certain (mostly hidden, cut off), which the answer says explicitly."""
+
+    label: str
+    text: str
+    sure: bool = True
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(str(text).split())
+    if not text:
+        raise ConfigError("An item needs a non-empty description.")
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def item_line(item: Item) -> str:
+    """``"3. A red circle."``; an uncertain item reads ``"3. Not sure: possibly a red circle, ..."``."""
+    if item.sure:
+        return f"{item.label}. {_sentence(item.text)}"
+    text = " ".join(str(item.text).split())
+    return f"{item.label}. Not sure: possibly {text[0].lower() + text[1:] if text else 'an object'}" + (
+        "" if text.endswith(".") else ".")
+
+
+def listing_answer(items: Sequence[Item]) -> str:
+    """The numbered list, one item per line, in tag order (the order of ``items``)."""
+    if not items:
+        raise ConfigError("A listing answer needs at least one tagged item.")
+    return "\n".join(item_line(item) for item in items)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def record(id: str, image: str | None, turns: Sequence[tuple[str, str]]) -> dict:
+    """A LLaVA record from ``(question, answer)`` pairs; the first question gets ``<image>\\n`` in front
+    when there is an image and none of the questions has the placeholder yet."""
+    if not turns:
+        raise ConfigError(f"record {id!r}: a conversation needs at least one (question, answer) pair.")
+    conversations = []
+    needs_image = image is not None and not any(IMAGE_TOKEN in q for q, _ in turns)
+    for index, (question, answer) in enumerate(turns):
+        if needs_image and index == 0:
+            question = f"{IMAGE_TOKEN}\n{question}"
+        conversations += [{"from": HUMAN, "value": question}, {"from": GPT, "value": answer}]
+    out = {"id": str(id)}
+    if image is not None:
+        out["image"] = str(image)
+    out["conversations"] = conversations
+    validate_record(out)
+    return out
+
+
+def listing_record(id: str, image: str, items: Sequence[Item], rng: random.Random,
+                   instruction: str | None = None) -> dict:
+    """A "list items one by one" record: a pool instruction and the numbered answer."""
+    return record(id, image, [(instruction or sample_instruction(rng), listing_answer(items))])
+
+
+def qa_record(id: str, image: str | None, qa_pairs: Sequence[tuple[str, str]]) -> dict:
+    """A question-answering record (one or more turns) about a (tagged) image."""
+    return record(id, image, list(qa_pairs))
+
+
+def validate_record(item: Any, where: str = "record") -> None:
+    """Raise ConfigError (saying what is wrong) unless ``item`` is a valid LLaVA conversation record."""
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} is a {type(item).__name__}, not a JSON object.")
+    turns = item.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise ConfigError(f"{where} has no 'conversations' list.")
+    images = 0
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise ConfigError(f"{where}: turn {index} must be an object with 'from' and a string 'value'.")
+        if turn.get("from") != (HUMAN if index % 2 == 0 else GPT):
+            raise ConfigError(f"{where}: turn {index} is from {turn.get('from')!r}; turns must alternate "
+                              "'human' / 'gpt', starting with 'human'.")
+        count = turn["value"].count(IMAGE_TOKEN)
+        if count and turn["from"] != HUMAN:
+            raise ConfigError(f"{where}: turn {index} (gpt) contains {IMAGE_TOKEN}.")
+        images += count
+    if "image" in item:
+        if not isinstance(item["image"], str) or not item["image"]:
+            raise ConfigError(f"{where}: 'image' must be a relative path string.")
+        if images > 1:
+            raise ConfigError(f"{where} has {images} {IMAGE_TOKEN} placeholders for one image.")
+    elif images:
+        raise ConfigError(f"{where} has {IMAGE_TOKEN} in its text but no 'image'.")
+
+
+def read_conversations(path: str | os.PathLike) -> list[dict]:
+    """Records of a LLaVA conversation file (a JSON list, or JSON Lines); every record is validated."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"Conversation file {str(path)!r} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if text.lstrip().startswith("["):
+            items = json.loads(text)
+        else:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not a JSON list or JSON Lines file of LLaVA records: {err}") from err
+    for index, item in enumerate(items):
+        validate_record(item, f"{path} record {index}")
+    return items
+
+
+def write_conversations(records: Iterable[dict], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write records as LLaVA's JSON list, atomically; refuses to replace a file unless ``overwrite``."""
+    from zoo.files import write_atomic
+
+    records = list(records)
+    for index, item in enumerate(records):
+        validate_record(item, f"record {index}")
+    return write_atomic(path, json.dumps(records, ensure_ascii=False, indent=1) + "\n", overwrite=overwrite)
+
+
+def mix(som: Sequence[dict], plain: Sequence[dict], *, som_fraction: float | None = None, seed: int = 0) -> list[dict]:
+    """Plain LLaVA records plus SoM records, shuffled with ``seed``.
+
+    ``som_fraction=None`` keeps every record of both (as the release's 665k + 30k mix). Otherwise
+    all plain records are kept and enough SoM records are drawn (without replacement) that they make
+    up ``som_fraction`` of the result; asking for more SoM records than exist raises ConfigError.
+    """
+    rng = random.Random(seed)
+    chosen = list(som)
+    if som_fraction is not None:
+        if not 0.0 <= float(som_fraction) < 1.0:
+            raise ConfigError(f"som_fraction must be in [0, 1), got {som_fraction}")
+        wanted = round(float(som_fraction) / (1.0 - float(som_fraction)) * len(plain))
+        if wanted > len(chosen):
+            raise ConfigError(f"som_fraction={som_fraction} needs {wanted} SoM records next to {len(plain)} plain "
+                              f"ones, but only {len(chosen)} exist; lower the fraction or make more.")
+        chosen = rng.sample(chosen, wanted)
+    out = list(plain) + chosen
+    rng.shuffle(out)
+    return out
+
+
+# --------------------------------------------------------------------------- shapes world
+
+# Questions for the caption-only baseline and the plain-caption records.
+CAPTION_QUESTION = "Describe the image briefly."
+
+
+def describe(obj) -> str:
+    """``"a red circle"`` (with the texture when the scene has one other than plain)."""
+    texture = getattr(obj, "texture", None)
+    words = [obj.color]
+    if texture and texture not in ("plain", "solid", "none"):
+        words.append(str(texture))
+    words.append(obj.shape)
+    return "a " + " ".join(words) if words[0][0] not in "aeiou" else "an " + " ".join(words)
+
+
+def visible_fraction(tag, obj) -> float:
+    """How much of an object's full mask survives in its tagged region (1.0 = nothing hidden)."""
+    import numpy as np
+
+    full = int(np.count_nonzero(obj.mask))
+    return tag.area / full if full else 0.0
+
+
+def scene_items(tagged, objects, *, sure_threshold: float = 0.5) -> list[Item]:
+    """Listing items of a tagged shapes-world scene, in tag order, from the ground truth.
+
+    ``tagged``: the :class:`~zoo.multimodal.som_llava.tags.TaggedImage` made from the objects' masks
+    (``tag.mask_index`` indexes ``objects``). An object whose tagged region keeps less than
+    ``sure_threshold`` of its mask (it is mostly behind others) becomes an uncertain item.
+    """
+    items = []
+    for tag in tagged.tags:
+        obj = objects[tag.mask_index]
+        sure = visible_fraction(tag, obj) >= sure_threshold
+        text = describe(obj)
+        if not sure:
+            text += ", mostly hidden behind another shape"
+        items.append(Item(tag.label, text, sure))
+    return items
+
+
+def tag_scene(scene, *, resize: int | None = None, labels: str = "numbers", min_area: int | None = None,
+              font_size: float | None = None):
+    """Tag a shapes-world scene on its ground-truth masks; returns the TaggedImage.
+
+    The official size (shortest side 640, 110 px minimum, font 18) suits photos; the demo's small
+    scenes pass their own ``resize`` / ``min_area`` / ``font_size``.
+    """
+    from zoo.multimodal.som_llava import tags as som_tags
+
+    masks = [obj.mask for obj in scene.objects]
+    return som_tags.tag_image(scene.image, masks, resize=resize, labels=labels,
+                              min_area=som_tags.MIN_AREA if min_area is None else min_area,
+                              font_size=som_tags.FONT_SIZE if font_size is None else font_size)
+
+
+def yes_no_questions(scene, rng: random.Random, *, count: int = 2, colors: Sequence[str] | None = None,
+                     shapes: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """POPE-style questions "Is there a red circle in the image?" with "Yes"/"No", half of each.
+
+    Present pairs come from the scene's objects; absent ones are random colour-shape pairs that no
+    object of the scene has (POPE's "random" negatives).
+    """
+    from zoo.data import shapes as world
+
+    colors = list(colors or world.COLORS)
+    shapes = list(shapes or world.SHAPES)
+    present = sorted({(o.color, o.shape) for o in scene.objects})
+    absent = [(c, s) for c in colors for s in shapes if (c, s) not in set(present)]
+    out = []
+    for index in range(count):
+        pool, answer = (present, "Yes") if index % 2 == 0 else (absent, "No")
+        if not pool:
+            continue
+        color, shape = rng.choice(pool)
+        article = "an" if color[0] in "aeiou" else "a"
+        out.append((f"Is there {article} {color} {shape} in the image?", answer))
+    return out
+
+
+def tag_questions(tagged, objects, rng: random.Random, count: int = 2) -> list[tuple[str, str]]:
+    """QA about tags: "What colour is the object tagged 2?" / "What shape is tagged 3?" from the ground truth."""
+    out = []
+    for _ in range(count):
+        if not tagged.tags:
+            break
+        tag = rng.choice(tagged.tags)
+        obj = objects[tag.mask_index]
+        if rng.random() < 0.5:
+            out.append((f"What color is the object tagged {tag.label}?", obj.color.capitalize() + "."))
+        else:
+            out.append((f"What shape is the object tagged {tag.label}?", obj.shape.capitalize() + "."))
+    return out
+
+
+def build_shapes_dataset(scenes, out_dir: str | os.PathLike, *, kind: str = "som", seed: int = 0,
+                         resize: int | None = None, min_area: int = 12, font_size: float = 7,
+                         qa_per_image: int = 2, overwrite: bool = False) -> Path:
+    """Training records from shapes-world scenes; writes tagged images and ``conversations.json``.
+
+    ``kind="som"``: per scene one listing record (tagged image, pool instruction, ground-truth list)
+    and one QA record (tag questions and POPE-style yes/no questions about the tagged image), plus a
+    caption record of the plain image. ``kind="captions"``: only caption records (the baseline that
+    trains the same steps on plain captions). Images are written under ``out_dir/images``; record
+    paths are relative to ``out_dir``. Scenes whose tags all fall below ``min_area`` are skipped, as
+    the official pipeline skips images without a surviving mask.
+    """
+    if kind not in ("som", "captions"):
+        raise ConfigError(f"kind must be 'som' or 'captions', got {kind!r}")
+    out_dir = Path(out_dir).expanduser()
+    target = out_dir / "conversations.json"
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target} exists; pass overwrite=True to rebuild it.")
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    records, skipped = [], 0
+    for scene in scenes:
+        plain_path = f"images/{scene.id}.png"
+        scene.image.save(out_dir / plain_path)
+        records.append(record(f"{scene.id}-caption", plain_path, [(CAPTION_QUESTION, _sentence(scene.caption))]))
+        if kind == "captions":
+            continue
+        tagged = tag_scene(scene, resize=resize, min_area=min_area, font_size=font_size)
+        if not tagged.tags:
+            skipped += 1
+            continue
+        tagged_path = f"images/{scene.id}-som.png"
+        tagged.image.save(out_dir / tagged_path)
+        items = scene_items(tagged, scene.objects)
+        records.append(listing_record(f"{scene.id}-listing", tagged_path, items, rng))
+        qa = tag_questions(tagged, scene.objects, rng, count=max(1, qa_per_image // 2))
+        qa += yes_no_questions(scene, rng, count=max(1, qa_per_image - len(qa)))
+        records.append(qa_record(f"{scene.id}-qa", tagged_path, qa))
+    if skipped:
+        logger.warning("%d scene(s) had no region of %d px or more and were skipped", skipped, min_area)
+    return write_conversations(records, target, overwrite=overwrite)
