@@ -44,6 +44,9 @@ logger = logging.getLogger("zoo.som_llava")
 
 LAYOUTS = ("llava", "hf-legacy", "hf")
 
+# Targets are transformers >= 4.52 names with the CLIP tower's ``vision_model.`` level; recent
+# transformers releases drop that level from CLIPVisionModel (``model.vision_tower.embeddings.*``),
+# which :func:`installed_key` adapts to. Sources accept both spellings of the tower.
 LLAVA_RULES = [
     ("model.embed_tokens.*", "model.language_model.embed_tokens.*"),
     ("model.layers.{}.*", "model.language_model.layers.{}.*"),
@@ -56,19 +59,24 @@ LLAVA_RULES = [
 HF_LEGACY_RULES = [
     ("language_model.model.*", "model.language_model.*"),
     ("language_model.lm_head.*", "lm_head.*"),
-    ("vision_tower.*", "model.vision_tower.*"),
+    ("vision_tower.vision_model.*", "model.vision_tower.vision_model.*"),
+    ("vision_tower.*", "model.vision_tower.vision_model.*"),
     ("multi_modal_projector.*", "model.multi_modal_projector.*"),
 ]
 HF_RULES = [
     ("model.language_model.*", "model.language_model.*"),
-    ("model.vision_tower.*", "model.vision_tower.*"),
+    ("model.vision_tower.vision_model.*", "model.vision_tower.vision_model.*"),
+    ("model.vision_tower.*", "model.vision_tower.vision_model.*"),
     ("model.multi_modal_projector.*", "model.multi_modal_projector.*"),
     ("lm_head.*", "lm_head.*"),
 ]
 RULES = {"llava": LLAVA_RULES, "hf-legacy": HF_LEGACY_RULES, "hf": HF_RULES}
 
-# openai/clip-vit-large-patch14-336 is a full CLIPModel; LLaVA uses its vision half.
-CLIP_RULES = [("vision_model.*", "model.vision_tower.vision_model.*")]
+# openai/clip-vit-large-patch14-336 is a whole CLIPModel; LLaVA uses its vision half. A
+# CLIPVisionModel file (written by a recent transformers) has the tower's keys without a prefix.
+CLIP_RULES = [("vision_model.*", "model.vision_tower.vision_model.*")] + [
+    (f"{part}.*", f"model.vision_tower.vision_model.{part}.*")
+    for part in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")]
 CLIP_UNUSED = re.compile(r"^(text_model\.|visual_projection\.|text_projection\.|logit_scale$)")
 # Buffers older transformers versions saved; current ones rebuild them from the config.
 RECOMPUTED_BUFFERS = re.compile(r"(\.rotary_emb\.inv_freq|\.embeddings\.position_ids)$")
@@ -99,6 +107,17 @@ def clip_to_transformers_key(key: str) -> str | None:
     return _rename(key, CLIP_RULES)
 
 
+def installed_key(key: str, own_keys) -> str:
+    """``key`` as the installed transformers names it: drops the CLIP tower's ``vision_model.``
+    level when this version's CLIPVisionModel has none."""
+    prefix = "model.vision_tower.vision_model."
+    if key not in own_keys and key.startswith(prefix):
+        flat = "model.vision_tower." + key[len(prefix):]
+        if flat in own_keys:
+            return flat
+    return key
+
+
 def detect_layout(keys: Iterable[str]) -> str:
     """Which of :data:`LAYOUTS` a set of checkpoint keys is in; CheckpointFormatError when none."""
     keys = list(keys)
@@ -109,8 +128,7 @@ def detect_layout(keys: Iterable[str]) -> str:
             found.add("llava")
         elif key.startswith(("language_model.", "vision_tower.", "multi_modal_projector.")):
             found.add("hf-legacy")
-        elif key.startswith(("model.language_model.", "model.multi_modal_projector.")) \
-                or (key.startswith("model.vision_tower.vision_model.")):
+        elif key.startswith(("model.language_model.", "model.multi_modal_projector.", "model.vision_tower.")):
             found.add("hf")
     if len(found) == 1:
         return found.pop()
@@ -123,7 +141,9 @@ def detect_layout(keys: Iterable[str]) -> str:
 
 
 def _card_for(layout: str, config: dict) -> str:
-    size = "13b" if int(config["text_config"]["hidden_size"]) == 5120 else "7b"
+    size = config.get("size")
+    if size not in ("7b", "13b"):
+        size = "13b" if int(config["text_config"]["hidden_size"]) == 5120 else "7b"
     if layout == "llava":
         return f"som-llava-{size}"
     return "som-llava-13b-hf" if size == "13b" else "som-llava-7b (with checkpoint_layout=hf)"
@@ -164,19 +184,64 @@ def _hub_snapshot(path: Path) -> tuple[str, str, Path] | None:
     return repo_id, parts[index + 1], Path(*parts[: index - 1])
 
 
+WEIGHT_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json", "model.safetensors",
+                "pytorch_model.bin")
+
+
+def config_layout(path: str | Path) -> str | None:
+    """The layout a repo's ``config.json`` announces: "llava" (LLaVA's ``mm_*`` fields), "hf"
+    (transformers' ``text_config``), or None when it says neither."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointFormatError(f"{path} is not a readable config.json ({err}).") from err
+    if not isinstance(data, dict):
+        return None
+    if "mm_projector_type" in data or "mm_vision_tower" in data or data.get("model_type") == "llava_llama":
+        return "llava"
+    if "text_config" in data and "vision_config" in data:
+        return "hf"
+    return None
+
+
+def _weights_next_to(config_path: Path) -> Path:
+    """The weight file (or index) in the folder of a repo's config.json, downloading it from the same
+    Hub snapshot when the folder is a huggingface_hub cache snapshot."""
+    folder = config_path.parent
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    snapshot = _hub_snapshot(config_path)
+    if snapshot is None:
+        raise CheckpointFormatError(f"{folder} holds a config.json but none of {', '.join(WEIGHT_NAMES)}.")
+    from zoo.errors import WeightsNotAvailableError
+    from zoo.hub import download_file
+
+    repo_id, revision, cache_dir = snapshot
+    tried = []
+    for name in WEIGHT_NAMES:
+        try:
+            return Path(download_file(repo_id, name, revision=revision, cache_dir=cache_dir))
+        except WeightsNotAvailableError as err:
+            tried.append(f"{name}: {err}")
+    raise WeightsNotAvailableError(f"{repo_id}@{revision}: no weights found. " + " | ".join(tried))
+
+
 def checkpoint_files(path: str | Path) -> tuple[list[Path], list[str] | None]:
     """The weight files of a checkpoint (and its keys when an index lists them).
 
     ``path``: one ``.safetensors`` / ``.bin`` / ``.pt`` file, a ``*.index.json`` (shards next to it,
-    or fetched from the same Hub snapshot), or a folder holding either.
+    or fetched from the same Hub snapshot), a repo's ``config.json`` (its weights are found next to
+    it or fetched from the same snapshot), or a folder holding any of them.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json", "model.safetensors",
-                     "pytorch_model.bin"):
+        for name in WEIGHT_NAMES:
             if (path / name).is_file():
                 return checkpoint_files(path / name)
-        raise CheckpointFormatError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin(.index.json).")
+        raise CheckpointFormatError(f"{path} holds none of {', '.join(WEIGHT_NAMES)}.")
+    if path.name == "config.json" and path.is_file():
+        return checkpoint_files(_weights_next_to(path))
     if not path.is_file():
         raise CheckpointFormatError(f"Checkpoint {path} does not exist; check the path.")
     if not path.name.endswith(".index.json"):
@@ -325,6 +390,10 @@ def load_into(model, path: str | Path, *, source: str | None = None):
     """Load official weights at ``path`` into ``model`` (a SomLlavaModel), shard by shard, strictly."""
     source = source or str(path)
     config = model.config
+    if Path(path).name == "config.json":  # a repo's config says its layout before any weight is fetched
+        announced = config_layout(path)
+        if announced is not None:
+            check_layout(announced, config, source)
     files, index_keys = checkpoint_files(path)
     keys = index_keys if index_keys is not None else [k for f in files for k in _file_keys(f)]
     layout = detect_layout(keys)
@@ -343,6 +412,7 @@ def load_into(model, path: str | Path, *, source: str | None = None):
             unexpected.extend(extra)
         usable = {}
         for key, value in state.items():
+            key = installed_key(key, own)
             if key not in own:
                 unexpected.append(key)
                 continue
@@ -365,9 +435,10 @@ def load_into(model, path: str | Path, *, source: str | None = None):
     missing = [k for k in own if k not in loaded]
     if missing or unexpected or mismatched:
         hint = ""
-        if mismatched and any(k == EMBED_KEY or ".layers." in k for k, _, _ in mismatched):
-            hint = (f"  The shapes suggest another model size: this config is {config.get('size', '?')} "
-                    f"(hidden {config['text_config']['hidden_size']}); try {_card_for(layout, {**config, 'text_config': {'hidden_size': mismatched[0][2][-1]}})!r}.")
+        if mismatched:
+            hint = (f"  The shapes do not fit this config (size {config.get('size', '?')}, language model width "
+                    f"{config['text_config']['hidden_size']}): the checkpoint may be another size (7b is 4096 "
+                    "wide, 13b 5120); load it with the matching card.")
         raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
     if config["text_config"].get("tie_word_embeddings"):
         target.tie_weights()
