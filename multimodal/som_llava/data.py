@@ -208,111 +208,127 @@ def mix(som: Sequence[dict], plain: Sequence[dict], *, som_fraction: float | Non
 
 # --------------------------------------------------------------------------- shapes world
 
-# Questions for the caption-only baseline and the plain-caption records.
+# Question of the caption records (the plain-caption baseline and the caption part of the SoM mix).
 CAPTION_QUESTION = "Describe the image briefly."
+# Below this visible share of its own shape an object is "mostly hidden": its listing item is uncertain.
+SURE_FRACTION = 0.5
 
 
-def describe(obj) -> str:
-    """``"a red circle"`` (with the texture when the scene has one other than plain)."""
-    texture = getattr(obj, "texture", None)
-    words = [obj.color]
-    if texture and texture not in ("plain", "solid", "none"):
-        words.append(str(texture))
-    words.append(obj.shape)
-    return "a " + " ".join(words) if words[0][0] not in "aeiou" else "an " + " ".join(words)
+@dataclass
+class ShapesScene:
+    """A rendered shapes-world scene: ``spec`` (``zoo.data.shapes`` render spec), ``image`` (PIL RGB),
+    ``masks`` (visible pixels per object, bool ``[S, S]``), ``full_masks`` (each object drawn alone),
+    ``caption`` (the world's template caption)."""
+
+    id: str
+    spec: dict
+    image: Any
+    masks: list
+    full_masks: list
+    caption: str
+
+    @property
+    def objects(self) -> list[dict]:
+        return self.spec["objects"]
 
 
-def visible_fraction(tag, obj) -> float:
-    """How much of an object's full mask survives in its tagged region (1.0 = nothing hidden)."""
+def shapes_scenes(n: int, *, size: int = 128, seed: int = 0, overlap_prob: float = 0.0, start: int = 0
+                  ) -> list[ShapesScene]:
+    """``n`` rendered shapes-world scenes (``zoo.data.shapes.sample_scene``, seeded per scene).
+
+    The world never lets objects overlap; with ``overlap_prob`` a scene of two or more objects
+    gets its second object moved onto the first (drawn later, it hides part of it), so listing
+    answers can show the uncertain phrasing for hidden objects.
+    """
     import numpy as np
 
-    full = int(np.count_nonzero(obj.mask))
-    return tag.area / full if full else 0.0
+    from zoo.data import shapes as world
+
+    scenes = []
+    for index in range(start, start + int(n)):
+        rng = np.random.default_rng([int(seed), index, 0x50A])
+        spec = world.sample_scene(rng)
+        if len(spec["objects"]) >= 2 and rng.random() < overlap_prob:
+            first, second = spec["objects"][0], spec["objects"][1]
+            angle = rng.uniform(0, 2 * np.pi)
+            reach = 0.35 * (first["size"] + second["size"])
+            cx = float(np.clip(first["center"][0] + reach * np.cos(angle), second["size"] / 2, 1 - second["size"] / 2))
+            cy = float(np.clip(first["center"][1] + reach * np.sin(angle), second["size"] / 2, 1 - second["size"] / 2))
+            second["center"] = (round(cx, 4), round(cy, 4))
+        image, masks = world.render(spec, int(size))
+        full = [world.render({"background": spec["background"], "objects": [obj]}, int(size))[1][0]
+                for obj in spec["objects"]]
+        caption = world.caption_for(spec["objects"])[0]
+        scenes.append(ShapesScene(f"{index:06d}", spec, image, masks, full, caption))
+    return scenes
 
 
-def scene_items(tagged, objects, *, sure_threshold: float = 0.5) -> list[Item]:
-    """Listing items of a tagged shapes-world scene, in tag order, from the ground truth.
+def scene_items(tagged, scene: ShapesScene, *, sure_fraction: float = SURE_FRACTION) -> list[Item]:
+    """Listing items of a tagged scene, in tag order, from the ground truth: tag k names the object
+    whose mask received it (``tag.mask_index``). An object showing less than ``sure_fraction`` of its
+    own shape is listed as uncertain ("Not sure: possibly ..., mostly hidden ...")."""
+    from zoo.data.shapes import describe
 
-    ``tagged``: the :class:`~zoo.multimodal.som_llava.tags.TaggedImage` made from the objects' masks
-    (``tag.mask_index`` indexes ``objects``). An object whose tagged region keeps less than
-    ``sure_threshold`` of its mask (it is mostly behind others) becomes an uncertain item.
-    """
     items = []
     for tag in tagged.tags:
-        obj = objects[tag.mask_index]
-        sure = visible_fraction(tag, obj) >= sure_threshold
-        text = describe(obj)
-        if not sure:
-            text += ", mostly hidden behind another shape"
+        obj = scene.objects[tag.mask_index]
+        full = int(scene.full_masks[tag.mask_index].sum())
+        sure = full > 0 and tag.area / full >= sure_fraction
+        text = describe(obj) + ("" if sure else ", mostly hidden behind another shape")
         items.append(Item(tag.label, text, sure))
     return items
 
 
-def tag_scene(scene, *, resize: int | None = None, labels: str = "numbers", min_area: int | None = None,
-              font_size: float | None = None):
-    """Tag a shapes-world scene on its ground-truth masks; returns the TaggedImage.
+def tag_scene(scene: ShapesScene, *, labels: str = "numbers", min_area: int = 12, font_size: float = 9):
+    """Tag a scene on its ground-truth masks at its own size (the official 640 px / 110 px / 18 pt
+    suit photos; small scenes use a smaller minimum area and font)."""
+    from zoo.multimodal.som_llava.tags import tag_image
 
-    The official size (shortest side 640, 110 px minimum, font 18) suits photos; the demo's small
-    scenes pass their own ``resize`` / ``min_area`` / ``font_size``.
-    """
-    from zoo.multimodal.som_llava import tags as som_tags
-
-    masks = [obj.mask for obj in scene.objects]
-    return som_tags.tag_image(scene.image, masks, resize=resize, labels=labels,
-                              min_area=som_tags.MIN_AREA if min_area is None else min_area,
-                              font_size=som_tags.FONT_SIZE if font_size is None else font_size)
+    return tag_image(scene.image, scene.masks, resize=None, labels=labels, min_area=min_area, font_size=font_size)
 
 
-def yes_no_questions(scene, rng: random.Random, *, count: int = 2, colors: Sequence[str] | None = None,
-                     shapes: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """POPE-style questions "Is there a red circle in the image?" with "Yes"/"No", half of each.
+def yes_no_questions(scene: ShapesScene, rng: random.Random, *, count: int = 2) -> list[tuple[str, str]]:
+    """POPE-style questions "Is there a red circle in the image?" with "Yes" / "No", alternating.
 
-    Present pairs come from the scene's objects; absent ones are random colour-shape pairs that no
-    object of the scene has (POPE's "random" negatives).
+    Present pairs come from the scene's objects; absent ones are colour-shape pairs no object has
+    (POPE's "random" negatives).
     """
     from zoo.data import shapes as world
 
-    colors = list(colors or world.COLORS)
-    shapes = list(shapes or world.SHAPES)
-    present = sorted({(o.color, o.shape) for o in scene.objects})
-    absent = [(c, s) for c in colors for s in shapes if (c, s) not in set(present)]
+    present = sorted({(o["color"], o["shape"]) for o in scene.objects})
+    absent = [(c, s) for c in world.COLORS for s in world.SHAPES if (c, s) not in set(present)]
     out = []
     for index in range(count):
         pool, answer = (present, "Yes") if index % 2 == 0 else (absent, "No")
-        if not pool:
-            continue
         color, shape = rng.choice(pool)
         article = "an" if color[0] in "aeiou" else "a"
         out.append((f"Is there {article} {color} {shape} in the image?", answer))
     return out
 
 
-def tag_questions(tagged, objects, rng: random.Random, count: int = 2) -> list[tuple[str, str]]:
-    """QA about tags: "What colour is the object tagged 2?" / "What shape is tagged 3?" from the ground truth."""
+def tag_questions(tagged, scene: ShapesScene, rng: random.Random, count: int = 1) -> list[tuple[str, str]]:
+    """Questions about tags ("What color is the object tagged 2?") answered from the ground truth."""
     out = []
     for _ in range(count):
-        if not tagged.tags:
-            break
         tag = rng.choice(tagged.tags)
-        obj = objects[tag.mask_index]
+        obj = scene.objects[tag.mask_index]
         if rng.random() < 0.5:
-            out.append((f"What color is the object tagged {tag.label}?", obj.color.capitalize() + "."))
+            out.append((f"What color is the object tagged {tag.label}?", obj["color"].capitalize() + "."))
         else:
-            out.append((f"What shape is the object tagged {tag.label}?", obj.shape.capitalize() + "."))
+            out.append((f"What shape is the object tagged {tag.label}?", obj["shape"].capitalize() + "."))
     return out
 
 
-def build_shapes_dataset(scenes, out_dir: str | os.PathLike, *, kind: str = "som", seed: int = 0,
-                         resize: int | None = None, min_area: int = 12, font_size: float = 7,
-                         qa_per_image: int = 2, overwrite: bool = False) -> Path:
-    """Training records from shapes-world scenes; writes tagged images and ``conversations.json``.
+def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLike, *, kind: str = "som",
+                         seed: int = 0, min_area: int = 12, font_size: float = 9, overwrite: bool = False) -> Path:
+    """LLaVA records from shapes-world scenes: writes ``images/`` and ``conversations.json`` in ``out_dir``.
 
-    ``kind="som"``: per scene one listing record (tagged image, pool instruction, ground-truth list)
-    and one QA record (tag questions and POPE-style yes/no questions about the tagged image), plus a
-    caption record of the plain image. ``kind="captions"``: only caption records (the baseline that
-    trains the same steps on plain captions). Images are written under ``out_dir/images``; record
-    paths are relative to ``out_dir``. Scenes whose tags all fall below ``min_area`` are skipped, as
-    the official pipeline skips images without a surviving mask.
+    ``kind="som"``: per scene a caption record (plain image), a listing record (tagged image, an
+    instruction from the pool, the ground-truth list in tag order) and a QA record (a tag question
+    and two POPE-style yes/no questions on the tagged image). ``kind="captions"``: the same number
+    of records, all plain captions (the baseline trained on the same steps without SoM data).
+    Record paths are relative to ``out_dir``. Scenes without a region of ``min_area`` pixels get no
+    SoM records, as the official pipeline skips images without a surviving mask.
     """
     if kind not in ("som", "captions"):
         raise ConfigError(f"kind must be 'som' or 'captions', got {kind!r}")
@@ -324,22 +340,22 @@ def build_shapes_dataset(scenes, out_dir: str | os.PathLike, *, kind: str = "som
     rng = random.Random(seed)
     records, skipped = [], 0
     for scene in scenes:
-        plain_path = f"images/{scene.id}.png"
-        scene.image.save(out_dir / plain_path)
-        records.append(record(f"{scene.id}-caption", plain_path, [(CAPTION_QUESTION, _sentence(scene.caption))]))
+        plain = f"images/{scene.id}.png"
+        scene.image.save(out_dir / plain)
+        caption = record(f"{scene.id}-caption", plain, [(CAPTION_QUESTION, _sentence(scene.caption))])
         if kind == "captions":
+            records += [caption, dict(caption, id=f"{scene.id}-caption-2"), dict(caption, id=f"{scene.id}-caption-3")]
             continue
-        tagged = tag_scene(scene, resize=resize, min_area=min_area, font_size=font_size)
+        records.append(caption)
+        tagged = tag_scene(scene, min_area=min_area, font_size=font_size)
         if not tagged.tags:
             skipped += 1
             continue
         tagged_path = f"images/{scene.id}-som.png"
         tagged.image.save(out_dir / tagged_path)
-        items = scene_items(tagged, scene.objects)
-        records.append(listing_record(f"{scene.id}-listing", tagged_path, items, rng))
-        qa = tag_questions(tagged, scene.objects, rng, count=max(1, qa_per_image // 2))
-        qa += yes_no_questions(scene, rng, count=max(1, qa_per_image - len(qa)))
+        records.append(listing_record(f"{scene.id}-listing", tagged_path, scene_items(tagged, scene), rng))
+        qa = tag_questions(tagged, scene, rng) + yes_no_questions(scene, rng)
         records.append(qa_record(f"{scene.id}-qa", tagged_path, qa))
     if skipped:
-        logger.warning("%d scene(s) had no region of %d px or more and were skipped", skipped, min_area)
+        logger.warning("%d scene(s) had no region of %d px or more; they got no SoM records", skipped, min_area)
     return write_conversations(records, target, overwrite=overwrite)

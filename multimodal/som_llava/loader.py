@@ -386,6 +386,56 @@ def _shards(files: list[Path]) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]
         yield path, _read(path)
 
 
+class _Filler:
+    """Fills a model's LlavaForConditionalGeneration from pieces of state dicts; strict at ``finish``."""
+
+    def __init__(self, model):
+        self.model = model
+        self.target = model.llava
+        self.own = self.target.state_dict()
+        self.loaded: set[str] = set()
+        self.unexpected: list[str] = []
+        self.mismatched: list[tuple] = []
+
+    def take(self, state: dict[str, torch.Tensor], layout: str | None, where: str) -> None:
+        """Load ``state`` (official names of ``layout``, or already converted when None)."""
+        if layout is not None:
+            state, extra = convert_state_dict(state, layout, source=where)
+            self.unexpected.extend(extra)
+        usable = {}
+        for key, value in state.items():
+            key = installed_key(key, self.own)
+            if key not in self.own:
+                self.unexpected.append(key)
+                continue
+            if layout == "llava" and key in (EMBED_KEY, HEAD_KEY):
+                value = _widen_vocab(value, self.own[key].shape[0], key, where)
+            if tuple(value.shape) != tuple(self.own[key].shape):
+                self.mismatched.append((key, tuple(self.own[key].shape), tuple(value.shape)))
+                continue
+            usable[key] = value
+        if usable:
+            self.target.load_state_dict(usable, strict=False)
+            self.loaded.update(usable)
+
+    def has_vision(self) -> bool:
+        return any(k.startswith(VISION_PREFIX) for k in self.loaded)
+
+    def finish(self, source: str):
+        config = self.model.config
+        missing = [k for k in self.own if k not in self.loaded]
+        if missing or self.unexpected or self.mismatched:
+            hint = ""
+            if self.mismatched:
+                hint = (f"  The shapes do not fit this config (size {config.get('size', '?')}, language model width "
+                        f"{config['text_config']['hidden_size']}): the checkpoint may be another size (7b is 4096 "
+                        "wide, 13b 5120); load it with the matching card.")
+            raise CheckpointKeysError(source, missing, self.unexpected, self.mismatched, hint=hint)
+        if config["text_config"].get("tie_word_embeddings"):
+            self.target.tie_weights()
+        return self.model
+
+
 def load_into(model, path: str | Path, *, source: str | None = None):
     """Load official weights at ``path`` into ``model`` (a SomLlavaModel), shard by shard, strictly."""
     source = source or str(path)
@@ -399,50 +449,60 @@ def load_into(model, path: str | Path, *, source: str | None = None):
     layout = detect_layout(keys)
     check_layout(layout, config, source)
     logger.info("%s: %s layout, %d file(s)", source, layout, len(files))
-
-    target = model.llava
-    own = target.state_dict()
-    loaded: set[str] = set()
-    unexpected: list[str] = []
-    mismatched: list[tuple] = []
-
-    def take(state: dict[str, torch.Tensor], where: str, convert: bool = True) -> None:
-        if convert:
-            state, extra = convert_state_dict(state, layout, source=where)
-            unexpected.extend(extra)
-        usable = {}
-        for key, value in state.items():
-            key = installed_key(key, own)
-            if key not in own:
-                unexpected.append(key)
-                continue
-            if layout == "llava" and key in (EMBED_KEY, HEAD_KEY):
-                value = _widen_vocab(value, own[key].shape[0], key, where)
-            if tuple(value.shape) != tuple(own[key].shape):
-                mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
-                continue
-            usable[key] = value
-        if usable:
-            target.load_state_dict(usable, strict=False)
-            loaded.update(usable)
-
+    filler = _Filler(model)
     for file, state in _shards(files):
-        take(state, str(file))
+        filler.take(state, layout, str(file))
         del state
-    if layout == "llava" and not any(k.startswith(VISION_PREFIX) for k in loaded):
+    if layout == "llava" and not filler.has_vision():
         clip_path, clip_source = _fetch_vision_tower(config)
-        take(clip_vision_state(clip_path, clip_source), clip_source, convert=False)
-    missing = [k for k in own if k not in loaded]
-    if missing or unexpected or mismatched:
-        hint = ""
-        if mismatched:
-            hint = (f"  The shapes do not fit this config (size {config.get('size', '?')}, language model width "
-                    f"{config['text_config']['hidden_size']}): the checkpoint may be another size (7b is 4096 "
-                    "wide, 13b 5120); load it with the matching card.")
-        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
-    if config["text_config"].get("tie_word_embeddings"):
-        target.tie_weights()
-    return model
+        filler.take(clip_vision_state(clip_path, clip_source), None, clip_source)
+    return filler.finish(source)
+
+
+def _resolve(spec: str, default_filename: str) -> Path:
+    """A local file/folder, or ``org/name`` (``default_filename`` in it) / ``org/name/file`` on the Hub."""
+    path = Path(str(spec)).expanduser()
+    if path.exists():
+        return path
+    parts = str(spec).split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ConfigError(f"{spec!r} is neither an existing path nor a Hub repo id (org/name[/file]).")
+    from zoo.hub import download_file
+
+    return Path(download_file("/".join(parts[:2]), "/".join(parts[2:]) or default_filename))
+
+
+def load_components(config: dict, *, language_model=None, projector=None, vision_tower=None):
+    """LLaVA-1.5's starting point for visual instruction tuning, assembled strictly from its parts.
+
+    ``language_model``: a Vicuna/Llama ``LlamaForCausalLM`` checkpoint (``model.*``, ``lm_head.weight``;
+    e.g. ``lmsys/vicuna-7b-v1.5``); ``projector``: the pretraining stage's ``mm_projector.bin``
+    (``model.mm_projector.{0,2}.*``; e.g. ``liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5``);
+    ``vision_tower``: a CLIP checkpoint (default: ``vision_tower_weights``, openai's ViT-L/14-336).
+    Each is a path or a Hub repo id. The tokenizer comes from ``tokenizer.repo_id`` or the language model's repo.
+    """
+    from transformers.initialization import no_init_weights
+
+    from zoo.config import merge
+    from zoo.multimodal.som_llava.model import SomLlavaModel
+
+    if not language_model or not projector:
+        raise ConfigError("model.components needs language_model and projector (and optionally vision_tower).")
+    if not (config.get("tokenizer") or {}).get("repo_id") and not Path(str(language_model)).exists():
+        config = merge(config, {"tokenizer": {"repo_id": str(language_model)}})
+    with _default_dtype(load_dtype(config)), no_init_weights():
+        model = SomLlavaModel(config)
+    filler = _Filler(model)
+    for spec, default in ((language_model, "config.json"), (projector, "mm_projector.bin")):
+        files, _ = checkpoint_files(_resolve(spec, default))
+        for file, state in _shards(files):
+            filler.take(state, "llava", str(file))
+    if vision_tower:
+        clip_path, clip_source = _resolve(vision_tower, "model.safetensors"), str(vision_tower)
+    else:
+        clip_path, clip_source = _fetch_vision_tower(config)
+    filler.take(clip_vision_state(checkpoint_files(clip_path)[0][0], clip_source), None, clip_source)
+    return filler.finish(f"components {language_model}, {projector}, {vision_tower or clip_source}")
 
 
 def load(path: str, config: dict):

@@ -220,3 +220,27 @@ def test_zoo_load_card_end_to_end_from_the_hub(source, tmp_path, loopback_hub):
     model = zoo.load("som-llava-13b-hf", **overrides)
     assert model.card_name == "som-llava-13b-hf" and model.config["checkpoint_layout"] == "hf"
     torch.testing.assert_close(logits(model), logits(source), rtol=0, atol=0)
+
+
+def test_llava_1_5_starting_point_from_its_components(source, tmp_path):
+    """Vicuna (LlamaForCausalLM) + the pretraining stage's mm_projector.bin + a CLIP tower -> one model."""
+    from transformers import CLIPVisionModel
+
+    state = llava_original_state(source, with_vision=False)
+    projector = {k: state.pop(k) for k in list(state) if k.startswith("model.mm_projector.")}
+    assert sorted(projector) == ["model.mm_projector.0.bias", "model.mm_projector.0.weight",
+                                 "model.mm_projector.2.bias", "model.mm_projector.2.weight"]
+    (tmp_path / "vicuna").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "vicuna" / "model.safetensors")
+    torch.save(projector, tmp_path / "mm_projector.bin")
+    tower = CLIPVisionModel(source.vision_tower.config)
+    tower.load_state_dict(source.vision_tower.state_dict())
+    tower.save_pretrained(tmp_path / "clip")  # a CLIPVisionModel file, as recent transformers write it
+    config = tiny_config(tokenizer={"repo_id": "lmsys/vicuna-7b-v1.5"})
+    model = loader.load_components(config, language_model=str(tmp_path / "vicuna"),
+                                   projector=str(tmp_path / "mm_projector.bin"), vision_tower=str(tmp_path / "clip"))
+    torch.testing.assert_close(logits(model)[..., :VICUNA_ROWS], logits(source)[..., :VICUNA_ROWS], rtol=0, atol=0)
+    with pytest.raises(CheckpointKeysError, match="missing keys"):
+        loader.load_components(config, language_model=str(tmp_path / "vicuna"),
+                               projector=str(tmp_path / "vicuna" / "model.safetensors"),
+                               vision_tower=str(tmp_path / "clip"))
