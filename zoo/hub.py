@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from zoo.errors import (
     CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
-from zoo.files import swap_in_folder
+from zoo.files import copy_file, staging_folder
 from zoo.version import __version__
 
 logger = logging.getLogger("zoo")
@@ -44,21 +43,23 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
-    """Write the zoo format atomically: files go to a temp folder that is then moved into place."""
+    """Write ``model`` in zoo format to ``save_directory`` atomically; returns the folder.
+
+    The folder gets ``config.json`` (``family``, ``zoo_version``, ``config``, ``card``),
+    ``model.safetensors`` (every parameter and buffer, CPU, contiguous) and ``README.md`` (a Hub
+    model card from ``card`` or the model's card name). Files are written into a staging folder
+    next to the target, which then replaces it in one rename. Raises ``OutputExistsError`` when
+    the folder holds files and ``overwrite`` is false (nothing is touched then).
+    """
     target = Path(save_directory)
     _check_output_dir(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_folder(target) as staging:
         config = {"family": model.family, "zoo_version": __version__, "config": model.config}
         if getattr(model, "card_name", None):
             config["card"] = model.card_name
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(plain_state_dict(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt", "family": model.family})
         (staging / README_NAME).write_text(model_card_text(model, card), encoding="utf-8")
-        swap_in_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -324,8 +325,8 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
     if to is None:
         return folder
     target = Path(to)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
-        if (folder / name).exists():
-            shutil.copyfile(folder / name, target / name)
+    with staging_folder(target) as staging:  # `--to` gets the whole repo or, on any error, nothing
+        for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
+            if (folder / name).exists():
+                copy_file(folder / name, staging / name)
     return target
