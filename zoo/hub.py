@@ -180,13 +180,13 @@ def load_state_dict_strict(model, state_dict: dict[str, torch.Tensor], source: s
 
 
 def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
-    from zoo.registry import get_family, set_dotted
+    from zoo.config import apply_overrides
+    from zoo.registry import get_family
 
     meta = read_zoo_config(folder, source)
     family = get_family(meta["family"])
     config = json.loads(json.dumps(meta["config"]))
-    for key, value in (overrides or {}).items():
-        set_dotted(config, key, value, source=f"overrides for {source}")
+    apply_overrides(config, overrides or {}, defaults=json.loads(json.dumps(config)), source=f"overrides for {source}")
     model = family.build(config)
     state_dict = read_safetensors(folder / WEIGHTS_NAME, source, cached=cached)
     load_state_dict_strict(model, state_dict, source)
