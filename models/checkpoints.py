@@ -6,7 +6,7 @@
   those, a restricted unpickler reads torch's file layout itself: tensors are rebuilt
   with torch's own functions, and every other class the pickle names becomes an inert
   ``ForeignObject`` that only records its state. No foreign module is ever imported.
-* ``strict_load``: every missing, unexpected or mis-shaped key is a ``CheckpointKeysError``.
+* strict loading is ``zoo.hub.load_state_dict_strict`` (one implementation for every loader).
 * ``remap_keys``: torchtune-style key templates with ``{}`` for layer indices.
 * ``fairseq_hubert_to_hf``: fairseq HuBERT -> transformers' ``HubertModel`` names (speech.md §2.3).
 """
@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
+from zoo.hub import normalize_weight_norm_keys  # noqa: F401  (re-exported for the family loaders)
 
 # --------------------------------------------------------------------------- restricted unpickling
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-1.6 (non-zip) format
@@ -294,59 +295,6 @@ def find_state_dict(checkpoint: Mapping[str, Any], source: str,
 
 
 # --------------------------------------------------------------------------- key handling
-_LEGACY_SUFFIX = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
-
-
-def normalize_weight_norm_keys(state_dict: Mapping[str, torch.Tensor], prefer: str = "parametrizations") -> dict:
-    """Spell weight-norm keys one way: ``X.weight_g/weight_v`` <-> ``X.parametrizations.weight.original0/1``."""
-    if prefer not in ("parametrizations", "legacy", "weight_g"):
-        raise ValueError(f"prefer must be 'parametrizations' or 'legacy', got {prefer!r}")
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        if prefer == "parametrizations":
-            for old, modern in _LEGACY_SUFFIX.items():
-                if key.endswith("." + old) or key == old:
-                    new = key[: -len(old)] + modern
-        else:
-            for old, modern in _LEGACY_SUFFIX.items():
-                if key.endswith("." + modern) or key == modern:
-                    new = key[: -len(modern)] + old
-        if new in out:
-            raise CheckpointKeysError("state dict", hint=f"  both spellings of weight norm are present for {new}.")
-        out[new] = value
-    return out
-
-
-def _weight_norm_spelling(keys: Iterable[str]) -> str | None:
-    for key in keys:
-        if ".parametrizations.weight.original" in key:
-            return "parametrizations"
-        if key.endswith(".weight_g") or key.endswith(".weight_v"):
-            return "legacy"
-    return None
-
-
-def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
-                normalize_weight_norm: bool = True) -> torch.nn.Module:
-    """``module.load_state_dict(state_dict, strict=True)``, after listing every key problem in one error."""
-    expected = module.state_dict()
-    if normalize_weight_norm:
-        spelling = _weight_norm_spelling(expected)
-        if spelling is not None:
-            state_dict = normalize_weight_norm_keys(state_dict, prefer=spelling)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [(k, tuple(expected[k].shape), tuple(v.shape)) for k, v in state_dict.items()
-                  if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)]
-    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if missing or unexpected or mismatched or not_tensors:
-        hint = f"  entries that are not tensors: {not_tensors}" if not_tensors else ""
-        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
-    module.load_state_dict(dict(state_dict), strict=True)
-    return module
-
-
 def _template_regex(pattern: str) -> re.Pattern:
     parts = re.split(r"(\{\}|\*)", pattern)
     regex = "".join(r"(\d+)" if p == "{}" else "(.+)" if p == "*" else re.escape(p) for p in parts)
@@ -448,5 +396,4 @@ def hf_to_fairseq_hubert(state_dict: Mapping[str, Any], extras: Mapping[str, Any
 __all__ = [
     "FAIRSEQ_HUBERT_RULES", "ForeignObject", "RestrictedUnpickler", "fairseq_hubert_to_hf", "find_state_dict",
     "hf_to_fairseq_hubert", "normalize_weight_norm_keys", "read_checkpoint", "remap_keys", "restricted_load",
-    "strict_load",
 ]

@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
 from zoo.models.checkpoints import (
     ForeignObject, fairseq_hubert_to_hf, find_state_dict, hf_to_fairseq_hubert, normalize_weight_norm_keys,
-    read_checkpoint, remap_keys, strict_load,
+    read_checkpoint, remap_keys,
 )
+from zoo.hub import load_state_dict_strict as strict_load
 from zoo.models.hubert import HubertConfig, HubertModel
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=[16] * 7,

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 import zoo
-from zoo.cards import add_card, get_card, parse_card, remove_card
+from zoo.cards import add_card, parse_card, remove_card
 from zoo.errors import CardError, ConfigError, UnknownFamilyError, UnknownModelError
 from zoo.testing.toy_family import register
 
