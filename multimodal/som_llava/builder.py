@@ -69,7 +69,7 @@ DEFAULT_CONFIG = {
     "template": "vicuna_v1",
     "model_max_length": 2048,
     # where the tokenizer comes from: a Hub repo, or a tokenizers JSON string (tiny models)
-    "tokenizer": {"repo_id": None, "revision": None, "json": None},
+    "tokenizer": {"repo_id": None, "revision": None, "json": None, "special_tokens": {}},
     # official weights: expected key layout ("llava": original LLaVA, "hf": transformers; "auto": any)
     "checkpoint_layout": "auto",
     # where the original LLaVA layout takes its (unsaved, frozen) vision tower from

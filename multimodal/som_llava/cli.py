@@ -78,7 +78,7 @@ def make_proposer(kind: str, sam_checkpoint: str | None):
 
 
 def som_tag_main(argv: list[str]) -> int:
-    from zoo.files import write_atomic
+    from zoo.files import write_text
     from zoo.multimodal.som_llava.tags import tag_image
 
     args = build_parser().parse_args(argv)
@@ -103,6 +103,6 @@ def som_tag_main(argv: list[str]) -> int:
         print("  no region kept 110 pixels or more; the official pipeline skips such images")
     if args.json_path:
         payload = {"image": str(args.image), "output": str(args.output), **result.to_dict()}
-        write_atomic(args.json_path, json.dumps(payload, indent=2) + "\n", overwrite=args.overwrite)
+        write_text(args.json_path, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json_path}")
     return 0

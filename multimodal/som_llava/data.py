@@ -176,12 +176,14 @@ def read_conversations(path: str | os.PathLike) -> list[dict]:
 
 def write_conversations(records: Iterable[dict], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write records as LLaVA's JSON list, atomically; refuses to replace a file unless ``overwrite``."""
-    from zoo.files import write_atomic
+    from zoo.files import write_text
+    from zoo.multimodal.som_llava.tags import refuse_existing
 
     records = list(records)
     for index, item in enumerate(records):
         validate_record(item, f"record {index}")
-    return write_atomic(path, json.dumps(records, ensure_ascii=False, indent=1) + "\n", overwrite=overwrite)
+    refuse_existing(path, overwrite)
+    return write_text(path, json.dumps(records, ensure_ascii=False, indent=1) + "\n")
 
 
 def mix(som: Sequence[dict], plain: Sequence[dict], *, som_fraction: float | None = None, seed: int = 0) -> list[dict]:

@@ -166,10 +166,11 @@ class TaggedImage:
                 "tags": [tag.to_dict() for tag in self.tags]}
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False, quality: int = 95) -> Path:
-        """Write the tagged picture (format from the extension; JPEG as the official ``som_train2017``)."""
+        """Write the tagged picture (format from the extension; JPEG as the official ``som_train2017``),
+        atomically; an existing file is an ``OutputExistsError`` unless ``overwrite``."""
         import io
 
-        from zoo.files import write_atomic
+        from zoo.files import write_bytes
 
         if self.image is None:
             raise ZooError("This TaggedImage was made with draw=False; call tag_image(..., draw=True).")
@@ -178,12 +179,26 @@ class TaggedImage:
         fmt = _image_format(target)
         options = {"quality": quality} if fmt == "JPEG" else {}
         self.image.save(buffer, format=fmt, **options)
-        return write_atomic(target, buffer.getvalue(), overwrite=overwrite)
+        refuse_existing(target, overwrite)
+        return write_bytes(target, buffer.getvalue())
 
     def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        from zoo.files import write_atomic
+        """Write :meth:`to_dict` as JSON, atomically (``OutputExistsError`` unless ``overwrite``)."""
+        from zoo.files import write_text
 
-        return write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n", overwrite=overwrite)
+        refuse_existing(path, overwrite)
+        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """``OutputExistsError`` when ``path`` exists and ``overwrite`` is False (nothing a user wrote is replaced)."""
+    from zoo.errors import OutputExistsError
+
+    target = Path(os.fspath(path)).expanduser()
+    if target.is_dir():
+        raise OutputExistsError(f"{target} is a folder; give a file path.")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
 
 
 def _image_format(path: Path) -> str:

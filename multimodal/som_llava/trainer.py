@@ -303,11 +303,9 @@ class SomLlavaTrainer(Trainer):
                                      seed=int(self.config["data"]["shapes"]["seed"]) + 1)
             print_report(report)
             if self.output_dir is not None:
-                import json
+                from zoo.files import write_json
 
-                from zoo.files import write_atomic
-
-                write_atomic(Path(self.output_dir) / "eval.json", json.dumps(report, indent=2) + "\n")
+                write_json(Path(self.output_dir) / "eval.json", report)
 
 
 # --------------------------------------------------------------------------- LoRA
