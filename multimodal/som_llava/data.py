@@ -265,6 +265,20 @@ def shapes_scenes(n: int, *, size: int = 128, seed: int = 0, overlap_prob: float
     return scenes
 
 
+def scenes_from_manifest(path, *, size: int = 128, limit: int | None = None) -> list[ShapesScene]:
+    """Scenes of a ``zoo.data.shapes`` manifest (e.g. ``demo_manifest("heldout")``), re-rendered at ``size``."""
+    from zoo.data import shapes as world
+
+    scenes = []
+    for scene in world.read_manifest(path)[:limit]:
+        spec = scene.to_spec()
+        image, masks = world.render(spec, int(size))
+        full = [world.render({"background": spec["background"], "objects": [obj]}, int(size))[1][0]
+                for obj in spec["objects"]]
+        scenes.append(ShapesScene(str(scene.id), spec, image, masks, full, scene.caption))
+    return scenes
+
+
 def scene_items(tagged, scene: ShapesScene, *, sure_fraction: float = SURE_FRACTION) -> list[Item]:
     """Listing items of a tagged scene, in tag order, from the ground truth: tag k names the object
     whose mask received it (``tag.mask_index``). An object showing less than ``sure_fraction`` of its
