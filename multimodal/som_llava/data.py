@@ -248,8 +248,15 @@ def shapes_scenes(n: int, *, size: int = 128, seed: int = 0, overlap_prob: float
 
     scenes = []
     for index in range(start, start + int(n)):
-        rng = np.random.default_rng([int(seed), index, 0x50A])
-        spec = world.sample_scene(rng)
+        for attempt in range(20):  # the world's layout gives up on a few draws: draw again
+            rng = np.random.default_rng([int(seed), index, attempt, 0x50A])
+            try:
+                spec = world.sample_scene(rng)
+                break
+            except ConfigError:
+                continue
+        else:
+            raise ConfigError(f"shapes_scenes: no layout for scene {index} after 20 draws; change the seed.")
         if len(spec["objects"]) >= 2 and rng.random() < overlap_prob:
             first, second = spec["objects"][0], spec["objects"][1]
             angle = rng.uniform(0, 2 * np.pi)
