@@ -260,7 +260,7 @@ def shapes_scenes(n: int, *, size: int = 128, seed: int = 0, overlap_prob: float
         if len(spec["objects"]) >= 2 and rng.random() < overlap_prob:
             first, second = spec["objects"][0], spec["objects"][1]
             angle = rng.uniform(0, 2 * np.pi)
-            reach = 0.35 * (first["size"] + second["size"])
+            reach = float(rng.uniform(0.05, 0.3)) * (first["size"] + second["size"])
             cx = float(np.clip(first["center"][0] + reach * np.cos(angle), second["size"] / 2, 1 - second["size"] / 2))
             cy = float(np.clip(first["center"][1] + reach * np.sin(angle), second["size"] / 2, 1 - second["size"] / 2))
             second["center"] = (round(cx, 4), round(cy, 4))

@@ -288,9 +288,14 @@ class SomLlavaTrainer(Trainer):
         return collate(items, self.model_ref.pad_token_id)
 
     def training_step(self, model, batch) -> dict:
+        targets = int((batch["labels"][:, 1:] != -100).sum())  # labels are shifted inside the model
         out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                    attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return {"loss": out.loss, "answer_tokens": float((batch["labels"] != -100).sum())}
+                    attention_mask=batch["attention_mask"], labels=batch["labels"] if targets else None)
+        if not targets:  # every answer was cut by model_max_length: no loss, said out loud
+            logger.warning("a batch has no answer tokens left after truncation to model_max_length; it adds no "
+                           "loss (raise som_llava.model_max_length)")
+            return {"loss": out.logits.sum() * 0.0, "answer_tokens": 0.0}
+        return {"loss": out.loss, "answer_tokens": float(targets)}
 
     def on_train_end(self, model) -> None:
         if self.config["som_llava"]["lora"]["enabled"]:
