@@ -378,6 +378,7 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
         tagged.image.save(out_dir / tagged_path)
         records.append(listing_record(f"{scene.id}-listing", tagged_path, scene_items(tagged, scene), rng))
         qa = tag_questions(tagged, scene, rng) + yes_no_questions(scene, rng)
+        rng.shuffle(qa)  # any question may come first, right after the image
         records.append(qa_record(f"{scene.id}-qa", tagged_path, qa))
     if skipped:
         logger.warning("%d scene(s) had no region of %d px or more; they got no SoM records", skipped, min_area)

@@ -413,9 +413,12 @@ class _Filler:
             if tuple(value.shape) != tuple(self.own[key].shape):
                 self.mismatched.append((key, tuple(self.own[key].shape), tuple(value.shape)))
                 continue
-            usable[key] = value
+            usable[key] = value.to(self.own[key].dtype) if value.is_floating_point() else value
         if usable:
-            self.target.load_state_dict(usable, strict=False)
+            # a model built on the meta device (zoo.load builds official cards that way) takes the
+            # tensors themselves; a built one copies them
+            meta = any(self.own[k].is_meta for k in usable)
+            self.target.load_state_dict(usable, strict=False, assign=meta)
             self.loaded.update(usable)
 
     def has_vision(self) -> bool:

@@ -244,3 +244,16 @@ def test_llava_1_5_starting_point_from_its_components(source, tmp_path):
         loader.load_components(config, language_model=str(tmp_path / "vicuna"),
                                projector=str(tmp_path / "vicuna" / "model.safetensors"),
                                vision_tower=str(tmp_path / "clip"))
+
+
+def test_loads_into_a_model_built_on_the_meta_device(source, tmp_path):
+    source.llava.save_pretrained(tmp_path / "hf")
+    empty = SomLlavaModel(tiny_config())
+    for module in empty.modules():  # parameters on meta, buffers real: what zoo's meta build gives
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(param, device="meta"))
+    assert all(p.is_meta for p in empty.parameters())
+    model = loader.load_into(empty, str(tmp_path / "hf" / "config.json"))
+    assert not any(p.is_meta for p in model.parameters())
+    torch.testing.assert_close(logits(model), logits(source), rtol=0, atol=0)
