@@ -304,8 +304,10 @@ class SomLlavaTrainer(Trainer):
         if scenes and self.rank == 0:
             from zoo.multimodal.som_llava.evaluate import evaluate_shapes, print_report
 
-            report = evaluate_shapes(model, scenes=scenes, size=int(self.config["data"]["shapes"]["size"]),
-                                     seed=int(self.config["data"]["shapes"]["seed"]) + 1)
+            shapes = self.config["data"]["shapes"]  # held-out scenes drawn and tagged as the training ones
+            report = evaluate_shapes(model, scenes=scenes, size=int(shapes["size"]), seed=int(shapes["seed"]) + 1,
+                                     overlap_prob=float(shapes["overlap_prob"]), min_area=int(shapes["min_area"]),
+                                     font_size=float(shapes["font_size"]))
             print_report(report)
             if self.output_dir is not None:
                 from zoo.files import write_json
