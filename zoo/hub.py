@@ -165,7 +165,7 @@ def load_state_dict_strict(model, state_dict: dict[str, torch.Tensor], source: s
     mismatched, reinit = [], []
     for key, value in state_dict.items():
         if key in own and tuple(own[key].shape) != tuple(value.shape):
-            if any(key.startswith(prefix) for prefix in model.head_keys):
+            if any(key.startswith(prefix) for prefix in getattr(model, "head_keys", ())):
                 reinit.append(key)
             else:
                 mismatched.append((key, own[key].shape, value.shape))
