@@ -17,6 +17,9 @@ pipeline again:
 * with ``force=True`` redoes everything; ``force="name"`` (or a list of names) redoes that step
   and every later one.
 
+Every model or tool call a step makes through ``ctx.cached(tool)`` is cached in the run folder,
+so a redone step does not call again what it already asked.
+
 Outputs are written atomically: a step writes into ``ctx.output(name)`` (a staging path in the
 run folder) and the pipeline moves each output into place only after the step returns, so an
 interrupted step never leaves a half-written output under its real name.
@@ -54,6 +57,7 @@ logger = logging.getLogger("zoo.pipeline")
 
 STEPS_FILE = "steps.json"
 STAGING = ".staging"
+CALLS = ".calls"
 
 
 def _canonical(value) -> Any:
@@ -162,6 +166,14 @@ class StepContext:
     def path(self, name: str) -> Path:
         """The committed path of ``name`` in the run folder (an earlier step's output)."""
         return self.folder / name
+
+    def cached(self, tool, tool_id: str | None = None):
+        """``tool`` with its calls cached in the run folder (``.calls/``, shared by every step), so
+        a step redone after an interruption repeats no model or endpoint call it already made.
+        See ``zoo.tools.CallCache``."""
+        from zoo.tools import CallCache
+
+        return CallCache(self.folder / CALLS).wrap(tool, tool_id)
 
     def output(self, name: str) -> Path:
         """Where to write output ``name`` (a declared output): a staging path moved into place

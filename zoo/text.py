@@ -214,6 +214,9 @@ VICUNA_V1 = ChatTemplate(
            "The assistant gives helpful, detailed, and polite answers to the user's questions.",
     roles=("USER", "ASSISTANT"), sep=" ", eos="</s>", image="front",
     source="haotian-liu/LLaVA:llava/conversation.py conv_vicuna_v1 (LLaVA-1.5, Vicuna v1.5)")
+# Show-o MMU: the model input is [<|mmu|>] [<|soi|>] image codes [<|eoi|>] + these text tokens, the
+# image block's labels all -100 (UniCTokens train_p_stage_1.py); UniCTokens' eval prompts add <|sot|>
+# (Phi's BOS) before the text, training does not. The family builds that block around encode_conversation.
 SHOWO = ChatTemplate(
     name="showo", system="", roles=("USER", "ASSISTANT"), sep=" ", eos="<|endoftext|>", strip=True, image="remove",
     source="arctanxarc/UniCTokens:llava/llava/conversation.py conv_phi_v0 (Show-o's Phi-1.5 MMU format)")

@@ -169,3 +169,31 @@ def test_changed_keys_and_file_signature(tmp_path):
     assert signature["x"]["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     with pytest.raises(ConfigError, match="does not exist"):
         file_signature(tmp_path / "missing")
+
+
+def test_a_redone_step_repeats_no_cached_tool_call(tmp_path):
+    class Judge:
+        tool_id = "judge:v1"
+        calls = 0
+
+        def generate(self, prompt):
+            Judge.calls += 1
+            return f"Score: {len(prompt) / 10}"
+
+    prompts = ["a", "bb", "ccc"]
+    seen = []
+
+    def score(ctx):
+        judge = ctx.cached(Judge())
+        for prompt in prompts:
+            seen.append(judge.generate(prompt))
+            if len(seen) == 2 and ctx.settings["stop"]:
+                raise KeyboardInterrupt  # stopped after two calls
+        ctx.output("scores.json").write_text(json.dumps(seen[-3:]))
+
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path, [Step("score", score, {"stop": True}, outputs=["scores.json"])]).run()
+    assert Judge.calls == 2
+    Pipeline(tmp_path, [Step("score", score, {"stop": False}, outputs=["scores.json"])]).run(force=True)
+    assert Judge.calls == 3  # only the third prompt was new
+    assert json.loads((tmp_path / "scores.json").read_text()) == ["Score: 0.1", "Score: 0.2", "Score: 0.3"]

@@ -314,7 +314,7 @@ def test_sam_adapter_runs_the_real_generator_on_a_tiny_sam(tmp_path, monkeypatch
                                pred_iou_thresh=-10.0, stability_score_thresh=-10.0, box_nms_thresh=1.0)
     assert isinstance(proposer, MaskProposer)
     assert torch.equal(proposer.model.mask_decoder.iou_prediction_head.layers[0].weight,
-                       weights["mask_decoder.iou_prediction_head.layers[0].weight".replace("[0]", ".0")])
+                       weights["mask_decoder.iou_prediction_head.layers.0.weight"])
     image = Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
     proposals = proposer.propose(image)
     assert len(proposals) == 12  # 2 x 2 points x 3 multimask outputs, nothing filtered
