@@ -330,3 +330,7 @@ def test_from_config_copies_the_config_and_reaches_sub_models():
     assert register() == "zoo"
     reloaded = LlamaForCausalLM._from_config(copy.deepcopy(llama_config()), attn_implementation="zoo")
     assert reloaded.config._attn_implementation == "zoo"
+    from transformers import AutoModelForCausalLM
+
+    auto = from_config(AutoModelForCausalLM, qwen2_config())
+    assert type(auto).__name__ == "Qwen2ForCausalLM" and auto.config._attn_implementation == "zoo"
