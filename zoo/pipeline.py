@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError, ZooError
-from zoo.files import atomic_write, swap_in_folder
+from zoo.files import swap_in_folder, write_text
 
 logger = logging.getLogger("zoo.pipeline")
 
@@ -231,7 +231,7 @@ class Pipeline:
         return records
 
     def _write_records(self, records: dict) -> None:
-        atomic_write(self.steps_file, json.dumps(records, indent=1, sort_keys=True, default=str) + "\n")
+        write_text(self.steps_file, json.dumps(records, indent=1, sort_keys=True, default=str) + "\n")
 
     def _input_path(self, value) -> Path:
         path = Path(os.fspath(value)).expanduser()

@@ -46,7 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from zoo.errors import ConfigError, ToolError
-from zoo.files import atomic_write
+from zoo.files import write_bytes, write_text
 
 logger = logging.getLogger("zoo.tools")
 
@@ -590,7 +590,7 @@ class CallCache:
 
     def put(self, key: str, answer, **meta) -> None:
         record = {"key": key, **meta, "answer": _encode(answer, self._path(key))}
-        atomic_write(self._path(key), _canonical_json(record) + "\n")
+        write_text(self._path(key), _canonical_json(record) + "\n")
 
     def call(self, tool_id: str, method: str, fn: Callable[[], Any], *, prompt=None, image=None,
              settings: dict | None = None):
@@ -617,7 +617,7 @@ def _encode(answer, path: Path):
         masks = np.stack([a.mask for a in answer])
         buffer = io.BytesIO()
         np.savez_compressed(buffer, masks=np.packbits(masks, axis=-1), shape=np.array(masks.shape))
-        atomic_write(path.with_suffix(".npz"), buffer.getvalue())
+        write_bytes(path.with_suffix(".npz"), buffer.getvalue())
         return {"masks": path.with_suffix(".npz").name,
                 "items": [{"score": a.score, "area": a.area, "bbox": list(a.bbox), "extra": a.extra} for a in answer]}
     return answer

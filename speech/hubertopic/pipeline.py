@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from zoo.errors import ConfigError
-from zoo.files import atomic_write
 from zoo.pipeline import Pipeline, Step, StepContext, settings_signature
 
 logger = logging.getLogger("zoo.hubertopic")
@@ -265,7 +264,9 @@ def load_teacher(source):
 
 
 def _write_json(path: Path, value) -> None:
-    atomic_write(path, json.dumps(value, indent=1, sort_keys=True, default=str))
+    from zoo.files import write_json
+
+    write_json(path, value, indent=1, default=str)
 
 
 __all__ = ["LABEL_DEFAULTS", "LDA_DEFAULTS", "LabelChain", "Labels", "load_teacher", "utterance_id"]
