@@ -20,25 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# speech.md §3.2: WeSpeaker's DINO recipes use the GLOB variants with emb_bn=True.
-ECAPA_SIZES = {
-    "ecapa512": {"channels": 512},
-    "ecapa1024": {"channels": 1024},
-    "tiny": {"channels": 32, "cat_out_channels": 96, "pool_bottleneck": 32, "se_bottleneck": 16},
-}
-
-ECAPA_DEFAULTS = {
-    "channels": 512,
-    "feat_dim": 80,
-    "embed_dim": 192,
-    "global_context_att": True,
-    "emb_bn": True,
-    "scale": 8,
-    "se_bottleneck": 128,
-    "pool_bottleneck": 128,
-    # WeSpeaker hard-codes 512 * 3 for the 1x1 conv after the concatenation, whatever `channels` is.
-    "cat_out_channels": 1536,
-}
+from zoo.models.configs import ECAPA_DEFAULTS, ECAPA_SIZES  # torch-free; re-exported
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

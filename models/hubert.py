@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import AudioInputError, ConfigError
+from zoo.models.configs import HUBERT_BASE_ENCODER  # noqa: F401  (torch-free; re-exported)
 
 
 @dataclass
@@ -115,31 +116,6 @@ class HubertConfig:
         return cls(**{k: v for k, v in config.items() if k in known})
 
 
-# facebook/hubert-base-ls960 as transformers writes it (speech.md §1.2, §2.3): the encoder of the
-# speech families' base sizes, hard-coded so that building one never downloads a config.
-HUBERT_BASE_ENCODER = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "conv_dim": [512] * 7,
-    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
-    "conv_bias": False,
-    "feat_extract_norm": "group",
-    "feat_proj_layer_norm": True,
-    "num_conv_pos_embeddings": 128,
-    "num_conv_pos_embedding_groups": 16,
-    "layer_norm_eps": 1e-5,
-    "do_stable_layer_norm": False,
-    "mask_time_prob": 0.05,
-    "layerdrop": 0.1,
-    "hidden_dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.1,
-    "feat_proj_dropout": 0.1,
-}
 
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),

@@ -6,9 +6,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
-from zoo import hub
 from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
@@ -30,6 +27,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     ``overrides`` change config values (dotted keys allowed); an override that
     changes a head's shape re-initialises that head, like timm's ``num_classes``.
     """
+    from zoo import hub
+
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
@@ -50,6 +49,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
         model = _load_card(name, pretrained=pretrained, revision=revision, cache_dir=cache_dir,
                            local_files_only=local_files_only, token=token, overrides=overrides)
     if dtype is not None:
+        import torch
+
         model = model.to(dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype)))
     if device is not None:
         model = model.to(device)
@@ -58,6 +59,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
 
 
 def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides):
+    from zoo import hub
+
     card = get_card(name)
     family = get_family(card.family)
     config = family.make_config(card.size, card.config, source=card.source)

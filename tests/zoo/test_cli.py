@@ -66,3 +66,17 @@ def test_console_script_help():
     assert result.returncode == 0
     for verb in ("list", "info", "train", "eval", "push", "pull", "convert", "zoo segment"):
         assert verb in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--markdown"], ["info", "sylber-tiny"], ["--help"],
+                                  ["convert", "--help"], ["train", "--help"]])
+def test_list_info_and_help_do_not_import_torch(argv):
+    """These read only cards and the registry; importing torch would cost seconds on every call."""
+    code = ("import sys\nfrom zoo.cli import main\n"
+            f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'numpy', 'safetensors', 'huggingface_hub') "
+            "if m in sys.modules)\n"
+            "print('HEAVY', heavy)\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("HEAVY []"), result.stdout[-500:]
