@@ -69,9 +69,8 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
         model = family.build(config)
     elif card.weights is None:
         raise WeightsNotAvailableError(
-            f"{name!r} has no released weights; pass pretrained=False to build it with random weights, "
-            "or train it with `zoo train`."
-        )
+            f"{name!r} has no released weights; train it with `zoo train`, or build it with random weights.",
+            python_hint="Pass pretrained=False for random weights.")
     else:
         weights = card.weights
         path = hub.download_file(weights.repo_id, weights.filename, revision=revision or weights.revision,

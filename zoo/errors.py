@@ -29,7 +29,21 @@ class UnknownFamilyError(ZooError, KeyError):
 
 
 class WeightsNotAvailableError(ZooError):
-    """Weights are not in the local cache and cannot be downloaded (offline, no access)."""
+    """Weights are not in the local cache and cannot be downloaded (offline, no access, no release).
+
+    ``reason`` says what is missing; ``python_hint`` is the Python API's way around it (for example
+    ``pretrained=False``). The command line prints ``reason`` with its own flags instead
+    (:meth:`with_hint`), so a CLI user is never told about a Python argument.
+    """
+
+    def __init__(self, reason: str, *, python_hint: str = ""):
+        self.reason = reason
+        self.python_hint = python_hint
+        super().__init__(self.with_hint(python_hint))
+
+    def with_hint(self, hint: str) -> str:
+        """The message with ``hint`` (a sentence) as the way around it."""
+        return f"{self.reason} {hint}".strip()
 
 
 class CheckpointFormatError(ZooError):

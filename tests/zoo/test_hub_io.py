@@ -110,3 +110,34 @@ def test_cli_push_and_pull(loopback_hub, tmp_path, capsys):
     assert main(["pull", "alice/cli-toy", "--to", str(tmp_path / "pulled")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["pull", "alice/missing"]) == 2
+
+
+def test_unreachable_hub_fails_at_once_without_retries(hf_sandbox, caplog, tmp_path):
+    """hf_sandbox points the client at a closed port: a cold cache must fail after one request, not
+    after huggingface_hub's five retries ("Retrying in 1s ... 8s")."""
+    register()
+    add_card({"name": "toy-upstream", "family": "toy", "size": "tiny", "description": "toy",
+              "weights": {"repo_id": "upstream/toy-weights", "filename": "toy.pt", "format": "official"}})
+    try:
+        with caplog.at_level("INFO"):
+            with pytest.raises(WeightsNotAvailableError) as info:
+                zoo.load("toy-upstream")
+            assert "no connection to http://127.0.0.1:9" in str(info.value)
+            assert "pretrained=False" in str(info.value)  # the Python API names its own argument
+            with pytest.raises(WeightsNotAvailableError, match="no connection"):
+                zoo.load("hf-hub:alice/toy")
+        assert "Retrying" not in caplog.text
+    finally:
+        remove_card("toy-upstream")
+
+
+def test_cli_hint_names_the_verbs_flags_not_python_arguments(hf_sandbox, caplog, capsys):
+    from zoo.data import read_manifest, demo_corpus
+
+    clip = read_manifest(demo_corpus())[0]["path"]
+    with caplog.at_level("INFO"):
+        assert main(["segment", clip, "--model", "sylber-base"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cheoljun95/sylber/sylber.ckpt is not in the local cache")
+    assert "--model DIR" in err and "--random-init" in err and "pretrained=False" not in err
+    assert "Retrying" not in caplog.text

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from zoo.model import ZooModel
-from zoo.registry import Family, register_family
+from zoo.registry import TEST_MODALITY, Family, register_family
 from zoo.train.trainer import Trainer
 
 
@@ -110,6 +110,6 @@ class ToyTrainer(Trainer):
 
 # Registered so that save_pretrained / zoo.load / `zoo train toy-regression` work once this module is imported.
 FAMILY = register_family(Family(
-    name="toy-regression", modality="vision", build=ToyRegressor,
+    name="toy-regression", modality=TEST_MODALITY, build=ToyRegressor,
     sizes={"tiny": dict(ToyTrainer.config_defaults["model"])}, trainer="zoo.train.toy:ToyTrainer",
     description="A tiny MLP regressor used by the training engine's own tests."))
