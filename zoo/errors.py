@@ -242,5 +242,9 @@ class HubError(ZooError):
     """A Hub operation failed (push, pull, repo not found, no permission)."""
 
 
+class OutputInUseError(ZooError):
+    """Another live process is training into the same output folder (it holds the folder's lock)."""
+
+
 class OutputExistsError(ZooError, FileExistsError):
     """An output folder already holds files; pass overwrite=True / --overwrite to replace them."""

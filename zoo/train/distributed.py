@@ -83,6 +83,15 @@ def mean_across_ranks(values: list[float], info: DistInfo, device) -> list[float
     return (tensor / info.world_size).tolist()
 
 
+def any_across_ranks(flag: bool, info: DistInfo, device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce; free without torchrun)."""
+    if not info.enabled:
+        return bool(flag)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
 def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, mode: str,
                find_unused_parameters: bool = False) -> torch.nn.Module:
     """DDP (default) or FSDP2 ``fully_shard`` around ``model``; unchanged when not distributed."""

@@ -55,7 +55,9 @@ class ToyTrainer(Trainer):
     config_defaults = {
         "model": {"in_dim": 4, "hidden": 16, "dropout": 0.1},
         "data": {"file": None, "train_size": 64, "eval_size": 16, "noise": 0.01, "augment": 0.05, "seed": 1234},
-        "toy": {"jitter": 0.0},  # scale of trainer-RNG noise on the loss (exercises trainer state_dict)
+        # jitter: scale of trainer-RNG noise on the loss (exercises trainer state_dict);
+        # step_seconds: sleep per step, so that tests can stop or lock a run while it trains.
+        "toy": {"jitter": 0.0, "step_seconds": 0.0},
     }
     path_keys = ("data.file",)
 
@@ -81,6 +83,10 @@ class ToyTrainer(Trainer):
         return ToyDataset(x, y, augment=float(data["augment"])), self.eval_set
 
     def training_step(self, model, batch) -> dict:
+        if self.config["toy"]["step_seconds"]:
+            import time
+
+            time.sleep(float(self.config["toy"]["step_seconds"]))
         prediction = model(batch["x"])
         loss = torch.nn.functional.mse_loss(prediction, batch["y"])
         jitter = float(self.config["toy"]["jitter"])
