@@ -21,11 +21,19 @@ def _looks_like_path(name: str) -> bool:
 
 def load(name_or_path: str, pretrained: bool = True, revision: str | None = None, device=None, dtype=None,
          cache_dir=None, local_files_only: bool | None = None, token=None, **overrides):
-    """Load a model by card name, ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
+    """Load a model by card name (``zoo list``), ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
 
-    ``pretrained=False`` builds the card's config with random weights. Keyword
-    ``overrides`` change config values (dotted keys allowed); an override that
-    changes a head's shape re-initialises that head, like timm's ``num_classes``.
+    Returns the family's ``ZooModel`` in eval mode, on ``device`` (default CPU) and in ``dtype`` (a
+    ``torch.dtype`` or its name, default float32). ``pretrained=False`` builds the card's config with random
+    weights. Keyword ``overrides`` change config values (nested keys as ``section.key``); an override that
+    changes a head's shape re-initialises that head, like timm's ``num_classes``. ``revision``,
+    ``cache_dir``, ``local_files_only`` and ``token`` go to huggingface_hub.
+
+    Raises :class:`~zoo.errors.UnknownModelError` (no such card; the closest names are listed),
+    :class:`~zoo.errors.ConfigError` (an unknown override key or a wrong type, a malformed Hub name),
+    :class:`~zoo.errors.WeightsNotAvailableError` (no released weights, offline with a cold cache, a missing or
+    gated repo), :class:`~zoo.errors.CheckpointFormatError` / ``CheckpointKeysError`` (a corrupt or
+    mismatched file).
     """
     from zoo import hub
 

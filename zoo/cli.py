@@ -119,6 +119,7 @@ def _cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the built-in verbs; its epilog lists the verbs families add (``zoo segment``)."""
     from zoo.version import __version__
 
     from zoo.registry import list_families

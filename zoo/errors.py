@@ -7,6 +7,7 @@ class ZooError(Exception):
 
 
 class UnknownModelError(ZooError, KeyError):
+    """A model name that is no card (``zoo list`` shows them all); ``candidates`` holds the closest names."""
     def __init__(self, name: str, candidates: list[str] | None = None):
         self.name = name
         self.candidates = list(candidates or [])
@@ -21,6 +22,7 @@ class UnknownModelError(ZooError, KeyError):
 
 
 class UnknownFamilyError(ZooError, KeyError):
+    """A family name that is not registered; the message lists the known families."""
     def __init__(self, name: str, known: list[str]):
         super().__init__(f"Unknown model family {name!r}. Known families: {', '.join(sorted(known))}.")
 

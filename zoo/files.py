@@ -153,6 +153,10 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> "FolderLock":
+        """Take the lock (creating the folder) and record this pid; returns ``self``.
+
+        Raises :class:`~zoo.errors.OutputInUseError` at once when another process holds it.
+        """
         try:
             import fcntl
         except ImportError:  # no flock here: nothing to hold
@@ -181,6 +185,7 @@ class FolderLock:
             return None
 
     def release(self) -> None:
+        """Drop the lock and remove the pid file (no-op when not held)."""
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):

@@ -118,6 +118,11 @@ def model_card_text(model, card: Any = None) -> str:
 # ----------------------------------------------------------------------------- loading
 
 def read_zoo_config(folder: Path, source: str) -> dict:
+    """The parsed ``config.json`` of a zoo-format ``folder`` (``family``, ``config``, ``zoo_version``, ``card``).
+
+    Raises :class:`~zoo.errors.CheckpointFormatError` naming ``source`` when the file is missing, not JSON, or
+    not written by zoo (then it says to run ``zoo convert``).
+    """
     path = folder / CONFIG_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -239,6 +244,12 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any]
 
 
 def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
+    """Build the model a zoo-format ``folder`` describes and load its weights strictly.
+
+    ``overrides`` (dotted keys) change the stored config first; an unknown key is a ``ConfigError``, and an
+    override that changes a head's shape re-initialises that head. Raises ``CheckpointFormatError`` /
+    ``CheckpointKeysError`` for bad files; ``cached=True`` evicts a corrupt cached weights file.
+    """
     from zoo.config import apply_overrides
     from zoo.registry import get_family
 
@@ -262,6 +273,7 @@ def _hf():
 
 
 def split_revision(repo: str) -> tuple[str, str | None]:
+    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> ``(repo, None)``."""
     repo_id, _, revision = repo.partition("@")
     return repo_id, (revision or None)
 
@@ -350,6 +362,13 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None, c
 
 def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=None, token=None,
                   overrides: dict | None = None):
+    """Load a zoo-format Hub repo (``"org/name"`` or ``"org/name@revision"``) through the huggingface_hub cache.
+
+    Downloads ``config.json`` and ``model.safetensors`` from one snapshot and builds the model as
+    :func:`build_from_zoo_folder` does (``overrides`` as there). Raises
+    :class:`~zoo.errors.WeightsNotAvailableError` (offline or unreachable with a cold cache, missing or gated
+    repo, unknown revision), :class:`~zoo.errors.HubError`, or the loading errors of a bad file.
+    """
     repo_id, pinned = split_revision(repo)
     revision = revision or pinned
     kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -394,6 +413,10 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
 
 
 def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None) -> str:
+    """Save ``model`` to a temporary zoo-format folder and upload it to ``repo_id``; returns the commit id.
+
+    Raises :class:`~zoo.errors.HubError` when the Hub refuses (no token, no permission).
+    """
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
         folder = save_pretrained(model, Path(tmp) / "model")
         return push_folder(folder, repo_id, revision=revision, private=private, token=token,

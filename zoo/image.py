@@ -1,4 +1,4 @@
-"""Image input: read files as RGB PIL images and list image folders (DESIGN.md "Data")."""
+"""Image input: read files as RGB PIL images and list image folders (the layout of torchvision's ImageFolder)."""
 from __future__ import annotations
 
 import os

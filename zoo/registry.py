@@ -51,6 +51,7 @@ class LazyCallable:
         self._target: Callable | None = None
 
     def resolve(self) -> Callable:
+        """Import (once) and return the target; ``ImportError``/``AttributeError`` when the reference is wrong."""
         if self._target is None:
             self._target = import_object(self.reference)
         return self._target

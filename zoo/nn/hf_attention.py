@@ -1,4 +1,6 @@
-"""``attn_implementation="zoo"`` for transformers models (HuBERT, Llama, CLIP ...), DESIGN.md "Attention".
+"""``attn_implementation="zoo"`` for transformers models (HuBERT, Llama, CLIP ...): their attention runs through
+``zoo.nn.attention``, registered with transformers' ``AttentionInterface``
+(huggingface/transformers:src/transformers/modeling_utils.py).
 
 transformers calls an attention function as ``fn(module, query, key, value, attention_mask,
 scaling=..., dropout=..., **kwargs)`` with ``[B, H, M, K]`` tensors and expects
@@ -25,6 +27,12 @@ def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
 def zoo_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                           is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature on top of ``zoo.nn.attention``.
+
+    ``query`` [B, H, M, K], ``key``/``value`` [B, Hkv, N, K] (grouped-query heads are repeated), ``attention_mask``
+    a boolean keep-mask or additive float mask broadcastable to [B, H, M, N] (or None). Returns
+    ``(output [B, M, H, K], None)``: attention weights are never materialised.
+    """
     groups = getattr(module, "num_key_value_groups", 1) or 1
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     q_length, kv_length = query.shape[2], key.shape[2]

@@ -33,6 +33,7 @@ class ToyModel(ZooModel):
         self.register_buffer("codebook", torch.zeros(2, config["hidden"]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, dim] float -> logits [B, num_classes]."""
         return self.classifier(torch.tanh(self.encoder(x)))
 
 

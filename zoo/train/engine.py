@@ -1,4 +1,4 @@
-"""The training engine: one loop for every family (DESIGN.md "Training engine").
+"""The training engine: one loop for every family (``zoo train``, ``zoo.train.run``).
 
 ``run(config)`` seeds everything, builds the trainer's model and data, trains with gradient
 accumulation, clipping, bf16 autocast on CUDA, logs (JSONL, TensorBoard, tqdm), evaluates,
@@ -44,12 +44,17 @@ _RUN_ONLY_KEYS = ("resume", "overwrite", "progress", "device", "num_workers")
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch's CPU/CUDA generators with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def pick_device(choice: str, info: D.DistInfo) -> torch.device:
+    """``train.device`` (auto, cpu, cuda, cuda:N) -> a ``torch.device``; under torchrun ``cuda`` is this rank's GPU.
+
+    Raises :class:`~zoo.errors.ConfigError` when CUDA is asked for and none is visible.
+    """
     choice = str(choice or "auto").lower()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,6 +67,9 @@ def pick_device(choice: str, info: D.DistInfo) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` (auto, bf16, fp32) on ``device``: ``torch.bfloat16`` on a CUDA
+    GPU that supports it, else None (fp32). Raises ``ConfigError`` for bf16 without such a GPU.
+    """
     precision = str(precision or "auto").lower()
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
@@ -80,6 +88,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def to_device(batch, device: torch.device):
+    """Move the tensors of a batch (tensor, dict, list or tuple, nested) to ``device``; other values pass through."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
@@ -209,7 +218,15 @@ class _BatchStream:
 def run(config: dict, trainer_cls=None) -> Path:
     """Train as the recipe says; returns ``output_dir/final`` (a zoo-format folder).
 
-    Under torchrun (RANK / WORLD_SIZE set) every process calls ``run``; rank 0 writes.
+    ``config`` is a recipe dict (``zoo.train.load_recipe``); missing sections take the engine's and the
+    trainer's defaults. The run holds an OS lock on ``train.output_dir`` while it trains, resumes from the
+    folder's latest checkpoint (``train.resume=auto``), and on Ctrl-C saves a checkpoint of the last finished
+    step before raising ``KeyboardInterrupt``. Under torchrun (RANK / WORLD_SIZE set) every process calls
+    ``run``; rank 0 writes.
+
+    Raises :class:`~zoo.errors.ConfigError` (bad settings, missing data paths),
+    :class:`~zoo.errors.OutputExistsError` (a folder holding something else), :class:`~zoo.errors.OutputInUseError`
+    (another live run holds the folder), :class:`~zoo.errors.ZooError` (a non-finite loss).
     """
     config, trainer_cls = complete_config(config, trainer_cls)
     train = config["train"]

@@ -63,6 +63,7 @@ class RunLogger:
         self.lines = progress == "lines"
 
     def step(self, loss: float | None = None) -> None:
+        """Advance the progress bar by one optimizer step (showing ``loss``)."""
         if self.bar is not None:
             self.bar.update(1)
             if loss is not None:
@@ -96,6 +97,7 @@ class RunLogger:
             self.writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
+        """Close the bar, the TensorBoard writer and ``log.jsonl``."""
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
