@@ -199,20 +199,31 @@ def _family_command(argv: list[str]):
     return None
 
 
-def split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
+def split_overrides(words: list[str], switches: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
     """``(other words, key=value overrides)``: overrides may stand anywhere among a verb's arguments.
 
     A word is an override when it looks like ``dotted.key=value`` and is not an existing path, and it is
-    not the value of an option (``--data x=y.jsonl``).
+    not the value of an option (``--data x=y.jsonl``); ``switches`` are the options that take no value
+    (``--overwrite``), after which an override may follow.
     """
     rest, overrides = [], []
     for index, word in enumerate(words):
-        after_option = index > 0 and words[index - 1].startswith("--") and "=" not in words[index - 1]
+        previous = words[index - 1] if index else ""
+        after_option = previous.startswith("-") and "=" not in previous and previous not in switches
         if _OVERRIDE.match(word) and not after_option and not os.path.exists(word):
             overrides.append(word)
         else:
             rest.append(word)
     return rest, overrides
+
+
+def _switches(parser: argparse.ArgumentParser, verb: str) -> set[str]:
+    """The options of ``verb`` that take no value (``--overwrite``, ``--random-init``)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        sub = action.choices.get(verb) if isinstance(action.choices, dict) else None
+        if sub is not None:
+            return {option for act in sub._actions if act.nargs == 0 for option in act.option_strings}
+    return set()
 
 
 def _cli_hint(argv: list[str]) -> str:
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         overrides: list[str] = []
         if argv and argv[0] in _OVERRIDE_VERBS:
-            rest, overrides = split_overrides(argv[1:])
+            rest, overrides = split_overrides(argv[1:], _switches(parser, argv[0]))
             argv = [argv[0], *rest]
         args, extra = parser.parse_known_args(argv)
         if extra:

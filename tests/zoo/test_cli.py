@@ -65,6 +65,7 @@ def test_convert_takes_overrides_anywhere_and_folders(toy_card, tmp_path, capsys
             [source, "out", "--size", "small", "num_classes=3", "--overwrite"],
             ["num_classes=3", source, "out", "--size", "small"],
             [source, "--size", "tiny", "hidden=32", "out"],
+            [source, "out", "--overwrite", "hidden=32"],
             [str(tmp_path / "snapshot"), "out", "--size", "small"]]):  # a folder goes to the family loader
         out = tmp_path / f"out{index}"
         argv = [str(out) if word == "out" else word for word in argv]
@@ -86,6 +87,8 @@ def test_split_overrides_keeps_paths_and_option_values(tmp_path):
     words = ["--size", "tiny", str(odd), "head.enabled=false", "--data", "x=y.jsonl", "optim.lr=3e-4"]
     assert split_overrides(words) == (["--size", "tiny", str(odd), "--data", "x=y.jsonl"],
                                       ["head.enabled=false", "optim.lr=3e-4"])
+    assert split_overrides(["--overwrite", "a.b=1", "--data", "c=d"], {"--overwrite"}) == (
+        ["--overwrite", "--data", "c=d"], ["a.b=1"])
 
 
 def test_convert_reports_bad_keys(toy_card, tmp_path, capsys):
