@@ -248,5 +248,9 @@ class OutputInUseError(ZooError):
     """Another live process is training into the same output folder (it holds the folder's lock)."""
 
 
+class ToolError(ZooError):
+    """A tool (LLM, VQA model, mask proposer, HTTP endpoint) is missing, misconfigured or failed."""
+
+
 class OutputExistsError(ZooError, FileExistsError):
     """An output folder already holds files; pass overwrite=True / --overwrite to replace them."""
