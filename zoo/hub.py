@@ -302,7 +302,9 @@ def _check_reachable(repo_id: str, filename: str, *, revision, cache_dir, token)
     sleeps (ten "Retrying in Ns" lines, about 30 s). One request without retries tells the same.
     """
     hf = _hf()
-    if hf.constants.HF_HUB_OFFLINE:
+    from huggingface_hub import constants  # not an attribute of the package until imported
+
+    if constants.HF_HUB_OFFLINE:
         return  # hf_hub_download fails at once in offline mode
     cached = hf.try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     if isinstance(cached, str):
@@ -315,7 +317,7 @@ def _check_reachable(repo_id: str, filename: str, *, revision, cache_dir, token)
     except hf_errors.HfHubHTTPError:  # the Hub answered (404, 401, gated): hf_hub_download reports it
         return
     except _network_errors() as err:
-        raise _offline_error(f"{repo_id}/{filename}", f"no connection to {hf.constants.ENDPOINT}: "
+        raise _offline_error(f"{repo_id}/{filename}", f"no connection to {constants.ENDPOINT}: "
                              f"{type(err).__name__}") from err
     except Exception:  # HTTP errors (404, 401, gated): hf_hub_download reports them properly
         return
