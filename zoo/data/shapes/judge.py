@@ -66,12 +66,15 @@ def _as_array(image) -> np.ndarray:
     return np.asarray(load_image(image), dtype=np.uint8)
 
 
-def _color_map(rgb: np.ndarray, min_saturation: float, min_value: float, max_hue_distance: float) -> np.ndarray:
+def _color_map(rgb: np.ndarray, min_saturation: float, min_value: float, max_hue_distance: float,
+               min_chroma: float) -> np.ndarray:
     """Per pixel: index into COLORS, or -1 for background (unsaturated, dark, or no close hue)."""
     x = rgb.astype(np.float64) / 255.0
     high, low = x.max(axis=-1), x.min(axis=-1)
     chroma = high - low
-    saturation = np.where(high > 0, chroma / np.maximum(high, 1e-12), 0.0)
+    # Chroma as a fraction of the brightest channel; a floor on chroma itself keeps dark, barely
+    # tinted pixels (compression noise on a dark background) out.
+    saturation = np.where(chroma >= min_chroma, chroma / np.maximum(high, 1e-12), 0.0)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     safe = np.maximum(chroma, 1e-12)
     hue = np.where(high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60
@@ -110,12 +113,17 @@ def _texture_and_mark(crop_mask: np.ndarray, crop_value: np.ndarray, shape: str)
     dark = (crop_value < 0.78 * light_level) & crop_mask
     height, width = crop_mask.shape
     side = max(height, width)
-    usable = crop_mask.copy()
     mark = None
-    border = crop_mask & ~binary_erosion(np.pad(crop_mask, 1))[1:-1, 1:-1]
-    if border.sum() >= 8 and dark[border].mean() >= 0.8:
+    width_px = max(1, int(round(0.08 * side)))  # the outline width the renderer draws
+    inner = binary_erosion(np.pad(crop_mask, 1))[1:-1, 1:-1]
+    border, second = crop_mask & ~inner, inner & ~binary_erosion(np.pad(inner, 1))[1:-1, 1:-1]
+    # The border alone darkens when an image is blurred or compressed: an outline of two or
+    # more pixels must darken the second layer too.
+    outline = border.sum() >= 8 and dark[border].mean() >= 0.8 and \
+        (width_px < 2 or (second.sum() > 0 and dark[second].mean() >= 0.8))
+    usable = crop_mask.copy()
+    if outline:
         mark = "outline"
-        width_px = max(1, int(round(0.08 * side)))
         usable = binary_erosion(np.pad(crop_mask, width_px), iterations=width_px)[width_px:-width_px,
                                                                                   width_px:-width_px]
     else:
@@ -157,12 +165,12 @@ def _concept_of(shape, color, texture, mark) -> str | None:
     return None
 
 
-def detect(image, *, min_area: int | None = None, min_saturation: float = 0.35, min_value: float = 0.15,
-           max_hue_distance: float = 30.0) -> list[Detection]:
+def detect(image, *, min_area: int | None = None, min_saturation: float = 0.35, min_chroma: float = 0.12,
+           min_value: float = 0.15, max_hue_distance: float = 30.0) -> list[Detection]:
     """Objects in ``image`` (anything :func:`zoo.image.load_image` reads), left to right.
 
-    A pixel with HSV saturation >= ``min_saturation`` and value >= ``min_value`` takes the
-    colour of :data:`COLORS` nearest in hue (within ``max_hue_distance`` degrees); other
+    A pixel with HSV saturation >= ``min_saturation``, chroma (max - min channel, in [0, 1])
+    >= ``min_chroma`` and value >= ``min_value`` takes the colour of :data:`COLORS` nearest in hue (within ``max_hue_distance`` degrees); other
     pixels are background. Each 8-connected component of one colour with at least
     ``min_area`` pixels (default 0.4% of the image, at least 12) is an object: its shape is the
     template with the best IoU in the component's box (the IoU is the ``score``), its texture
@@ -174,7 +182,7 @@ def detect(image, *, min_area: int | None = None, min_saturation: float = 0.35, 
     height, width = rgb.shape[:2]
     if min_area is None:
         min_area = max(12, int(0.004 * height * width))
-    colors = _color_map(rgb, min_saturation, min_value, max_hue_distance)
+    colors = _color_map(rgb, min_saturation, min_value, max_hue_distance, min_chroma)
     value = rgb.max(axis=-1).astype(np.float64)
     found = []
     eight = np.ones((3, 3), dtype=bool)

@@ -62,8 +62,8 @@ def sample_prompt(category: str, rng=None) -> tuple[str, dict]:
     second_shape = _pick(rng, SHAPES, exclude=(first_shape,))
     first_color = _pick(rng, colors)
     second_color = _pick(rng, colors, exclude=(first_color,))
-    a = {"shape": first_shape, "color": first_color, "texture": "plain"}
-    b = {"shape": second_shape, "color": second_color, "texture": "plain"}
+    a = {"shape": first_shape, "color": first_color, "texture": None}  # None: any (drawn plain)
+    b = {"shape": second_shape, "color": second_color, "texture": None}
     if category == "shape":
         b["color"] = a["color"]
     elif category == "texture":
