@@ -45,7 +45,8 @@ def load_image(image, *, background: tuple[int, int, int] | None = None,
     converted. An alpha channel is dropped, as ``PIL.Image.convert("RGB")`` does (and so as the
     CLIP and LLaVA preprocessors see such files); give ``background=(r, g, b)`` to composite
     over that colour instead. ``max_pixels`` guards against decompression bombs
-    (default -1: Pillow's ``Image.MAX_IMAGE_PIXELS``; ``None``: no limit).
+    (default -1: Pillow's ``Image.MAX_IMAGE_PIXELS``; ``None``: no limit of ours; Pillow itself
+    still refuses images over twice ``Image.MAX_IMAGE_PIXELS``).
 
     Raises :class:`ImageInputError` naming the file (or ``name``) when it is missing, empty,
     not an image, truncated, larger than ``max_pixels``, or an array of the wrong shape,
@@ -99,7 +100,10 @@ def _load_file(path: Path, background, max_pixels):
                 return _to_rgb(image, background, repr(str(path)))
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # Pillow refuses images over twice its own limit
+        raise ImageInputError(f"Image file {str(path)!r} is too large for Pillow ({error}); a possible "
+                              "decompression bomb. Raise PIL.Image.MAX_IMAGE_PIXELS if you trust it.") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageInputError(f"Cannot read image file {str(path)!r}: {error}. Give a PNG, JPEG, BMP, GIF, "
                               "WebP or TIFF file that Pillow can open.") from error
 
@@ -199,9 +203,10 @@ class ImageTransform:
     2. ``resize``: an int sets the shorter side (the longer one ``int(size * long / short)``,
        as torchvision's ``Resize``); a ``(height, width)`` pair sets both. ``interpolation`` is
        one of :data:`INTERPOLATIONS` (Pillow's filters).
-    3. ``crop``: centre crop to an int (square) or ``(height, width)``; offsets
-       ``round((H - h) / 2)`` as torchvision's ``CenterCrop``. A crop larger than the image
-       pads it with ``fill`` first.
+    3. ``crop``: centre crop to an int (square) or ``(height, width)``. ``crop_offset="round"``
+       places it at ``round((H - h) / 2)`` as torchvision's ``CenterCrop`` (open_clip, timm);
+       ``"floor"`` at ``(H - h) // 2`` as transformers' image processors (LLaVA's CLIP
+       processor). A crop larger than the image pads it with ``fill`` first.
     4. To float in [0, 1], then ``(x - mean) / std`` when ``mean`` is set
        (:meth:`minus_one_one` gives mean = std = 0.5, i.e. values in [-1, 1]).
 
@@ -216,6 +221,7 @@ class ImageTransform:
     fill: Any = "mean"
     mean: Any = None
     std: Any = None
+    crop_offset: str = "round"
 
     def __post_init__(self):
         object.__setattr__(self, "resize", _pair(self.resize, "resize"))
@@ -225,6 +231,8 @@ class ImageTransform:
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"ImageTransform.interpolation {self.interpolation!r} is not one of "
                               f"{', '.join(INTERPOLATIONS)}.")
+        if self.crop_offset not in ("round", "floor"):
+            raise ConfigError(f"ImageTransform.crop_offset must be 'round' or 'floor', got {self.crop_offset!r}.")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("ImageTransform: give both mean and std, or neither.")
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -293,8 +301,10 @@ class ImageTransform:
                 canvas = Image.new(image.mode, (max(crop_w, image.width), max(crop_h, image.height)), fill)
                 canvas.paste(image, ((canvas.width - image.width) // 2, (canvas.height - image.height) // 2))
                 image = canvas
-            top = int(round((image.height - crop_h) / 2.0))
-            left = int(round((image.width - crop_w) / 2.0))
+            if self.crop_offset == "floor":
+                top, left = (image.height - crop_h) // 2, (image.width - crop_w) // 2
+            else:
+                top, left = int(round((image.height - crop_h) / 2.0)), int(round((image.width - crop_w) / 2.0))
             image = image.crop((left, top, left + crop_w, top + crop_h))
         return image
 
