@@ -171,7 +171,7 @@ def test_generate_refuses_a_non_empty_folder(tmp_path):
     assert (out / "mine.txt").read_text() == "keep me"
     generate(out, 3, overwrite=True)
     assert not (out / "mine.txt").exists() and len(read_manifest(out / "manifest.jsonl")) == 3
-    assert not list(tmp_path.glob(".out.partial-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
     with pytest.raises(ConfigError, match="n must be"):
         generate(tmp_path / "x", 0)
     with pytest.raises(ConfigError, match="unknown concept 'zz'"):

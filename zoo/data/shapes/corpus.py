@@ -1,15 +1,13 @@
 """Seeded generation of shapes-world corpora, their JSONL manifests, and the bundled set."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from zoo.errors import ConfigError, OutputExistsError
-from zoo.files import swap_in_folder
+from zoo.files import staging_folder, write_json
 
 from .world import (
     BACKGROUND_TEXTURES, BACKGROUNDS, COLORS, CONCEPTS, SHAPES, TEXTURES, UNUSED_LOOKS, Scene, ShapeObject, caption_for,
@@ -117,15 +115,12 @@ def generate(out_dir, n: int, size: int = 64, seed: int = 0, *, concept_images: 
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise OutputExistsError(f"{target} is not empty; pass overwrite=True (CLI: --overwrite) to replace it, "
                                 "or choose another folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
-    (staging / "masks").mkdir()
     schedule = _concept_schedule(int(n), int(seed), int(concept_images), concepts)
     width = max(6, len(str(int(n) - 1)))
     rows = []
-    try:
+    with staging_folder(target) as staging:  # swapped in only once every file is written
+        (staging / "images").mkdir()
+        (staging / "masks").mkdir()
         indices = range(int(n))
         if progress:
             from tqdm import tqdm
@@ -155,13 +150,9 @@ def generate(out_dir, n: int, size: int = 64, seed: int = 0, *, concept_images: 
                 row["concept_caption"] = caption_for(objects, {0: f"<{concept}>"})[0]
             rows.append(row)
         write_manifest(rows, staging / "manifest.jsonl")
-        info = {"generator": "zoo.data.shapes", "format_version": FORMAT_VERSION, "n": int(n), "size": int(size),
-                "seed": int(seed), "concept_images": int(concept_images), "concepts": concepts}
-        (staging / "info.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        swap_in_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / "info.json", {"generator": "zoo.data.shapes", "format_version": FORMAT_VERSION,
+                                           "n": int(n), "size": int(size), "seed": int(seed),
+                                           "concept_images": int(concept_images), "concepts": concepts}, indent=1)
     return target / "manifest.jsonl"
 
 
