@@ -58,7 +58,8 @@ def test_lpips_runs_with_a_local_backbone_checkpoint(tmp_path, monkeypatch):
     models = pytest.importorskip("torchvision.models")
     (tmp_path / "checkpoints").mkdir()
     torch.manual_seed(0)  # stand-in backbone weights written where torchvision looks: no download
-    torch.save(models.squeezenet1_1(weights=None).state_dict(), tmp_path / "checkpoints" / LPIPS_BACKBONE_FILES["squeeze"])
+    checkpoint = tmp_path / "checkpoints" / LPIPS_BACKBONE_FILES["squeeze"]
+    torch.save(models.squeezenet1_1(weights=None).state_dict(), checkpoint)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert lpips(x, x, net="squeeze").item() == pytest.approx(0.0, abs=1e-7)

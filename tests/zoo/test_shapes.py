@@ -140,7 +140,7 @@ def test_bad_specs_name_the_field():
 
 def test_generate_is_deterministic_and_rerenders_exactly(tmp_path):
     first = generate(tmp_path / "a", 12, size=48, seed=5, concept_images=2)
-    second = generate(tmp_path / "b", 12, size=48, seed=5, concept_images=2)
+    generate(tmp_path / "b", 12, size=48, seed=5, concept_images=2)
     assert first == tmp_path / "a" / "manifest.jsonl"
     assert _files(tmp_path / "a") == _files(tmp_path / "b")  # same seed, identical bytes
     generate(tmp_path / "c", 12, size=48, seed=6, concept_images=2)

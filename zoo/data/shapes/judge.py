@@ -170,8 +170,8 @@ def detect(image, *, min_area: int | None = None, min_saturation: float = 0.35, 
     """Objects in ``image`` (anything :func:`zoo.image.load_image` reads), left to right.
 
     A pixel with HSV saturation >= ``min_saturation``, chroma (max - min channel, in [0, 1])
-    >= ``min_chroma`` and value >= ``min_value`` takes the colour of :data:`COLORS` nearest in hue (within ``max_hue_distance`` degrees); other
-    pixels are background. Each 8-connected component of one colour with at least
+    >= ``min_chroma`` and value >= ``min_value`` takes the colour of :data:`COLORS` nearest in
+    hue (within ``max_hue_distance`` degrees); other pixels are background. Each 8-connected component of one colour with at least
     ``min_area`` pixels (default 0.4% of the image, at least 12) is an object: its shape is the
     template with the best IoU in the component's box (the IoU is the ``score``), its texture
     and mark come from pixels darker than 0.78 of its bright level.
@@ -246,7 +246,8 @@ _RELATION_RE = "|".join(re.escape(words) for words, _ in _RELATION_WORDS)
 _ATTRIBUTES = {**{c: ("color", c) for c in COLORS}, **{w: ("texture", t) for w, t in _TEXTURE_WORDS.items()},
                **{s: ("shape", s) for s in SHAPES}}
 _PATTERNS = [
-    ("count", re.compile(rf"^how many (?P<np>.+?)(?: are there| is there| do you see| can you see| are visible)?{_WHERE}$")),
+    ("count", re.compile(rf"^how many (?P<np>.+?)(?: are there| is there| do you see| can you see| are visible)?"
+                         rf"{_WHERE}$")),
     ("exist", re.compile(rf"^(?:is|are) there (?:any )?(?P<np>.+?){_WHERE}$")),
     ("exist", re.compile(rf"^(?:is|are) (?P<np><[a-z0-9_-]+>){_WHERE}$")),
     ("color", re.compile(rf"^what (?:is the )?color (?:is|are) (?:the )?(?P<np>.+?){_WHERE}$")),

@@ -67,8 +67,9 @@ def sample_prompt(category: str, rng=None) -> tuple[str, dict]:
     if category == "shape":
         b["color"] = a["color"]
     elif category == "texture":
-        a["texture"] = _pick(rng, TEXTURES[1:], exclude=[t for s, t in UNUSED_LOOKS if s == a["shape"]])
-        b["texture"] = _pick(rng, TEXTURES[1:], exclude=[a["texture"]] + [t for s, t in UNUSED_LOOKS if s == b["shape"]])
+        unused = {shape: [t for s, t in UNUSED_LOOKS if s == shape] for shape in (a["shape"], b["shape"])}
+        a["texture"] = _pick(rng, TEXTURES[1:], exclude=unused[a["shape"]])
+        b["texture"] = _pick(rng, TEXTURES[1:], exclude=[a["texture"], *unused[b["shape"]]])
     if category == "numeracy":
         counts = [(2,), (3,), (4,), (2, 1), (1, 2), (2, 2), (3, 1), (1, 3)][int(rng.integers(8))]
         groups = [a, b][:len(counts)]
