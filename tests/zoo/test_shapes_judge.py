@@ -142,7 +142,7 @@ def test_accuracy_on_own_renders_per_question_type():
     scenes = read_manifest(demo_manifest("heldout"))
     correct, total = defaultdict(int), defaultdict(int)
     for index, scene in enumerate(scenes):
-        for size in (64, 128) if index < 30 else (64,):
+        for size in (64, 128) if index < 15 else (64,):
             image = scene.image if size == 64 else render(scene, size)[0]
             found = detect(image)
             correct["objects"] += len(found) == len(scene.objects)

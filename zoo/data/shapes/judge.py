@@ -12,6 +12,7 @@ model or an LLM judge; ``ShapesJudge`` and ``ShapesMaskProposer`` adapt it to th
 from __future__ import annotations
 
 import colorsys
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -85,21 +86,33 @@ def _color_map(rgb: np.ndarray, min_saturation: float, min_value: float, max_hue
     return np.where(ok, nearest, -1)
 
 
-def _template(shape: str, height: int, width: int) -> np.ndarray:
+@functools.lru_cache(maxsize=8192)
+def _template(shape: str, height: int, width: int, grow: float = 0.0, shift: tuple = (0.0, 0.0)) -> np.ndarray:
+    """``shape`` drawn over a ``height`` x ``width`` box grown by ``grow`` pixels and shifted by
+    ``shift`` (x, y) pixels: the pixel box of a rendered object is up to a pixel smaller than
+    the object, so the judge tries a few fits."""
     ex, ey = EXTENTS[shape]
-    a = ((np.arange(width) + 0.5) / width - 0.5) * 2 * ex
-    b = ((np.arange(height) + 0.5) / height - 0.5) * 2 * ey
-    return shape_mask(shape, *np.meshgrid(a, b))
+    a = ((np.arange(width) + 0.5 - shift[0] - width / 2) / (width + grow)) * 2 * ex
+    b = ((np.arange(height) + 0.5 - shift[1] - height / 2) / (height + grow)) * 2 * ey
+    template = shape_mask(shape, *np.meshgrid(a, b))
+    template.flags.writeable = False  # cached: shared between calls
+    return template
+
+
+_FITS = [(grow, (dx, dy)) for grow in (0.0, 0.5, 1.0) for dx in (-0.25, 0.0, 0.25) for dy in (-0.25, 0.0, 0.25)]
 
 
 def _classify_shape(crop: np.ndarray) -> tuple[str, float]:
     best, best_iou = SHAPES[0], -1.0
+    total = crop.sum()
     for shape in SHAPES:
-        template = _template(shape, *crop.shape)
-        union = np.logical_or(template, crop).sum()
-        iou = float(np.logical_and(template, crop).sum() / union) if union else 0.0
-        if iou > best_iou:
-            best, best_iou = shape, iou
+        for grow, shift in _FITS:
+            template = _template(shape, *crop.shape, grow=grow, shift=shift)
+            overlap = np.logical_and(template, crop).sum()
+            union = total + template.sum() - overlap
+            iou = float(overlap / union) if union else 0.0
+            if iou > best_iou:
+                best, best_iou = shape, iou
     return best, best_iou
 
 
@@ -114,18 +127,20 @@ def _texture_and_mark(crop_mask: np.ndarray, crop_value: np.ndarray, shape: str)
     height, width = crop_mask.shape
     side = max(height, width)
     mark = None
-    width_px = max(1, int(round(0.08 * side)))  # the outline width the renderer draws
+    # The renderer's outline is round(0.08 * side) pixels wide; the box side seen here may be a
+    # pixel off, so take the surely-drawn width (floor) for the test and one more to strip it.
+    sure_width = max(1, int(0.08 * side))
     inner = binary_erosion(np.pad(crop_mask, 1))[1:-1, 1:-1]
     border, second = crop_mask & ~inner, inner & ~binary_erosion(np.pad(inner, 1))[1:-1, 1:-1]
     # The border alone darkens when an image is blurred or compressed: an outline of two or
     # more pixels must darken the second layer too.
     outline = border.sum() >= 8 and dark[border].mean() >= 0.8 and \
-        (width_px < 2 or (second.sum() > 0 and dark[second].mean() >= 0.8))
+        (sure_width < 2 or (second.sum() > 0 and dark[second].mean() >= 0.8))
     usable = crop_mask.copy()
     if outline:
         mark = "outline"
-        usable = binary_erosion(np.pad(crop_mask, width_px), iterations=width_px)[width_px:-width_px,
-                                                                                  width_px:-width_px]
+        strip = int(round(0.08 * side)) + 1
+        usable = binary_erosion(np.pad(crop_mask, strip), iterations=strip)[strip:-strip, strip:-strip]
     else:
         ex, ey = EXTENTS[shape]
         mx, my = MARK_CENTERS.get(shape, (0.0, 0.0))
@@ -341,11 +356,11 @@ def check(image, caption_or_spec) -> dict:
     Spec objects are matched one-to-one to detections (Hungarian assignment on attribute
     mismatches). Scores in [0, 1], present only when the spec states that category: "color"
     (objects whose colour and shape are right), "shape", "texture" (when a non-plain texture is
-    asked for), "numeracy" (groups of identical objects counted exactly; present for counts of
-    two or more or a numeracy prompt), "spatial" / "non-spatial" (relations that hold between
-    some matching pair). "objects": objects matched in every stated attribute. "overall": the
-    mean of the category scores and "objects"; "passed": every score is 1 and no extra object
-    was detected beyond the spec's.
+    asked for), "numeracy" (groups of identical objects counted exactly, each detection in the
+    most specific group it fits; present for counts of two or more or a numeracy prompt),
+    "spatial" / "non-spatial" (relations that hold between some matching pair). "objects":
+    objects matched in every stated attribute. "overall": the mean of the category scores and
+    "objects"; "passed": every score is 1 and no extra object was detected beyond the spec's.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -378,9 +393,17 @@ def check(image, caption_or_spec) -> dict:
         key = tuple(want.get(k) for k in ("shape", "color", "texture", "mark", "concept"))
         groups[key] = groups.get(key, 0) + 1
     if any(n >= 2 for n in groups.values()) or spec.get("category") == "numeracy":
-        scores["numeracy"] = share(
-            sum(_matches(d, dict(zip(("shape", "color", "texture", "mark", "concept"), key))) for d in found) == n
-            for key, n in groups.items())
+        # Each detection counts once, for the most specific group it fits: in "a blue triangle
+        # with an outline and three blue triangles" the outlined one is not a fourth triangle.
+        keys = ("shape", "color", "texture", "mark", "concept")
+        order = sorted(groups, key=lambda key: -sum(v is not None for v in key))
+        counted = dict.fromkeys(groups, 0)
+        for d in found:
+            for key in order:
+                if _matches(d, dict(zip(keys, key))):
+                    counted[key] += 1
+                    break
+        scores["numeracy"] = share(counted[key] == n for key, n in groups.items())
     for name, kinds in (("spatial", SPATIAL_RELATIONS), ("non-spatial", SIZE_RELATIONS)):
         relations = [r for r in spec.get("relations", []) if r["relation"] in kinds]
         if relations:

@@ -323,7 +323,7 @@ def _get(obj, key):
 
 
 def layout(spec: dict, rng: np.random.Generator, margin: float = 0.03, gap: float = 0.05,
-           size_range: tuple[float, float] = (0.22, 0.36), tries: int = 400) -> dict:
+           size_range: tuple[float, float] = (0.25, 0.36), tries: int = 400) -> dict:
     """Give every object without ``center`` a size and position: inside the image, boxes at
     least ``gap`` apart, every relation of the spec holding (with a clear dominant axis).
     Unstated shapes and colours are drawn at random; an unstated texture is "plain".
