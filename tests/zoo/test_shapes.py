@@ -10,7 +10,7 @@ from PIL import Image
 
 from zoo.data.shapes import (
     CATEGORIES, COLORS, CONCEPTS, SHAPES, caption_for, dark_shade, demo_manifest, generate, load_masks,
-    parse_caption, read_manifest, render, sample_prompt, tags_for,
+    parse_caption, read_manifest, render, sample_prompt, sample_scene, tags_for,
 )
 from zoo.errors import ConfigError, OutputExistsError
 
@@ -160,6 +160,17 @@ def test_generate_is_deterministic_and_rerenders_exactly(tmp_path):
         assert 1 <= len(scene.objects) <= 4 and scene.caption
         if scene.concept:
             assert scene.objects[0].concept == scene.concept and f"<{scene.concept}>" in scene.concept_caption
+
+
+def test_crowded_scenes_shrink_until_they_fit():
+    # seed 0, scene 512 draws four objects too large to place at their first sizes
+    spec = sample_scene(np.random.default_rng([0, 512]))
+    objects = spec["objects"]
+    assert len(objects) == 4 and max(o["size"] for o in objects) < 0.3
+    for i, a in enumerate(objects):
+        for b in objects[i + 1:]:
+            reach = (a["size"] + b["size"]) / 2 + 0.05
+            assert abs(a["center"][0] - b["center"][0]) >= reach or abs(a["center"][1] - b["center"][1]) >= reach
 
 
 def test_generate_refuses_a_non_empty_folder(tmp_path):

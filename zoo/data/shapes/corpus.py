@@ -66,13 +66,20 @@ def sample_scene(rng: np.random.Generator, concept: str | None = None) -> dict:
             while max(o["size"] for o in objects) > 1.25 * min(o["size"] for o in objects):
                 objects[1]["size"] = round(float(rng.uniform(low, high)), 4)
     spec = {"background": background, "objects": objects}
+    placed = None
     for _ in range(50):
-        placed = layout(spec, rng)
+        try:
+            placed = layout(spec, rng)
+        except ConfigError:  # no room for these sizes: shrink every object by 10% and try again
+            spec["objects"] = [dict(o, size=round(o["size"] * 0.9, 4)) for o in spec["objects"]]
+            continue
         if count != 2:
             return placed
         (ax, ay), (bx, by) = (o["center"] for o in placed["objects"])
         if min(abs(ax - bx), abs(ay - by)) <= 0.6 * max(abs(ax - bx), abs(ay - by)):
             return placed
+    if placed is None:
+        raise ConfigError(f"sample_scene: could not place {count} objects.")
     return placed
 
 
