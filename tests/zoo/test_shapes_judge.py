@@ -96,13 +96,27 @@ def test_unknown_questions_raise_or_return_the_fallback(hand_made):
     assert judge.caption(hand_made) == caption(hand_made)
 
 
+def test_adapters_fit_the_tool_protocols(hand_made):
+    from zoo.tools import MaskProposer, VQATool
+
+    judge, proposer = ShapesJudge(), ShapesMaskProposer()
+    assert isinstance(judge, VQATool) and isinstance(proposer, MaskProposer)
+    assert judge.answer(hand_made, "How many rings?", max_new_tokens=8) == "1"  # settings are ignored
+    assert judge.tool_id != ShapesJudge(unknown="?").tool_id
+
+
 def test_mask_proposer_returns_the_object_masks_largest_first(hand_made):
+    from zoo.tools import ProposedMask
+
     _, masks = render(HAND_MADE, 96)
     proposals = ShapesMaskProposer().propose(hand_made)
-    areas = [p.mask.sum() for p in proposals]
+    areas = [p.area for p in proposals]
     assert areas == sorted(areas, reverse=True) and len(proposals) == 4
-    assert sorted(int(m.sum()) for m in masks) == sorted(int(a) for a in areas)
-    assert all(p.mask.dtype == bool and p.mask.shape == (96, 96) and 0 <= p.score <= 1 for p in proposals)
+    assert sorted(int(m.sum()) for m in masks) == sorted(areas)
+    assert all(isinstance(p, ProposedMask) and p.mask.dtype == bool and p.mask.shape == (96, 96)
+               and 0.8 < p.score <= 1 for p in proposals)
+    circle = next(p for p in proposals if p.extra["shape"] == "circle")
+    assert circle.bbox == (5, 38, 34, 67) and circle.extra["color"] == "red"
 
 
 def test_check_scores_each_category():

@@ -7,7 +7,7 @@ and reads texture and concept marks from the dark-shade pixels inside it. ``answ
 yes/no, count, colour, shape, texture and relation questions; ``check`` scores an image
 against a caption or spec per T2I-CompBench category. It is the offline stand-in for a VQA
 model or an LLM judge; ``ShapesJudge`` and ``ShapesMaskProposer`` adapt it to the
-``VQATool`` and ``MaskProposer`` protocols of ``zoo.tools``.
+``VQATool`` and ``MaskProposer`` protocols of :mod:`zoo.tools`.
 """
 from __future__ import annotations
 
@@ -487,16 +487,22 @@ def sample_questions(scene, rng=None, kinds=QUESTION_KINDS, negatives: bool = Tr
 # ----------------------------------------------------------------------------- tool adapters
 
 class ShapesJudge:
-    """The shapes judge as a ``VQATool``: ``answer(image, question) -> str``, ``caption(image) -> str``.
+    """The shapes judge as a :class:`zoo.tools.VQATool`: ``answer(image, question) -> str``,
+    ``caption(image) -> str``; ``check`` is :func:`check`.
 
     ``unknown``: what ``answer`` returns for a question it cannot read; ``None`` (default)
-    raises ``ConfigError`` instead. ``check`` is :func:`check`.
+    raises ``ConfigError`` instead. Call settings (``max_new_tokens``, ...) are accepted and
+    ignored: the judge is deterministic.
     """
 
     def __init__(self, unknown: str | None = None):
         self.unknown = unknown
 
-    def answer(self, image, question: str) -> str:
+    @property
+    def tool_id(self) -> str:
+        return f"shapes-judge:unknown={self.unknown!r}"
+
+    def answer(self, image, question: str, **settings) -> str:
         try:
             return answer(image, question)
         except ConfigError:
@@ -504,7 +510,7 @@ class ShapesJudge:
                 raise
             return self.unknown
 
-    def caption(self, image) -> str:
+    def caption(self, image, **settings) -> str:
         return caption(image)
 
     def check(self, image, caption_or_spec) -> dict:
@@ -512,13 +518,27 @@ class ShapesJudge:
 
 
 class ShapesMaskProposer:
-    """Colour-segmentation masks as a ``MaskProposer``: ``propose(image)`` -> the
-    :class:`Detection` s (each has ``mask`` bool (H, W) and ``score`` in [0, 1], plus ``bbox``),
-    largest area first, as SAM's automatic generator output is usually sorted. ``min_area`` in
-    pixels (default: see :func:`detect`)."""
+    """Colour-segmentation masks as a :class:`zoo.tools.MaskProposer`.
+
+    ``propose(image)`` returns one :class:`zoo.tools.ProposedMask` per detected object, largest
+    area first (as SRUM sorts SAM's regions): ``mask`` bool (H, W), ``score`` the shape
+    template's IoU in [0, 1], ``bbox`` (x0, y0, x1, y1), and ``extra`` with the object's
+    ``shape``, ``color``, ``texture``, ``mark`` and ``concept``. ``min_area`` in pixels
+    (default: see :func:`detect`).
+    """
 
     def __init__(self, min_area: int | None = None):
         self.min_area = min_area
 
-    def propose(self, image) -> list[Detection]:
-        return sorted(detect(image, min_area=self.min_area), key=lambda d: -d.area)
+    @property
+    def tool_id(self) -> str:
+        return f"shapes-masks:min_area={self.min_area}"
+
+    def propose(self, image) -> list:
+        from zoo.tools import ProposedMask
+
+        found = sorted(detect(image, min_area=self.min_area), key=lambda d: -d.area)
+        return [ProposedMask(d.mask, score=d.score, area=d.area, bbox=d.bbox,
+                             extra={"shape": d.shape, "color": d.color, "texture": d.texture, "mark": d.mark,
+                                    "concept": d.concept})
+                for d in found]
