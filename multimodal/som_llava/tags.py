@@ -43,7 +43,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from zoo.errors import ImageInputError, ZooError
+from zoo.errors import ZooError
 
 try:  # numba comes with librosa; without it the distance transform falls back to scipy.
     import numba
@@ -246,25 +246,10 @@ def resize_shortest_side(image, size: int = RESIZE):
 
 
 def _as_rgb(image):
-    from PIL import Image
+    """Any image input as an RGB PIL image (``zoo.image.load_image``: paths, PIL of any mode, arrays, tensors)."""
+    from zoo.image import load_image
 
-    if isinstance(image, (str, os.PathLike)):
-        from zoo.image import load_image
-
-        return load_image(image)
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ImageInputError(f"Expected an image of shape (H, W, 3), (H, W, 4) or (H, W), got {array.shape}; "
-                              "pass a PIL image, a path or a uint8 array.")
-    if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating) and array.size and float(array.max()) <= 1.0:
-            array = array * 255.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(array[..., :3]), mode="RGB")
+    return load_image(image)
 
 
 # --------------------------------------------------------------------------- masks

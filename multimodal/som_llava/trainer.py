@@ -23,7 +23,6 @@ from scratch) gets a small byte-level BPE tokenizer trained on the records' text
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch

@@ -231,3 +231,19 @@ def test_cli_som_tag_writes_picture_and_json(tmp_path, capsys):
             "-o", str(out), "--json", str(tags_json), "--overwrite"]
     assert zoo_main(argv) == 0
     assert [t["label"] for t in json.loads(tags_json.read_text())["tags"]] == ["a", "b", "c", "d"]
+
+
+def test_cli_with_the_shapes_world_proposer(tmp_path, capsys):
+    shapes = pytest.importorskip("zoo.data.shapes")
+    spec = {"background": {"color": "white", "texture": "plain"},
+            "objects": [{"shape": "circle", "color": "red", "size": 0.3, "center": (0.3, 0.3)},
+                        {"shape": "square", "color": "blue", "size": 0.45, "center": (0.7, 0.65)}]}
+    image, masks = shapes.render(spec, 128)
+    image.save(tmp_path / "scene.png")
+    out = tmp_path / "tagged.png"
+    assert zoo_main(["som-tag", str(tmp_path / "scene.png"), "--proposer", "shapes", "-o", str(out),
+                     "--json", str(tmp_path / "tags.json")]) == 0
+    tags = json.loads((tmp_path / "tags.json").read_text())["tags"]
+    assert len(tags) == 2 and Image.open(out).size == (640, 640)
+    # the smaller (red circle) region is tagged first; its anchor lies near the circle's centre (x5 scale)
+    assert abs(tags[0]["peak"][0] - 0.3 * 640) <= 3 and abs(tags[0]["peak"][1] - 0.3 * 640) <= 3
