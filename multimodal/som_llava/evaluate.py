@@ -27,10 +27,21 @@ def _batched(items, size):
         yield items[start:start + size]
 
 
+def _words(text: str) -> list[str]:
+    return [w.strip(".,;:!?()") for w in text.lower().replace("-", " ").split()]
+
+
+def _names_color(text: str, obj: dict) -> bool:
+    return obj["color"] in _words(text)
+
+
+def _names_shape(text: str, obj: dict) -> bool:
+    words = _words(text)
+    return obj["shape"] in words or obj["shape"] + "s" in words
+
+
 def _names(text: str, obj: dict) -> bool:
-    words = text.lower().replace("-", " ").split()
-    words = [w.strip(".,;:!?()") for w in words]
-    return obj["color"] in words and (obj["shape"] in words or obj["shape"] + "s" in words)
+    return _names_color(text, obj) and _names_shape(text, obj)
 
 
 def listing_accuracy(model, scenes, *, instruction: str | None = None, min_area: int = 12, font_size: float = 9,
@@ -42,7 +53,7 @@ def listing_accuracy(model, scenes, *, instruction: str | None = None, min_area:
     instruction = instruction or instruction_pool()[0]
     tagged = [(scene, tag_scene(scene, min_area=min_area, font_size=font_size)) for scene in scenes]
     tagged = [(scene, t) for scene, t in tagged if t.tags]
-    correct = total = exact = 0
+    correct = total = exact = colors = shapes = 0
     examples = []
     for chunk in _batched(tagged, batch_size):
         answers = model.generate([t.image for _, t in chunk], [instruction] * len(chunk),
@@ -50,16 +61,24 @@ def listing_accuracy(model, scenes, *, instruction: str | None = None, min_area:
         for (scene, t), answer in zip(chunk, answers):
             listed = dict((str(n), text) for n, text in parse_numbered_list(answer, with_numbers=True))
             hits = [tag.label in listed and _names(listed[tag.label], scene.objects[tag.mask_index]) for tag in t.tags]
+            colors += sum(tag.label in listed and _names_color(listed[tag.label], scene.objects[tag.mask_index])
+                          for tag in t.tags)
+            shapes += sum(tag.label in listed and _names_shape(listed[tag.label], scene.objects[tag.mask_index])
+                          for tag in t.tags)
             correct += sum(hits)
             total += len(hits)
             exact += int(all(hits) and len(listed) == len(t.tags))
             if len(examples) < 3:
                 examples.append({"scene": scene.id, "answer": answer})
-    pairs = Counter((scene.objects[tag.mask_index]["color"], scene.objects[tag.mask_index]["shape"])
-                    for scene, t in tagged for tag in t.tags)
+    objects = [scene.objects[tag.mask_index] for scene, t in tagged for tag in t.tags]
+    pairs = Counter((o["color"], o["shape"]) for o in objects)
+    top = {name: (Counter(o[name] for o in objects).most_common(1)[0][1] / total) if total else 0.0
+           for name in ("color", "shape")}
     return {"tag_accuracy": correct / max(total, 1), "list_exact_match": exact / max(len(tagged), 1),
+            "color_accuracy": colors / max(total, 1), "shape_accuracy": shapes / max(total, 1),
             "tags": total, "images": len(tagged),
             "baseline_most_frequent_pair": (pairs.most_common(1)[0][1] / total) if total else 0.0,
+            "baseline_most_frequent_color": top["color"], "baseline_most_frequent_shape": top["shape"],
             "examples": examples}
 
 
@@ -112,7 +131,10 @@ def print_report(report: dict, title: str = "SoM-LLaVA on held-out shapes-world 
     print(f"{title} ({report['scenes']} scenes)")
     print(f"  tag listing: {listing['tag_accuracy']:.1%} of {listing['tags']} tags named right, "
           f"{listing['list_exact_match']:.1%} of {listing['images']} lists exact "
-          f"(always the most frequent colour+shape: {listing['baseline_most_frequent_pair']:.1%} per tag)")
+          f"(always the most frequent colour+shape: {listing['baseline_most_frequent_pair']:.1%} per tag); "
+          f"colour right {listing['color_accuracy']:.1%} (most frequent colour: "
+          f"{listing['baseline_most_frequent_color']:.1%}), shape right {listing['shape_accuracy']:.1%} "
+          f"(most frequent shape: {listing['baseline_most_frequent_shape']:.1%})")
     print(f"  POPE-style yes/no, tagged images: accuracy {tags['accuracy']:.1%}, F1 {tags['f1']:.3f}, "
           f"yes ratio {tags['yes_ratio']:.2f}; plain images: accuracy {plain['accuracy']:.1%}, F1 {plain['f1']:.3f} "
           f"(always 'yes': {tags['baseline_always_yes']:.1%})")
