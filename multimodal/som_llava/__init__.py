@@ -8,7 +8,6 @@ the listing/QA data builders (data.py), SomLlavaModel (model.py: ``generate``, `
 the key converters (loader.py), ``evaluate`` (evaluate.py).
 """
 from zoo.multimodal.som_llava.builder import DEFAULT_CONFIG, SIZES, build, make_config
-from zoo.multimodal.som_llava.loader import load
 from zoo.registry import Family, register_family
 
 FAMILY = register_family(Family(
@@ -18,11 +17,11 @@ FAMILY = register_family(Family(
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.multimodal.som_llava.trainer:SomLlavaTrainer",
-    load=load,
+    load="zoo.multimodal.som_llava.loader:load",
     evaluate="zoo.multimodal.som_llava.evaluate:evaluate",
     commands={"som-tag": "zoo.multimodal.som_llava.cli:som_tag_main"},
     description="SoM-LLaVA: LLaVA-1.5 visual instruction tuning with Set-of-Mark tagged images and "
                 "'list items one by one' data (arXiv 2404.16375).",
 ))
 
-__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "make_config", "load"]
+__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "make_config"]
