@@ -343,7 +343,9 @@ def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     if missing or unexpected or mismatched or not_tensors:
         hint = f"  entries that are not tensors: {not_tensors}" if not_tensors else ""
         raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
-    module.load_state_dict(dict(state_dict), strict=True)
+    from zoo.weights import load_state_dict
+
+    load_state_dict(module, dict(state_dict), strict=True)  # also fills a module built under zoo.weights.init_empty
     return module
 
 

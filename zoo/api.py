@@ -1,6 +1,7 @@
 """The public entry points: ``zoo.load``, ``zoo.list_models``, ``zoo.model_info``."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -27,35 +28,44 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     ``pretrained=False`` builds the card's config with random weights. Keyword
     ``overrides`` change config values (dotted keys allowed); an override that
     changes a head's shape re-initialises that head, like timm's ``num_classes``.
+    ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) and ``device`` (e.g. ``"cuda"``)
+    apply to floating parameters and buffers; zoo-format weights are built on the meta
+    device and streamed straight into that dtype and device (``zoo.weights``).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        if not isinstance(getattr(torch, str(dtype).removeprefix("torch."), None), torch.dtype):
+            raise ConfigError(f"dtype={dtype!r} is not a torch dtype; use e.g. torch.bfloat16 or 'float32'.")
+        dtype = getattr(torch, str(dtype).removeprefix("torch."))
+    if device is not None:
+        device = torch.device(device)
     if name.startswith(HF_HUB_PREFIX):
         repo = name[len(HF_HUB_PREFIX):]
         if not re.match(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$", repo):
             raise ConfigError(f"{name!r} is not a Hub name; write 'hf-hub:org/name' or 'hf-hub:org/name@revision'.")
         model = hub.load_from_hub(repo, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                                  token=token, overrides=overrides)
+                                  token=token, overrides=overrides, dtype=dtype, device=device)
     elif _looks_like_path(name) or ":" in name or Path(name).is_dir():
         folder = Path(name).expanduser()
         if not folder.is_dir():
             raise UnknownModelError(name) if not _looks_like_path(name) else WeightsNotAvailableError(
                 f"No folder at {name!r}. A Hub repo is written 'hf-hub:{name}'; a card name has no '/' or ':'."
             )
-        model = hub.build_from_zoo_folder(folder, str(folder), overrides=overrides)
+        model = hub.build_from_zoo_folder(folder, str(folder), overrides=overrides, dtype=dtype, device=device)
     else:
         model = _load_card(name, pretrained=pretrained, revision=revision, cache_dir=cache_dir,
-                           local_files_only=local_files_only, token=token, overrides=overrides)
-    if dtype is not None:
-        model = model.to(dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype)))
-    if device is not None:
-        model = model.to(device)
+                           local_files_only=local_files_only, token=token, overrides=overrides,
+                           dtype=dtype, device=device)
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)  # a no-op for streamed weights; casts buffers and built models
     model.eval()
     return model
 
 
-def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides):
+def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides, dtype=None,
+               device=None):
     card = get_card(name)
     family = get_family(card.family)
     config = family.make_config(card.size, card.config, source=card.source)
@@ -72,14 +82,45 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
         )
     else:
         weights = card.weights
-        path = hub.download_file(weights.repo_id, weights.filename, revision=revision or weights.revision,
-                                 cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        kwargs = dict(revision=revision or weights.revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                      token=token)
         if weights.format == "zoo":
+            if weights.filename.endswith(".index.json"):
+                path = hub.download_weights(weights.repo_id, **kwargs)[0]
+            else:
+                path = hub.download_file(weights.repo_id, weights.filename, **kwargs)
+            hub.download_file(weights.repo_id, hub.CONFIG_NAME, **kwargs)
             model = hub.build_from_zoo_folder(Path(path).parent, f"{name} ({weights.repo_id})",
-                                              overrides=overrides, cached=True)
+                                              overrides=overrides, cached=True, dtype=dtype, device=device)
         else:
             if family.load is None:
                 raise ConfigError(f"{card.source}: family {family.name!r} has no loader for official weights")
-            model = family.load(path, config)
+            model = _load_official(family, path=hub.download_file(weights.repo_id, weights.filename, **kwargs),
+                                   config=config)
     model.card_name = name
+    return model
+
+
+def _load_official(family, path: str, config: dict):
+    """``family.load(path, config)`` with the model built on the meta device (``zoo.weights.init_empty``), so
+    that no weight is randomly initialised only to be overwritten. Family loaders that load through the strict
+    loaders (``zoo.hub.load_state_dict_strict``, ``zoo.models.checkpoints.strict_load``) fill it; if anything is
+    left on the meta device, or the build needs real parameters, the loader runs again on a normal build."""
+    from zoo import weights
+    from zoo.errors import ZooError
+
+    try:
+        with weights.init_empty():
+            model = family.load(path, config)
+    except ZooError:
+        raise
+    except (NotImplementedError, RuntimeError) as err:
+        logging.getLogger("zoo").info("%s: loader cannot run on the meta device (%s); loading normally",
+                                      family.name, err)
+        return family.load(path, config)
+    left = weights.meta_tensors(model)
+    if left:
+        logging.getLogger("zoo").info("%s: the loader left %d tensors on the meta device (%s ...); loading normally",
+                                      family.name, len(left), left[0])
+        return family.load(path, config)
     return model

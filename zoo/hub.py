@@ -1,7 +1,9 @@
 """Zoo format on disk and on the Hugging Face Hub.
 
 A zoo folder or Hub repo holds ``config.json`` (``family``, ``zoo_version``,
-``config``), ``model.safetensors`` and a ``README.md`` model card. Loading is strict.
+``config``), ``model.safetensors`` (or, above ``max_shard_size``, shards
+``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``) and a
+``README.md`` model card. Loading is strict and streams the weights (``zoo.weights``).
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from typing import Any
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from zoo.errors import (
     CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
+from zoo import weights
 from zoo.files import swap_in_folder
 from zoo.version import __version__
 
@@ -43,8 +46,12 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
         )
 
 
-def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
-    """Write the zoo format atomically: files go to a temp folder that is then moved into place."""
+def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False,
+                    max_shard_size: int | str = weights.DEFAULT_MAX_SHARD_SIZE) -> Path:
+    """Write the zoo format atomically: files go to a temp folder that is then moved into place.
+
+    Weights above ``max_shard_size`` (bytes, or a string such as ``"5GB"``) are split into shards
+    with an index; one shard is held on the CPU at a time."""
     target = Path(save_directory)
     _check_output_dir(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +61,8 @@ def save_pretrained(model, save_directory: str | Path, *, card: Any = None, over
         if getattr(model, "card_name", None):
             config["card"] = model.card_name
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_file(plain_state_dict(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt", "family": model.family})
+        weights.save_weights(model, staging, max_shard_size=max_shard_size,
+                             metadata={"format": "pt", "family": model.family})
         (staging / README_NAME).write_text(model_card_text(model, card), encoding="utf-8")
         swap_in_folder(staging, target)
     finally:
@@ -64,13 +72,7 @@ def save_pretrained(model, save_directory: str | Path, *, card: Any = None, over
 
 def plain_state_dict(model) -> dict[str, torch.Tensor]:
     """The state dict as safetensors wants it: contiguous, CPU, no two names sharing memory."""
-    seen, out = set(), {}
-    for key, value in model.state_dict().items():
-        value = value.detach().to("cpu").contiguous()
-        pointer = (value.untyped_storage().data_ptr(), value.storage_offset())
-        out[key] = value.clone() if pointer in seen and value.numel() else value
-        seen.add(pointer)
-    return out
+    return weights.plain_tensors(model.state_dict())
 
 
 def model_card_text(model, card: Any = None) -> str:
@@ -175,10 +177,13 @@ def load_state_dict_strict(model, state_dict: dict[str, torch.Tensor], source: s
         logger.warning("%s: re-initialised %s (shape changed by a config override)", source, ", ".join(reinit))
     filtered = {k: v for k, v in state_dict.items() if k not in reinit}
     filtered.update({k: own[k] for k in reinit})
-    model.load_state_dict(filtered, strict=True)
+    weights.load_state_dict(model, filtered, strict=True)  # also fills a model built under weights.init_empty
 
 
-def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
+def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False,
+                          dtype: torch.dtype | None = None, device=None):
+    """Build the folder's model without initialising it and stream its weights in (``zoo.weights``),
+    strictly, in ``dtype`` on ``device`` (single ``model.safetensors`` or shards with an index)."""
     from zoo.registry import get_family, set_dotted
 
     meta = read_zoo_config(folder, source)
@@ -186,9 +191,9 @@ def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None =
     config = json.loads(json.dumps(meta["config"]))
     for key, value in (overrides or {}).items():
         set_dotted(config, key, value, source=f"overrides for {source}")
-    model = family.build(config)
-    state_dict = read_safetensors(folder / WEIGHTS_NAME, source, cached=cached)
-    load_state_dict_strict(model, state_dict, source)
+    files = weights.weight_files(folder)
+    model = weights.load_pretrained(family.build, config, folder / files[0], source=source, cached=cached,
+                                    dtype=dtype, device=device)
     model.card_name = meta.get("card")
     return model
 
@@ -246,17 +251,32 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None, c
         raise HubError(f"Hub request for {repo_id}/{filename} failed: {err}") from err
 
 
+def download_weights(repo_id: str, **kwargs) -> list[str]:
+    """Download a zoo repo's weights: ``model.safetensors``, else ``model.safetensors.index.json`` and every
+    shard it names. Returns the local paths (index first). ``kwargs`` as ``download_file``."""
+    try:
+        return [download_file(repo_id, WEIGHTS_NAME, **kwargs)]
+    except WeightsNotAvailableError as err:
+        first = err
+    try:
+        index = download_file(repo_id, weights.SAFE_WEIGHTS_INDEX_NAME, **kwargs)
+    except WeightsNotAvailableError:
+        raise first from None
+    return [index] + [download_file(repo_id, name, **kwargs) for name in weights.shard_names(index)]
+
+
 def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=None, token=None,
-                  overrides: dict | None = None):
+                  overrides: dict | None = None, dtype=None, device=None):
     repo_id, pinned = split_revision(repo)
     revision = revision or pinned
     kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     config_path = download_file(repo_id, CONFIG_NAME, **kwargs)
-    weights_path = download_file(repo_id, WEIGHTS_NAME, **kwargs)
+    weight_paths = download_weights(repo_id, **kwargs)
     folder = Path(config_path).parent
-    if Path(weights_path).parent != folder:  # both files must come from the same snapshot
+    if any(Path(p).parent != folder for p in weight_paths):  # every file must come from the same snapshot
         raise HubError(f"{repo_id}: config and weights resolved to different snapshots; pin a revision.")
-    return build_from_zoo_folder(folder, f"hf-hub:{repo_id}@{revision or 'main'}", overrides=overrides, cached=True)
+    return build_from_zoo_folder(folder, f"hf-hub:{repo_id}@{revision or 'main'}", overrides=overrides, cached=True,
+                                 dtype=dtype, device=device)
 
 
 def _api(token=None):
@@ -270,9 +290,8 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
 
     folder = Path(folder)
     meta = read_zoo_config(folder, str(folder))
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise CheckpointFormatError(f"{folder} has no {WEIGHTS_NAME}; save the model with save_pretrained first.")
-    read_safetensors(folder / WEIGHTS_NAME, str(folder))  # never push a broken file
+    files = weights.weight_files(folder)
+    weights.read_index(folder / files[0])  # never push a broken or incomplete file (headers and sizes checked)
     api = _api(token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -281,7 +300,7 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
         info = api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), revision=revision,
             commit_message=commit_message or f"Upload {meta['family']} model with zoo {__version__}",
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+            allow_patterns=[CONFIG_NAME, README_NAME, *files],
         )
     except hf_errors.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
@@ -291,9 +310,10 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
     return info.oid
 
 
-def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None) -> str:
+def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None,
+               max_shard_size: int | str = weights.DEFAULT_MAX_SHARD_SIZE) -> str:
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model")
+        folder = save_pretrained(model, Path(tmp) / "model", max_shard_size=max_shard_size)
         return push_folder(folder, repo_id, revision=revision, private=private, token=token,
                            commit_message=commit_message)
 
@@ -310,7 +330,8 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
     try:
         folder = _hf().snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=bool(local_files_only),
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME, weights.SAFE_WEIGHTS_INDEX_NAME,
+                            "model-*-of-*.safetensors"],
             library_name=LIBRARY_NAME, library_version=__version__,
         )
     except hf_errors.RepositoryNotFoundError as err:
@@ -325,7 +346,7 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
         return folder
     target = Path(to)
     target.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
+    for name in (CONFIG_NAME, README_NAME, *weights.weight_files(folder)):
         if (folder / name).exists():
             shutil.copyfile(folder / name, target / name)
     return target
