@@ -13,9 +13,11 @@ and most of the time spent on an initialisation that is thrown away. Here:
   without reading any weight.
 * ``load_into(model, path)`` checks the keys strictly (``CheckpointKeysError`` with the
   full lists) before reading anything, then streams one tensor at a time straight into
-  the target dtype and device: a safetensors tensor is read with ``readinto`` into its
-  final buffer, so the process never holds more than the model plus one tensor (a ``.bin``
-  shard is memory-mapped and released shard by shard).
+  the target dtype and device. A safetensors tensor already in its target dtype on the CPU
+  stays memory-mapped (copy-on-write, shared with the page cache: no second copy, read on
+  first use, as transformers does); any other is converted one tensor at a time, and a
+  ``.bin`` shard is memory-mapped and released shard by shard. The process never holds
+  the model plus more than one tensor (safetensors) or one shard (``.bin``).
 * ``load_pretrained(build, config, path)`` is the one call a family loader makes:
   meta build, key map (``official_key -> zoo_key or None``), strict streaming load.
 * ``save_weights(model, folder, max_shard_size=...)`` writes ``model.safetensors`` or
@@ -32,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -65,7 +66,6 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), (
                      ("U32", "uint32"), ("U64", "uint64")):
     if hasattr(torch, _attr):
         _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
-_READ_CHUNK = 1 << 30  # one read() call moves at most this many bytes (Linux caps a read near 2 GiB)
 
 
 # ----------------------------------------------------------------------------- building without init
@@ -160,15 +160,14 @@ def has_meta(model: torch.nn.Module) -> bool:
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor of a checkpoint, without its data: ``name`` (after a key map), ``file``, ``shape``,
-    ``dtype``; for safetensors the absolute byte range ``[start, start + nbytes)`` in the file;
-    ``stored``: its name in the file when a key map renamed it."""
+    ``dtype``, ``format`` (``"safetensors"`` or ``"torch"``); ``stored``: its name in the file when a
+    key map renamed it."""
 
     name: str
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
-    start: int = -1
-    nbytes: int = 0
+    format: str = "safetensors"
     stored: str = ""
 
     @property
@@ -176,8 +175,11 @@ class TensorInfo:
         return self.stored or self.name
 
     @property
-    def format(self) -> str:
-        return "safetensors" if self.start >= 0 else "torch"
+    def nbytes(self) -> int:
+        n = 1
+        for dim in self.shape:
+            n *= dim
+        return n * torch.empty((), dtype=self.dtype).element_size()
 
 
 def _format_error(file: Path, reason: str, cached: bool) -> CheckpointFormatError:
@@ -204,43 +206,33 @@ def is_safetensors(path: str | Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 28)
 
 
-def read_safetensors_header(file: str | Path, *, cached: bool = False) -> tuple[dict[str, TensorInfo], dict]:
-    """``({name: TensorInfo}, metadata)`` from a safetensors header; checks every byte range against the file."""
-    file = Path(file)
+@contextlib.contextmanager
+def _open_safetensors(file: Path, cached: bool):
+    """``safetensors.safe_open``; it checks the header and that the data section covers the file exactly."""
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise CheckpointFormatError(f"Checkpoint file {file} does not exist.")
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise _format_error(file, f"{size} bytes, shorter than a header", cached)
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > size - 8 or header_len > (1 << 28):
-                raise _format_error(file, f"header of {header_len} bytes in a {size}-byte file", cached)
-            header = json.loads(handle.read(header_len))
-    except FileNotFoundError:
-        raise CheckpointFormatError(f"Checkpoint file {file} does not exist.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _format_error(file, f"header is not JSON: {err}", cached) from err
-    if not isinstance(header, dict):
-        raise _format_error(file, "header is not a JSON object", cached)
-    metadata = header.pop("__metadata__", None) or {}
-    base = 8 + header_len
+        handle = safe_open(str(file), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _format_error(file, str(err), cached) from err
+    with handle:
+        yield handle
+
+
+def read_safetensors_header(file: str | Path, *, cached: bool = False) -> tuple[dict[str, TensorInfo], dict]:
+    """``({name: TensorInfo}, metadata)`` of a safetensors file, read from its header only."""
+    file = Path(file)
     out: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _format_error(file, f"bad header entry for {name!r}: {err!r}", cached) from err
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if end - begin != nbytes or begin < 0 or base + end > size:
-            raise _format_error(file, f"{name!r} needs bytes {begin}..{end} of a {size - base}-byte data section",
-                                cached)
-        out[name] = TensorInfo(name, file, shape, dtype, base + begin, nbytes)
+    with _open_safetensors(file, cached) as handle:
+        metadata = handle.metadata() or {}
+        for name in handle.keys():
+            piece = handle.get_slice(name)
+            code = piece.get_dtype()
+            if code not in _SAFETENSORS_DTYPES:
+                raise CheckpointFormatError(f"{file}: tensor {name!r} has dtype {code}, which this torch cannot hold.")
+            out[name] = TensorInfo(name, file, tuple(int(d) for d in piece.get_shape()), _SAFETENSORS_DTYPES[code])
     return out, metadata
 
 
@@ -306,7 +298,7 @@ def read_index(path: str | Path, *, cached: bool = False) -> dict[str, TensorInf
             infos, _ = read_safetensors_header(file, cached=cached)
         else:
             tensors = _torch_load(file, mmap=True)
-            infos = {k: TensorInfo(k, file, tuple(v.shape), v.dtype) for k, v in tensors.items()}
+            infos = {k: TensorInfo(k, file, tuple(v.shape), v.dtype, "torch") for k, v in tensors.items()}
             del tensors  # unmaps the file
         for name, info in infos.items():
             if name in out:
@@ -324,49 +316,39 @@ def read_index(path: str | Path, *, cached: bool = False) -> dict[str, TensorInf
     return out
 
 
-def _readinto(handle, out: torch.Tensor, info: TensorInfo, cached: bool) -> None:
-    if info.nbytes == 0:
-        return
-    view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-    handle.seek(info.start)
-    done = 0
-    while done < info.nbytes:
-        n = handle.readinto(view[done:done + _READ_CHUNK])
-        if not n:
-            raise _format_error(info.file, f"{info.name!r} ends early", cached)
-        done += n
-
-
 def stream_tensors(infos: Iterable[TensorInfo], *, dtype: Callable[[TensorInfo], torch.dtype] | torch.dtype | None = None,
-                   device: torch.device | str | None = None, cached: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+                   device: torch.device | str | None = None, cached: bool = False,
+                   mmap: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` one at a time, file by file, in ``dtype`` (only floating tensors are cast; a
-    callable gives the dtype per tensor) on ``device``. A safetensors tensor already in its target dtype on the
-    CPU is read straight into the tensor that is yielded; nothing else stays alive between two tensors."""
+    callable gives the dtype per tensor) on ``device``.
+
+    A safetensors tensor that is already in its target dtype on the CPU is yielded memory-mapped
+    (copy-on-write: it shares the page cache, is read when first used, and writing to it never
+    changes the file), as transformers does; ``mmap=False`` copies it into process memory instead.
+    Any other tensor is converted from the mapping, one tensor at a time. A ``.bin`` shard is
+    mapped with ``torch.load(mmap=True)`` and every tensor copied out of it, so that no weight stays
+    backed by a pickle file; the mapping is released after the shard.
+    """
     device = torch.device(device) if device is not None else torch.device("cpu")
     by_file: dict[Path, list[TensorInfo]] = {}
     for info in infos:
         by_file.setdefault(info.file, []).append(info)
     for file, group in by_file.items():
         if group[0].format == "safetensors":
-            with open(file, "rb", buffering=0) as handle:
-                for info in sorted(group, key=lambda i: i.start):
-                    target = _target_dtype(info.dtype, dtype(info) if callable(dtype) else dtype)
-                    if target == info.dtype and device.type == "cpu":
-                        out = torch.empty(info.shape, dtype=info.dtype)
-                        _readinto(handle, out, info, cached)
-                    else:
-                        raw = torch.empty(info.shape, dtype=info.dtype)
-                        _readinto(handle, raw, info, cached)
-                        out = raw.to(device=device, dtype=target)
-                        del raw
-                    yield info.name, out
+            with _open_safetensors(file, cached) as handle:
+                for info in group:
+                    value = handle.get_tensor(info.key_in_file)
+                    target = _target_dtype(value.dtype, dtype(info) if callable(dtype) else dtype)
+                    if target != value.dtype or device.type != "cpu" or not mmap:
+                        value = value.to(device=device, dtype=target, copy=True)
+                    yield info.name, value
+                    del value
         else:
             tensors = _torch_load(file, mmap=True)
             try:
                 for info in group:
                     value = tensors.pop(info.key_in_file)
                     target = _target_dtype(value.dtype, dtype(info) if callable(dtype) else dtype)
-                    # a copy, so that no weight stays backed by the mapped file
                     yield info.name, value.to(device=device, dtype=target, copy=True)
                     del value
             finally:
@@ -435,7 +417,7 @@ def map_keys(infos: Mapping[str, TensorInfo], key_map: KeyMap | None, source: st
         if new in out:
             clashes.append(f"{out[new].name} and {name} -> {new}")
             continue
-        out[new] = TensorInfo(new, info.file, info.shape, info.dtype, info.start, info.nbytes, info.key_in_file)
+        out[new] = TensorInfo(new, info.file, info.shape, info.dtype, info.format, info.key_in_file)
     if clashes:
         raise CheckpointKeysError(source, hint="  the key map sends two checkpoint keys to one name: "
                                   + "; ".join(clashes))
@@ -672,15 +654,8 @@ def shard_names(index_file: str | Path) -> list[str]:
 
 
 def total_bytes(infos: Mapping[str, TensorInfo]) -> int:
-    return sum(i.nbytes if i.nbytes else _numel(i.shape) * torch.empty((), dtype=i.dtype).element_size()
-               for i in infos.values())
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    """Bytes of all tensors of a ``read_index`` result."""
+    return sum(i.nbytes for i in infos.values())
 
 
 __all__ = [

@@ -99,7 +99,7 @@ def test_strict_keys_are_reported_before_any_weight_is_read(tmp_path, monkeypatc
     def no_read(*args, **kwargs):
         raise AssertionError("a weight was read before the keys were checked")
 
-    monkeypatch.setattr(weights, "_readinto", no_read)
+    monkeypatch.setattr(weights, "stream_tensors", no_read)
     with pytest.raises(CheckpointKeysError) as err:
         zoo.load(str(folder))
     assert err.value.missing == ["lm.model.norm.weight"] and err.value.unexpected == ["lm.model.final_norm.weight"]
