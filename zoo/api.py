@@ -60,8 +60,23 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
                            dtype=dtype, device=device)
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)  # a no-op for streamed weights; casts buffers and built models
+    if getattr(model, "lora_config", None) is None and (pretrained or not _is_card_name(name)):
+        model.name_or_path = _canonical_name(name, revision)
     model.eval()
     return model
+
+
+def _is_card_name(name: str) -> bool:
+    return not (name.startswith(HF_HUB_PREFIX) or _looks_like_path(name) or ":" in name)
+
+
+def _canonical_name(name: str, revision: str | None) -> str:
+    """What ``zoo.load`` needs to load these weights again (e.g. the base of a LoRA adapter)."""
+    if name.startswith(HF_HUB_PREFIX):
+        return name if revision is None or "@" in name else f"{name}@{revision}"
+    if _is_card_name(name):
+        return name
+    return str(Path(name).expanduser().resolve())
 
 
 def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides, dtype=None,

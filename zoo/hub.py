@@ -187,6 +187,10 @@ def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None =
     from zoo.registry import get_family, set_dotted
 
     meta = read_zoo_config(folder, source)
+    if "adapter" in meta:  # a LoRA adapter: its base, then the adapter on top (zoo.train.lora)
+        from zoo.train.lora import load_adapter_folder
+
+        return load_adapter_folder(folder, meta, source, cached=cached, dtype=dtype, device=device)
     family = get_family(meta["family"])
     config = json.loads(json.dumps(meta["config"]))
     for key, value in (overrides or {}).items():
@@ -271,7 +275,16 @@ def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=
     revision = revision or pinned
     kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     config_path = download_file(repo_id, CONFIG_NAME, **kwargs)
-    weight_paths = download_weights(repo_id, **kwargs)
+    meta = read_zoo_config(Path(config_path).parent, f"hf-hub:{repo_id}")
+    if "adapter" in meta:
+        from zoo.train.lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+        weight_paths = [download_file(repo_id, ADAPTER_CONFIG_NAME, **kwargs),
+                        download_file(repo_id, ADAPTER_WEIGHTS_NAME, **kwargs)]
+        if not meta["adapter"].get("base"):
+            weight_paths += download_weights(repo_id, **kwargs)
+    else:
+        weight_paths = download_weights(repo_id, **kwargs)
     folder = Path(config_path).parent
     if any(Path(p).parent != folder for p in weight_paths):  # every file must come from the same snapshot
         raise HubError(f"{repo_id}: config and weights resolved to different snapshots; pin a revision.")
@@ -283,6 +296,15 @@ def _api(token=None):
     return _hf().HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
 
 
+def _folder_files(folder: Path, meta: dict) -> list[str]:
+    """The weight files of a zoo folder (``zoo.weights.weight_files``), or of an adapter folder."""
+    if "adapter" in meta:
+        from zoo.train.lora import folder_files
+
+        return folder_files(folder, meta)
+    return weights.weight_files(folder)
+
+
 def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None, private: bool | None = None,
                 token=None, commit_message: str | None = None) -> str:
     """Upload a zoo-format folder (validated first) to ``repo_id``; returns the commit id."""
@@ -290,8 +312,10 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
 
     folder = Path(folder)
     meta = read_zoo_config(folder, str(folder))
-    files = weights.weight_files(folder)
-    weights.read_index(folder / files[0])  # never push a broken or incomplete file (headers and sizes checked)
+    files = _folder_files(folder, meta)
+    for name in files:  # never push a broken or incomplete file (headers and sizes checked)
+        if name == weights.SAFE_WEIGHTS_INDEX_NAME or (name.endswith(".safetensors") and "-of-" not in name):
+            weights.read_index(folder / name)  # an index reads every shard's header
     api = _api(token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -313,7 +337,7 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
 def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None,
                max_shard_size: int | str = weights.DEFAULT_MAX_SHARD_SIZE) -> str:
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model", max_shard_size=max_shard_size)
+        folder = model.save_pretrained(Path(tmp) / "model", max_shard_size=max_shard_size)  # or a LoRA adapter
         return push_folder(folder, repo_id, revision=revision, private=private, token=token,
                            commit_message=commit_message)
 
@@ -331,7 +355,7 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
         folder = _hf().snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=bool(local_files_only),
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME, weights.SAFE_WEIGHTS_INDEX_NAME,
-                            "model-*-of-*.safetensors"],
+                            "model-*-of-*.safetensors", "adapter_config.json", "adapter_model.safetensors"],
             library_name=LIBRARY_NAME, library_version=__version__,
         )
     except hf_errors.RepositoryNotFoundError as err:
@@ -346,7 +370,7 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
         return folder
     target = Path(to)
     target.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, README_NAME, *weights.weight_files(folder)):
+    for name in (CONFIG_NAME, README_NAME, *_folder_files(folder, read_zoo_config(folder, str(folder)))):
         if (folder / name).exists():
             shutil.copyfile(folder / name, target / name)
     return target

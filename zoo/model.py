@@ -26,6 +26,8 @@ class ZooModel(torch.nn.Module):
         super().__init__()
         self.config = copy.deepcopy(dict(config))
         self.card_name: str | None = None
+        # what zoo.load was given for these weights (card, hf-hub:..., folder); None when built in code
+        self.name_or_path: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -44,6 +46,10 @@ class ZooModel(torch.nn.Module):
         """
         from zoo import hub
 
+        if getattr(self, "lora_config", None) is not None:  # LoRA layers injected: save the adapter
+            from zoo.train.lora import save_adapter
+
+            return save_adapter(self, save_directory, card=card, overwrite=overwrite)
         return hub.save_pretrained(self, save_directory, card=card, overwrite=overwrite, max_shard_size=max_shard_size)
 
     def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,

@@ -74,8 +74,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_last: int | None = None,
-                    meta: dict | None = None) -> Path:
-    """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``."""
+                    meta: dict | None = None, include: Path | None = None) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``.
+
+    ``include``: a finished folder (e.g. the FSDP shards every rank wrote) moved into the checkpoint
+    under its own name before the checkpoint appears."""
     root = Path(output_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:08d}"
@@ -89,6 +92,8 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
             os.fsync(handle.fileno())
         info = {"step": step, "time": time.time(), **(meta or {})}
         (staging / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if include is not None:
+            os.replace(include, staging / Path(include).name)
         swap_in_folder(staging, target)  # the same step saved again (a resumed run) is swapped, never gapped
     finally:
         shutil.rmtree(staging, ignore_errors=True)
