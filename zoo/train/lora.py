@@ -99,7 +99,8 @@ def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA weights only, in peft's names (``...q_proj.lora_A.weight``)."""
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    # save_embedding_layers=False: peft's "auto" would look the base up on the Hub to compare vocabularies
+    return get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
 
 
 def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
