@@ -1,6 +1,7 @@
 """The public entry points: ``zoo.load``, ``zoo.list_models``, ``zoo.model_info``."""
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -10,6 +11,7 @@ import torch
 
 from zoo import hub
 from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
+from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
 from zoo.registry import get_family
 
@@ -84,10 +86,7 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
     card = get_card(name)
     family = get_family(card.family)
     config = family.make_config(card.size, card.config, source=card.source)
-    from zoo.registry import set_dotted
-
-    for key, value in overrides.items():
-        set_dotted(config, key, value, source=f"overrides for {name!r}")
+    apply_overrides(config, overrides, defaults=copy.deepcopy(config), source=f"overrides for {name!r}")
     if not pretrained:
         model = family.build(config)
     elif card.weights is None:
@@ -119,8 +118,8 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
 def _load_official(family, path: str, config: dict):
     """``family.load(path, config)`` with the model built on the meta device (``zoo.weights.init_empty``), so
     that no weight is randomly initialised only to be overwritten. Family loaders that load through the strict
-    loaders (``zoo.hub.load_state_dict_strict``, ``zoo.models.checkpoints.strict_load``) fill it; if anything is
-    left on the meta device, or the build needs real parameters, the loader runs again on a normal build."""
+    loader (``zoo.hub.load_state_dict_strict``) or ``zoo.weights`` fill it; if anything is left on the meta
+    device, or the build needs real parameters, the loader runs again on a normal build."""
     from zoo import weights
     from zoo.errors import ZooError
 

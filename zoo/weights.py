@@ -361,36 +361,7 @@ def _target_dtype(found: torch.dtype, wanted: torch.dtype | None) -> torch.dtype
     return wanted
 
 
-# ----------------------------------------------------------------------------- strict key checking
-
-def check_keys(expected: Mapping[str, tuple], found: Mapping[str, tuple], source: str, *,
-               tied: Iterable[Iterable[str]] = (), head_keys: Iterable[str] = ()) -> list[str]:
-    """Compare shapes by name; raise ``CheckpointKeysError`` with every missing, unexpected and mis-shaped key.
-
-    ``expected``/``found`` map names to shapes. A name in a ``tied`` group (parameters that share one
-    tensor, e.g. an LM head tied to the embedding) counts as present when any name of its group is.
-    Keys under a ``head_keys`` prefix whose shape differs are returned instead of raised (a config
-    override changed a head's size; the caller re-initialises it, like timm's ``num_classes``).
-    """
-    heads = tuple(head_keys)
-    satisfied = set(found)
-    for group in tied:
-        group = list(group)
-        if any(name in found for name in group):
-            satisfied.update(group)
-    missing = [k for k in expected if k not in satisfied]
-    unexpected = [k for k in found if k not in expected]
-    mismatched, reinit = [], []
-    for key, shape in found.items():
-        if key in expected and tuple(expected[key]) != tuple(shape):
-            if heads and key.startswith(heads):
-                reinit.append(key)
-            else:
-                mismatched.append((key, tuple(expected[key]), tuple(shape)))
-    if missing or unexpected or mismatched:
-        raise CheckpointKeysError(source, missing, unexpected, mismatched)
-    return reinit
-
+# ----------------------------------------------------------------------------- keys
 
 def tied_groups(model: torch.nn.Module) -> list[list[str]]:
     """State-dict names that share one parameter or buffer object (tied weights), groups of two or more."""
@@ -475,38 +446,42 @@ def _retie(model: torch.nn.Module, groups: list[list[str]]) -> None:
 
 def load_into(model: torch.nn.Module, checkpoint: str | Path | Mapping[str, TensorInfo], *,
               key_map: KeyMap | None = None, dtype: torch.dtype | None = None, device=None, source: str | None = None,
-              head_keys: Iterable[str] = (), cached: bool = False, skip: Iterable[str] = ()) -> list[str]:
-    """Stream a checkpoint into ``model`` strictly; returns the keys kept at their init (see ``head_keys``).
+              cached: bool = False, mmap: bool = True, hint="", normalize_weight_norm: bool = True) -> list[str]:
+    """Stream a checkpoint into ``model`` strictly; returns the head keys kept at their init.
 
     ``checkpoint``: a path ``read_index`` accepts, or its result. ``key_map`` renames checkpoint keys
-    (``official_key -> zoo_key``, ``None`` = drop on purpose). Every model key must be found with its
-    shape, and every checkpoint key used, else ``CheckpointKeysError`` (full lists) before any weight
-    is read. Parameters on the meta device (``init_empty``) are replaced by the loaded tensors in
-    ``dtype`` (floating tensors only; default: the dtype the model was built with) on ``device``
-    (default CPU); real parameters are copied into. Keys under ``head_keys`` whose shape differs are
-    returned, and left as they are (the caller must have built them for real).
+    (``official_key -> zoo_key``, ``None`` = drop on purpose); weight-norm keys are then respelled as the
+    model spells them (``zoo.hub.respell_weight_norm``). The keys are checked by the one strict check,
+    ``zoo.hub.check_keys`` (``CheckpointKeysError`` with the full lists, ``hint`` as there), before any
+    weight is read. Parameters on the meta device (``init_empty``) are replaced by the loaded tensors
+    in ``dtype`` (floating tensors only; default: the dtype the model was built with) on ``device``
+    (default CPU); real ones are copied into. Keys under ``model.head_keys`` whose shape a config
+    override changed are returned and left as they are (the caller must have built them for real).
     """
+    from zoo import hub
+
     source = source or str(checkpoint)
     infos = checkpoint if isinstance(checkpoint, Mapping) else read_index(checkpoint, cached=cached)
     infos = map_keys(infos, key_map, source)
+    if normalize_weight_norm:
+        respelled = hub.respell_weight_norm(model, infos)
+        infos = {name: _renamed(info, name) for name, info in respelled.items()}
     own = model.state_dict(keep_vars=True)
     groups = tied_groups(model)
-    reinit = check_keys({k: tuple(v.shape) for k, v in own.items()}, {k: i.shape for k, i in infos.items()},
-                        source, tied=groups, head_keys=head_keys)
-    skipped = set(reinit) | set(skip)
+    reinit = hub.check_keys(model, {k: i.shape for k, i in infos.items()}, source, hint=hint, tied=groups)
+    skipped = set(reinit)
     device = torch.device(device) if device is not None else None
     meta = any(t.is_meta for t in own.values())
 
     def target(info: TensorInfo) -> torch.dtype:
-        mine = own[info.name]
-        return dtype if dtype is not None else mine.dtype
+        return dtype if dtype is not None else own[info.name].dtype
 
     by_file: dict[Path, list[TensorInfo]] = {}
     for name, info in infos.items():
         if name not in skipped:
             by_file.setdefault(info.file, []).append(info)
-    for file, group in by_file.items():
-        chunk = dict(stream_tensors(group, dtype=target, device=device if meta else "cpu", cached=cached))
+    for group in by_file.values():
+        chunk = dict(stream_tensors(group, dtype=target, device=device if meta else "cpu", cached=cached, mmap=mmap))
         if meta:
             with _assigning():
                 result = model.load_state_dict(chunk, strict=False, assign=True)
@@ -520,30 +495,34 @@ def load_into(model: torch.nn.Module, checkpoint: str | Path | Mapping[str, Tens
     return reinit
 
 
+def _renamed(info: TensorInfo, name: str) -> TensorInfo:
+    return info if info.name == name else TensorInfo(name, info.file, info.shape, info.dtype, info.format,
+                                                      info.key_in_file)
+
+
 def load_pretrained(build: Callable[[dict], torch.nn.Module], config: dict, checkpoint: str | Path, *,
                     key_map: KeyMap | None = None, dtype: torch.dtype | None = None, device=None,
-                    source: str | None = None, head_keys: Iterable[str] | None = None, cached: bool = False):
+                    source: str | None = None, cached: bool = False, hint="") -> torch.nn.Module:
     """Build ``build(config)`` without initialising it and stream ``checkpoint`` in: what a family loader calls.
 
-    Returns the model in ``dtype``/``device`` (buffers included), in train mode as built. Strict as
-    ``load_into``. Falls back to a normal build (logged) when the model cannot be built on the meta
-    device or keeps a meta tensor that the checkpoint does not fill (e.g. a non-persistent buffer
-    computed from a parameter), and when a head is re-initialised (``head_keys``).
+    Returns the model in ``dtype``/``device`` (buffers included), in the mode ``build`` left it. Strict
+    as ``load_into``. Falls back to a normal build (logged) when the model cannot be built on the meta
+    device, when it keeps a meta tensor the checkpoint does not fill (e.g. a non-persistent buffer
+    computed from a parameter), and when a config override changed a head's shape (the head gets its
+    fresh initialisation, like timm's ``num_classes``).
     """
+    from zoo import hub
+
     source = source or str(checkpoint)
     infos = read_index(checkpoint, cached=cached)
     model = build_empty(build, config)
-    if head_keys is None:
-        head_keys = tuple(getattr(model, "head_keys", ()) or ())
     if model is not None:
         mapped = map_keys(infos, key_map, source)
-        own = model.state_dict(keep_vars=True)
-        reinit = check_keys({k: tuple(v.shape) for k, v in own.items()}, {k: i.shape for k, i in mapped.items()},
-                            source, tied=tied_groups(model), head_keys=head_keys)
-        if reinit:
-            model = None
+        shapes = {k: i.shape for k, i in hub.respell_weight_norm(model, mapped).items()}
+        if hub.check_keys(model, shapes, source, hint=hint, tied=tied_groups(model)):
+            model = None  # a head changed shape: it needs its real initialisation
         else:
-            load_into(model, mapped, dtype=dtype, device=device, source=source, cached=cached)
+            load_into(model, mapped, dtype=dtype, device=device, source=source, cached=cached, hint=hint)
             left = meta_tensors(model)
             if left:
                 logger.warning("%s: %s stayed on the meta device after loading; building %s normally instead "
@@ -552,7 +531,7 @@ def load_pretrained(build: Callable[[dict], torch.nn.Module], config: dict, chec
                 model = None
     if model is None:
         model = build(config)
-        reinit = load_into(model, infos, key_map=key_map, source=source, head_keys=head_keys, cached=cached)
+        reinit = load_into(model, infos, key_map=key_map, source=source, cached=cached, hint=hint)
         if reinit:
             logger.warning("%s: re-initialised %s (shape changed by a config override)", source, ", ".join(reinit))
     if dtype is not None or device is not None:
@@ -660,7 +639,7 @@ def total_bytes(infos: Mapping[str, TensorInfo]) -> int:
 
 __all__ = [
     "TensorInfo", "init_empty", "meta_tensors", "has_meta", "read_index", "read_safetensors_header", "stream_tensors",
-    "check_keys", "tied_groups", "map_keys", "load_state_dict", "load_into", "load_pretrained", "build_empty",
+    "tied_groups", "map_keys", "load_state_dict", "load_into", "load_pretrained", "build_empty",
     "plain_tensors", "plan_shards", "save_weights", "weight_files", "shard_names", "is_safetensors",
     "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "BIN_WEIGHTS_NAME", "BIN_WEIGHTS_INDEX_NAME",
 ]

@@ -260,11 +260,11 @@ def test_official_card_loader_builds_on_meta_and_non_meta_aware_loaders_still_wo
         return model
 
     def strict_loader(path, config):
-        from zoo.models.checkpoints import strict_load
+        from zoo.hub import load_state_dict_strict
 
         model = ToyModel(config)
         builds.append(model.encoder.weight.is_meta)
-        return strict_load(model, torch.load(path, weights_only=True), str(path))
+        return load_state_dict_strict(model, torch.load(path, weights_only=True), str(path))
 
     for loader, expected in ((strict_loader, [True]), (copying_loader, [True, False])):
         builds.clear()

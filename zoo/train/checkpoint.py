@@ -6,12 +6,11 @@ Layout (under the run's output_dir)::
                                           data position (epoch, batches done), step
     checkpoints/step-00000010/meta.json   step, epoch, batches_done, world_size, time (for people)
 
-A checkpoint is written into ``checkpoints/.tmp-...`` and moved into place with ``os.replace``,
-so a crash never leaves a half-written ``step-*`` folder.
+A checkpoint is written into a staging folder next to it and moved into place with a rename
+(``zoo.files.staging_folder``), so a crash never leaves a half-written ``step-*`` folder.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from zoo.errors import CheckpointFormatError
-from zoo.files import swap_in_folder
+from zoo.files import atomic_open, staging_folder, write_json
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -80,23 +79,15 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
     ``include``: a finished folder (e.g. the FSDP shards every rank wrote) moved into the checkpoint
     under its own name before the checkpoint appears."""
     root = Path(output_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:08d}"
-    staging = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        with open(staging / STATE_FILE, "wb") as handle:
+    # the same step saved again (a resumed run) is swapped, never gapped
+    with staging_folder(target) as staging:
+        with atomic_open(staging / STATE_FILE, "wb") as handle:
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         info = {"step": step, "time": time.time(), **(meta or {})}
-        (staging / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_json(staging / META_FILE, info)
         if include is not None:
             os.replace(include, staging / Path(include).name)
-        swap_in_folder(staging, target)  # the same step saved again (a resumed run) is swapped, never gapped
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if keep_last and keep_last > 0:
         for _, old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

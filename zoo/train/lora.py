@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from zoo.errors import CheckpointFormatError, ConfigError
+from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError
 
 logger = logging.getLogger("zoo")
 
@@ -184,7 +184,11 @@ def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool =
     apply(model, LoraConfig(**options))
     infos = weights.read_index(folder / ADAPTER_WEIGHTS_NAME, cached=cached)
     expected = {k: tuple(v.shape) for k, v in adapter_state_dict(model).items()}
-    weights.check_keys(expected, {k: i.shape for k, i in infos.items()}, f"{source} ({ADAPTER_WEIGHTS_NAME})")
+    mismatched = [(k, expected[k], infos[k].shape) for k in infos if k in expected and expected[k] != infos[k].shape]
+    if set(expected) != set(infos) or mismatched:
+        raise CheckpointKeysError(f"{source} ({ADAPTER_WEIGHTS_NAME})", [k for k in expected if k not in infos],
+                                  [k for k in infos if k not in expected], mismatched,
+                                  hint="  the adapter weights do not match adapter_config.json's target modules.")
     tensors = dict(weights.stream_tensors(infos.values(), cached=cached, mmap=False))
     set_peft_model_state_dict(model, tensors, adapter_name=ADAPTER_NAME)
     model.name_or_path = adapter.get("base")
