@@ -13,7 +13,10 @@
      official transformers-layout checkpoint;
    * ``LlamaForCausalLM.from_pretrained(transformers folder)``      the reference;
    * ``naive``: build with random init, ``safetensors.load_file`` every shard, ``load_state_dict``
-     (what zoo did before), unless ``--skip-naive``.
+     (what zoo did before), unless ``--skip-naive``;
+   * with a CUDA GPU, also ``zoo.load(..., dtype=torch.bfloat16, device="cuda")`` against
+     ``from_pretrained(dtype=torch.bfloat16, device_map="cuda")``: time to weights on the GPU and
+     the host's peak RSS growth (the checkpoint is float32: bf16 on the GPU is half its size).
 
    Peak RSS is the growth of the process's high-water mark (``VmHWM``, reset through
    ``/proc/self/clear_refs`` just before the call) over its RSS before the call, as a ratio of
@@ -117,6 +120,16 @@ def child(method: str, zoo_dir: str, hf_dir: str) -> dict:
     elif method == "transformers.from_pretrained":
         def load():
             return LlamaForCausalLM.from_pretrained(hf_dir)
+    elif method == "zoo.load bf16 cuda":
+        def load():
+            model = zoo.load(zoo_dir, dtype=torch.bfloat16, device="cuda")
+            torch.cuda.synchronize()
+            return model
+    elif method == "transformers bf16 cuda":
+        def load():
+            model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16, device_map="cuda")
+            torch.cuda.synchronize()
+            return model
     elif method == "naive":
         def load():
             from safetensors.torch import load_file
@@ -130,6 +143,9 @@ def child(method: str, zoo_dir: str, hf_dir: str) -> dict:
     else:
         raise SystemExit(f"unknown method {method}")
     torch.manual_seed(0)
+    if "cuda" in method:
+        torch.cuda.init()
+        torch.empty(1, device="cuda")  # the CUDA context is not part of loading
     ids = torch.arange(8)[None]
     before = rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -142,7 +158,7 @@ def child(method: str, zoo_dir: str, hf_dir: str) -> dict:
     with_touch = time.perf_counter() - start
     peak_touch = rss_kb("VmHWM")
     with torch.no_grad():
-        logits = model(input_ids=ids).logits
+        logits = model(input_ids=ids.to(next(model.parameters()).device)).logits.float().cpu()
     first = next(iter(model.parameters()))
     return {"method": method, "seconds": seconds, "growth_bytes": (peak - before) * 1024,
             "seconds_touch": with_touch, "growth_touch_bytes": (peak_touch - before) * 1024, "touched": touched,
@@ -226,12 +242,17 @@ def main() -> None:
         methods = ["zoo.load", "zoo.weights.load_pretrained", "transformers.from_pretrained"]
         if not args.skip_naive:
             methods.append("naive")
+        if torch.cuda.is_available():
+            methods += ["zoo.load bf16 cuda", "transformers bf16 cuda"]
         results: dict[str, list[dict]] = {m: [] for m in methods}
         for _ in range(args.repeats):
             for method in methods:
                 results[method].append(run_child(method, zoo_dir, hf_dir, args.threads))
-        logits = {round(r["logit"], 4) for rs in results.values() for r in rs}
-        print(f"same output from every path: {len(logits) == 1} ({sorted(logits)})")
+        logits = {round(r["logit"], 4) for m, rs in results.items() for r in rs if "cuda" not in m}
+        print(f"same float32 output from every CPU path: {len(logits) == 1} ({sorted(logits)})")
+        cuda = {round(r["logit"], 2) for m, rs in results.items() for r in rs if "cuda" in m}
+        if cuda:
+            print(f"bf16 CUDA paths agree: {len(cuda) == 1} ({sorted(cuda)})")
         ref = "transformers.from_pretrained"
         summary = {}
         for suffix, label in (("", "load call"), ("_touch", "load + first read of every weight")):
@@ -240,10 +261,18 @@ def main() -> None:
             print(f"\n{label}\n{'method':32s} {'time s (median)':>16s} {'/ transformers':>15s} "
                   f"{'peak RSS growth / weights':>27s}")
             for method in methods:
+                if "cuda" in method:
+                    continue
                 seconds = statistics.median(r["seconds" + suffix] for r in results[method])
                 peak = max(r["growth" + suffix + "_bytes"] for r in results[method]) / nbytes
                 print(f"{method:32s} {seconds:16.2f} {seconds / ref_time:14.2f}x {peak:26.2f}x")
                 summary[(method, suffix)] = (seconds / ref_time, peak, ref_peak)
+        if torch.cuda.is_available():
+            ours, theirs = (results[m] for m in ("zoo.load bf16 cuda", "transformers bf16 cuda"))
+            t_ours, t_theirs = (statistics.median(r["seconds"] for r in rs) for rs in (ours, theirs))
+            p_ours, p_theirs = (max(r["growth_bytes"] for r in rs) / nbytes for rs in (ours, theirs))
+            print(f"\nbf16 onto CUDA: zoo.load {t_ours:.2f} s, transformers {t_theirs:.2f} s ({t_ours / t_theirs:.2f}x); "
+                  f"host peak RSS growth {p_ours:.2f}x vs {p_theirs:.2f}x the float32 weights")
         for suffix, label in (("", "load call"), ("_touch", "load + first read of every weight")):
             ratio, peak, ref_peak = summary[("zoo.load", suffix)]
             print(f"\nzoo.load, {label}: peak RSS growth {peak:.2f}x the weights (goal <= 1.3x; transformers "

@@ -149,12 +149,11 @@ def save_adapter(model, folder: str | Path, *, card: Any = None, overwrite: bool
     return target
 
 
-def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool = False, dtype=None, device=None,
-                        **load_kwargs):
+def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool = False, dtype=None, device=None):
     """The model an adapter folder describes: its base (by name, or from the folder), with the adapter applied."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    from zoo import hub, weights
+    from zoo import weights
     from zoo.registry import get_family
 
     adapter = meta["adapter"]
@@ -167,7 +166,7 @@ def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool =
     if adapter.get("base"):
         from zoo.api import load
 
-        model = load(adapter["base"], **load_kwargs)
+        model = load(adapter["base"], dtype=dtype, device=device)
         if model.family != meta["family"]:
             raise CheckpointFormatError(f"{source}: the adapter is for a {meta['family']} model but its base "
                                         f"{adapter['base']!r} is a {model.family} model.")
@@ -178,7 +177,7 @@ def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool =
     else:
         family = get_family(meta["family"])
         model = weights.load_pretrained(family.build, dict(meta["config"]), folder / weights.weight_files(folder)[0],
-                                        source=source, cached=cached)
+                                        source=source, cached=cached, dtype=dtype, device=device)
     options = {k: v for k, v in options.items() if k in LoraConfig.__dataclass_fields__}
     options["inference_mode"] = False
     apply(model, LoraConfig(**options))
