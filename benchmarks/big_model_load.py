@@ -14,6 +14,8 @@
    * ``LlamaForCausalLM.from_pretrained(transformers folder)``      the reference;
    * ``naive``: build with random init, ``safetensors.load_file`` every shard, ``load_state_dict``
      (what zoo did before), unless ``--skip-naive``;
+   * ``zoo.load(..., dtype=torch.bfloat16)`` against ``from_pretrained(dtype=torch.bfloat16)`` on the CPU:
+     a converting load (the result is half the checkpoint's size);
    * with a CUDA GPU, also ``zoo.load(..., dtype=torch.bfloat16, device="cuda")`` against
      ``from_pretrained(dtype=torch.bfloat16, device_map="cuda")``: time to weights on the GPU and
      the host's peak RSS growth (the checkpoint is float32: bf16 on the GPU is half its size).
@@ -120,6 +122,12 @@ def child(method: str, zoo_dir: str, hf_dir: str) -> dict:
     elif method == "transformers.from_pretrained":
         def load():
             return LlamaForCausalLM.from_pretrained(hf_dir)
+    elif method == "zoo.load bf16":
+        def load():
+            return zoo.load(zoo_dir, dtype=torch.bfloat16)
+    elif method == "transformers bf16":
+        def load():
+            return LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16)
     elif method == "zoo.load bf16 cuda":
         def load():
             model = zoo.load(zoo_dir, dtype=torch.bfloat16, device="cuda")
@@ -239,7 +247,8 @@ def main() -> None:
         print(f"checkpoint: {lm_config(args.size_gb)['num_hidden_layers']}-layer Llama, {nbytes / 1e9:.2f} GB float32 "
               f"in {len(shards)} shards of <= {args.shard_size} (built in {time.perf_counter() - start:.0f} s)")
         warm_page_cache(zoo_dir, hf_dir)
-        methods = ["zoo.load", "zoo.weights.load_pretrained", "transformers.from_pretrained"]
+        methods = ["zoo.load", "zoo.weights.load_pretrained", "transformers.from_pretrained", "zoo.load bf16",
+                   "transformers bf16"]
         if not args.skip_naive:
             methods.append("naive")
         if torch.cuda.is_available():
@@ -248,11 +257,12 @@ def main() -> None:
         for _ in range(args.repeats):
             for method in methods:
                 results[method].append(run_child(method, zoo_dir, hf_dir, args.threads))
-        logits = {round(r["logit"], 4) for m, rs in results.items() for r in rs if "cuda" not in m}
-        print(f"same float32 output from every CPU path: {len(logits) == 1} ({sorted(logits)})")
-        cuda = {round(r["logit"], 2) for m, rs in results.items() for r in rs if "cuda" in m}
-        if cuda:
-            print(f"bf16 CUDA paths agree: {len(cuda) == 1} ({sorted(cuda)})")
+        logits = {round(r["logit"], 4) for m, rs in results.items() for r in rs if "bf16" not in m}
+        print(f"same float32 output from every float32 path: {len(logits) == 1} ({sorted(logits)})")
+        for device in ("", " cuda"):
+            low = {r["logit"] for m, rs in results.items() for r in rs if m.endswith("bf16" + device)}
+            if low:
+                print(f"bf16{device or ' cpu'} paths agree: {len(low) == 1} ({sorted(low)})")
         ref = "transformers.from_pretrained"
         summary = {}
         for suffix, label in (("", "load call"), ("_touch", "load + first read of every weight")):
@@ -261,7 +271,7 @@ def main() -> None:
             print(f"\n{label}\n{'method':32s} {'time s (median)':>16s} {'/ transformers':>15s} "
                   f"{'peak RSS growth / weights':>27s}")
             for method in methods:
-                if "cuda" in method:
+                if "cuda" in method or ("bf16" in method and suffix):
                     continue
                 seconds = statistics.median(r["seconds" + suffix] for r in results[method])
                 peak = max(r["growth" + suffix + "_bytes"] for r in results[method]) / nbytes
