@@ -23,12 +23,10 @@ TINY = {
 
 
 def llama_config(config: dict):
-    """``transformers.LlamaConfig`` with zoo attention (the transformers attention interface name ``"zoo"``)."""
+    """``transformers.LlamaConfig`` of ``config`` (``LlamaConfig`` field names)."""
     from transformers import LlamaConfig
 
-    from zoo.nn.hf_attention import register
-
-    return LlamaConfig(**config, attn_implementation=register())
+    return LlamaConfig(**config)
 
 
 class ToyCausalLM(ZooModel):
@@ -40,7 +38,9 @@ class ToyCausalLM(ZooModel):
         super().__init__(config)
         from transformers import LlamaForCausalLM
 
-        self.lm = LlamaForCausalLM(llama_config(self.config))
+        from zoo.nn.hf_attention import from_config
+
+        self.lm = from_config(LlamaForCausalLM, llama_config(self.config))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None):
