@@ -32,10 +32,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     changes a head's shape re-initialises that head, like timm's ``num_classes``.
     ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) and ``device`` (e.g. ``"cuda"``)
     apply to floating parameters and buffers; zoo-format weights are built on the meta
-    device and streamed straight into that dtype and device (``zoo.weights``). Weights
-    that need no conversion stay memory-mapped from their safetensors files (copy-on-write,
-    as transformers does): replace such a file only by writing a new one (as zoo does),
-    never by truncating it in place, while the model is alive.
+    device and streamed straight into that dtype and device (``zoo.weights``), one tensor at
+    a time: the process never holds a second copy of the weights.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")

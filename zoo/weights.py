@@ -13,11 +13,12 @@ and most of the time spent on an initialisation that is thrown away. Here:
   without reading any weight.
 * ``load_into(model, path)`` checks the keys strictly (``CheckpointKeysError`` with the
   full lists) before reading anything, then streams one tensor at a time straight into
-  the target dtype and device. A safetensors tensor already in its target dtype on the CPU
-  stays memory-mapped (copy-on-write, shared with the page cache: no second copy, read on
-  first use, as transformers does); any other is converted one tensor at a time, and a
-  ``.bin`` shard is memory-mapped and released shard by shard. The process never holds
-  the model plus more than one tensor (safetensors) or one shard (``.bin``).
+  the target dtype and device: each tensor is copied (and converted) out of the memory-mapped
+  file into its own allocation and the mapping is dropped, so the process never holds the
+  model plus more than one tensor (safetensors) or one mapped shard (``.bin``). Weights are
+  not left memory-mapped (transformers leaves them so): a mapped tensor sits at whatever
+  alignment the file gives it, and CPU kernels then round differently than on a fresh
+  allocation, which would break bit-identical round trips.
 * ``load_pretrained(build, config, path)`` is the one call a family loader makes:
   meta build, key map (``official_key -> zoo_key or None``), strict streaming load.
 * ``save_weights(model, folder, max_shard_size=...)`` writes ``model.safetensors`` or
@@ -318,14 +319,15 @@ def read_index(path: str | Path, *, cached: bool = False) -> dict[str, TensorInf
 
 def stream_tensors(infos: Iterable[TensorInfo], *, dtype: Callable[[TensorInfo], torch.dtype] | torch.dtype | None = None,
                    device: torch.device | str | None = None, cached: bool = False,
-                   mmap: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+                   mmap: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` one at a time, file by file, in ``dtype`` (only floating tensors are cast; a
     callable gives the dtype per tensor) on ``device``.
 
-    A safetensors tensor that is already in its target dtype on the CPU is yielded memory-mapped
-    (copy-on-write: it shares the page cache, is read when first used, and writing to it never
-    changes the file), as transformers does; ``mmap=False`` copies it into process memory instead.
-    Any other tensor is converted from the mapping, one tensor at a time. A ``.bin`` shard is
+    Each safetensors tensor is copied (converted if needed) out of its mapping into a fresh
+    allocation. ``mmap=True`` instead yields a tensor that needs no conversion still mapped
+    (copy-on-write: shared with the page cache, read on first use, writes never reach the file), as
+    transformers does: less memory and time up front, but the tensor's alignment is the file's, and
+    CPU kernels may then round differently than on a fresh allocation. A ``.bin`` shard is
     mapped with ``torch.load(mmap=True)`` and every tensor copied out of it, so that no weight stays
     backed by a pickle file; the mapping is released after the shard.
     """
@@ -446,7 +448,7 @@ def _retie(model: torch.nn.Module, groups: list[list[str]]) -> None:
 
 def load_into(model: torch.nn.Module, checkpoint: str | Path | Mapping[str, TensorInfo], *,
               key_map: KeyMap | None = None, dtype: torch.dtype | None = None, device=None, source: str | None = None,
-              cached: bool = False, mmap: bool = True, hint="", normalize_weight_norm: bool = True) -> list[str]:
+              cached: bool = False, mmap: bool = False, hint="", normalize_weight_norm: bool = True) -> list[str]:
     """Stream a checkpoint into ``model`` strictly; returns the head keys kept at their init.
 
     ``checkpoint``: a path ``read_index`` accepts, or its result. ``key_map`` renames checkpoint keys
