@@ -23,10 +23,10 @@
    Peak RSS is the growth of the process's high-water mark (``VmHWM``, reset through
    ``/proc/self/clear_refs`` just before the call) over its RSS before the call, as a ratio of
    the weights' size (goal for zoo <= 1.3x). Time is the wall time of the call (goal <= 1.2x
-   transformers). Both zoo and transformers leave float32 safetensors weights memory-mapped
-   (read on first use), so each is measured twice: the load call alone, and the load plus a
-   first touch of every weight (one float per 4 KiB page of every parameter is summed, which
-   faults in the whole checkpoint). Each is run ``--repeats`` times, alternating; printed:
+   transformers). transformers leaves float32 safetensors weights memory-mapped (read on first
+   use) while zoo copies them into fresh allocations, so each is measured twice: the load call
+   alone, and the load plus a first touch of every weight (one float per 4 KiB page of every
+   parameter is summed, which faults in whatever is still mapped). Each is run ``--repeats`` times, alternating; printed:
    medians of times and maxima of peaks, and whether every path gives the same logits.
 3. HuBERT-base (94 M parameters, 377 MB): warm ``zoo.load`` of a zoo folder against
    ``transformers.HubertModel.from_pretrained`` of the same weights, alternating, medians.
