@@ -13,17 +13,21 @@ and most of the time spent on an initialisation that is thrown away. Here:
   without reading any weight.
 * ``load_into(model, path)`` checks the keys strictly (``CheckpointKeysError`` with the
   full lists) before reading anything, then streams one tensor at a time straight into
-  the target dtype and device: each tensor is copied (and converted) out of the memory-mapped
-  file into its own allocation and the mapping is dropped, so the process never holds the
-  model plus more than one tensor (safetensors) or one mapped shard (``.bin``). Weights are
-  not left memory-mapped (transformers leaves them so): a mapped tensor sits at whatever
-  alignment the file gives it, and CPU kernels then round differently than on a fresh
-  allocation, which would break bit-identical round trips.
-* ``load_pretrained(build, config, path)`` is the one call a family loader makes:
-  meta build, key map (``official_key -> zoo_key or None``), strict streaming load.
+  the target dtype and device. A safetensors tensor that needs no conversion and sits at a
+  64-byte aligned address stays memory-mapped (copy-on-write, shared with the page cache,
+  read on first use, as transformers does); any other is copied or converted out of the
+  mapping into its own allocation, one at a time. A ``.bin`` shard is memory-mapped and
+  released shard by shard. The process never holds the model plus more than one tensor
+  (safetensors) or one shard (``.bin``).
 * ``save_weights(model, folder, max_shard_size=...)`` writes ``model.safetensors`` or
   ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` (the layout
-  transformers and ``huggingface_hub`` write), one shard in memory at a time.
+  transformers and ``huggingface_hub`` write), one shard in memory at a time, with every
+  tensor whose size allows it at a 64-byte aligned offset (``write_safetensors``). Why 64:
+  CPU kernels (oneDNN, MKL) take other code paths on data that is not 64-byte aligned, as
+  fresh allocations are, and round differently; a mapped tensor at the file's alignment would
+  make a loaded model's outputs differ in the last bits from the saved one's.
+* ``load_pretrained(build, config, path)`` is the one call a family loader makes:
+  meta build, key map (``official_key -> zoo_key or None``), strict streaming load.
 
 Checkpoint layouts read: a single ``*.safetensors`` file (any name, e.g. BAGEL's
 ``ema.safetensors``), a sharded ``model.safetensors.index.json``, ``pytorch_model.bin``
@@ -54,6 +58,7 @@ BIN_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 # what a folder may hold, in the order they are looked for
 FOLDER_LAYOUTS = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, BIN_WEIGHTS_NAME, BIN_WEIGHTS_INDEX_NAME)
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # huggingface_hub's default: models below it keep one model.safetensors
+ALIGN = 64  # bytes: the alignment of torch's CPU allocations, kept for tensors in files zoo writes
 
 KeyMap = Callable[[str], "str | None"]
 
@@ -319,15 +324,15 @@ def read_index(path: str | Path, *, cached: bool = False) -> dict[str, TensorInf
 
 def stream_tensors(infos: Iterable[TensorInfo], *, dtype: Callable[[TensorInfo], torch.dtype] | torch.dtype | None = None,
                    device: torch.device | str | None = None, cached: bool = False,
-                   mmap: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+                   mmap: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` one at a time, file by file, in ``dtype`` (only floating tensors are cast; a
     callable gives the dtype per tensor) on ``device``.
 
-    Each safetensors tensor is copied (converted if needed) out of its mapping into a fresh
-    allocation. ``mmap=True`` instead yields a tensor that needs no conversion still mapped
-    (copy-on-write: shared with the page cache, read on first use, writes never reach the file), as
-    transformers does: less memory and time up front, but the tensor's alignment is the file's, and
-    CPU kernels may then round differently than on a fresh allocation. A ``.bin`` shard is
+    A safetensors tensor that needs no conversion, on the CPU, at a 64-byte aligned address (files
+    written by ``save_weights``) is yielded memory-mapped (copy-on-write: shared with the page cache,
+    read on first use, writes never reach the file). Any other, or every one with ``mmap=False``, is
+    copied or converted out of its mapping into a fresh allocation, one at a time: an unaligned
+    mapped tensor would make CPU kernels round differently than on a fresh allocation. A ``.bin`` shard is
     mapped with ``torch.load(mmap=True)`` and every tensor copied out of it, so that no weight stays
     backed by a pickle file; the mapping is released after the shard.
     """
@@ -341,7 +346,7 @@ def stream_tensors(infos: Iterable[TensorInfo], *, dtype: Callable[[TensorInfo],
                 for info in group:
                     value = handle.get_tensor(info.key_in_file)
                     target = _target_dtype(value.dtype, dtype(info) if callable(dtype) else dtype)
-                    if target != value.dtype or device.type != "cpu" or not mmap:
+                    if target != value.dtype or device.type != "cpu" or not mmap or value.data_ptr() % ALIGN:
                         value = value.to(device=device, dtype=target, copy=True)
                     yield info.name, value
                     del value
@@ -448,7 +453,7 @@ def _retie(model: torch.nn.Module, groups: list[list[str]]) -> None:
 
 def load_into(model: torch.nn.Module, checkpoint: str | Path | Mapping[str, TensorInfo], *,
               key_map: KeyMap | None = None, dtype: torch.dtype | None = None, device=None, source: str | None = None,
-              cached: bool = False, mmap: bool = False, hint="", normalize_weight_norm: bool = True) -> list[str]:
+              cached: bool = False, mmap: bool = True, hint="", normalize_weight_norm: bool = True) -> list[str]:
     """Stream a checkpoint into ``model`` strictly; returns the head keys kept at their init.
 
     ``checkpoint``: a path ``read_index`` accepts, or its result. ``key_map`` renames checkpoint keys
@@ -594,15 +599,13 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
     ``model.safetensors.index.json`` (``{"metadata": {"total_size"}, "weight_map"}``). Only one
     shard is copied to the CPU at a time. Names that share a tensor are each written in full.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     state = tensors.state_dict() if isinstance(tensors, torch.nn.Module) else dict(tensors)
     split = plan_shards(state, max_shard_size, filename_pattern=filename_pattern)
     written = []
     for filename, keys in split.filename_to_tensors.items():
         shard = plain_tensors({k: state[k] for k in keys})
-        save_file(shard, str(folder / filename), metadata=dict(metadata or {}))
+        write_safetensors(folder / filename, shard, metadata=metadata)
         written.append(filename)
         del shard
     if split.is_sharded:
@@ -611,6 +614,42 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
         (folder / index_name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         written.append(index_name)
     return written
+
+
+_DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` (CPU, contiguous) as a safetensors file whose tensors start at 64-byte aligned offsets.
+
+    The safetensors format (https://github.com/huggingface/safetensors, "Format": an 8-byte
+    little-endian header size, a JSON header, then the tensors' bytes with no gaps) leaves the
+    order of the tensors and trailing spaces in the header free; ``safetensors.torch.save_file``
+    aligns the data to 8 bytes only. Here the header is padded so the data starts at a multiple of
+    64, and tensors whose byte size is a multiple of 64 come first, in the given order, so each of
+    them starts aligned; the others follow. Any safetensors reader reads the file.
+    """
+    path = Path(path)
+    items = sorted(tensors.items(), key=lambda kv: (kv[1].numel() * kv[1].element_size()) % ALIGN != 0)
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for name, value in items:
+        if value.dtype not in _DTYPE_CODES:
+            raise CheckpointFormatError(f"{name}: dtype {value.dtype} cannot be stored in safetensors.")
+        size = value.numel() * value.element_size()
+        header[name] = {"dtype": _DTYPE_CODES[value.dtype], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * ((-(8 + len(raw))) % ALIGN)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)))
+        handle.write(raw)
+        for _, value in items:
+            if value.numel():
+                handle.write(memoryview(value.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return path
 
 
 def weight_files(folder: str | Path) -> list[str]:
@@ -642,6 +681,6 @@ def total_bytes(infos: Mapping[str, TensorInfo]) -> int:
 __all__ = [
     "TensorInfo", "init_empty", "meta_tensors", "has_meta", "read_index", "read_safetensors_header", "stream_tensors",
     "tied_groups", "map_keys", "load_state_dict", "load_into", "load_pretrained", "build_empty",
-    "plain_tensors", "plan_shards", "save_weights", "weight_files", "shard_names", "is_safetensors",
+    "plain_tensors", "plan_shards", "save_weights", "write_safetensors", "weight_files", "shard_names", "is_safetensors",
     "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "BIN_WEIGHTS_NAME", "BIN_WEIGHTS_INDEX_NAME",
 ]

@@ -74,6 +74,25 @@ def test_small_model_keeps_one_file_and_loads_without_random_init(tmp_path, monk
     assert all(p.data_ptr() % 64 == 0 for p in loaded.parameters())
 
 
+def test_written_files_are_plain_safetensors_with_aligned_tensors(tmp_path):
+    from safetensors import safe_open
+
+    tensors = {"a.odd": torch.arange(3, dtype=torch.float32), "b.big": torch.randn(16, 8),
+               "c.bf16": torch.randn(32, dtype=torch.bfloat16), "d.ids": torch.arange(5),
+               "e.mask": torch.tensor([True, False, True]), "f.scalar": torch.tensor(2.5),
+               "g.empty": torch.zeros(0, 4), "h.half": torch.randn(64, dtype=torch.float16)}
+    path = weights.write_safetensors(tmp_path / "t.safetensors", tensors, metadata={"format": "pt"})
+    loaded = load_file(path)  # the safetensors library reads it
+    assert set(loaded) == set(tensors)
+    for key, value in tensors.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
+        # every tensor whose size is a multiple of 64 bytes is mapped at a 64-byte aligned address
+        for key in ("b.big", "c.bf16", "h.half"):
+            assert handle.get_tensor(key).data_ptr() % 64 == 0, key
+
+
 def test_load_in_target_dtype(tmp_path):
     model = _lm()
     folder = model.save_pretrained(tmp_path / "out", max_shard_size=30_000)
