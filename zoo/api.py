@@ -7,9 +7,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
-from zoo import hub
 from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
@@ -25,16 +22,29 @@ def _looks_like_path(name: str) -> bool:
 
 def load(name_or_path: str, pretrained: bool = True, revision: str | None = None, device=None, dtype=None,
          cache_dir=None, local_files_only: bool | None = None, token=None, **overrides):
-    """Load a model by card name, ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
+    """Load a model by card name (``zoo list``), ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
 
-    ``pretrained=False`` builds the card's config with random weights. Keyword
-    ``overrides`` change config values (dotted keys allowed); an override that
-    changes a head's shape re-initialises that head, like timm's ``num_classes``.
-    ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) and ``device`` (e.g. ``"cuda"``)
-    apply to floating parameters and buffers; zoo-format weights are built on the meta
-    device and streamed straight into that dtype and device (``zoo.weights``), one tensor at
-    a time: the process never holds a second copy of the weights.
+    Returns the family's ``ZooModel`` in eval mode, on ``device`` (default CPU) and in ``dtype`` (a
+    ``torch.dtype`` or its name, default float32). ``pretrained=False`` builds the card's config with random
+    weights. Keyword ``overrides`` change config values (nested keys as ``section.key``); an override that
+    changes a head's shape re-initialises that head, like timm's ``num_classes``. ``revision``,
+    ``cache_dir``, ``local_files_only`` and ``token`` go to huggingface_hub.
+
+    Weights are not initialised only to be overwritten: the model is built on the meta device and
+    zoo-format weights stream straight into ``dtype`` and ``device`` one tensor at a time, so the
+    process never holds a second copy (``zoo.weights``). A LoRA adapter folder (``zoo.train.lora``)
+    loads its base and applies the adapter. ``model.name_or_path`` records what was loaded.
+
+    Raises :class:`~zoo.errors.UnknownModelError` (no such card; the closest names are listed),
+    :class:`~zoo.errors.ConfigError` (an unknown override key or a wrong type, a malformed Hub name),
+    :class:`~zoo.errors.WeightsNotAvailableError` (no released weights, offline with a cold cache, a missing or
+    gated repo), :class:`~zoo.errors.CheckpointFormatError` / ``CheckpointKeysError`` (a corrupt or
+    mismatched file).
     """
+    import torch
+
+    from zoo import hub
+
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
@@ -84,6 +94,8 @@ def _canonical_name(name: str, revision: str | None) -> str:
 
 def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides, dtype=None,
                device=None):
+    from zoo import hub
+
     card = get_card(name)
     family = get_family(card.family)
     config = family.make_config(card.size, card.config, source=card.source)
@@ -92,9 +104,8 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
         model = family.build(config)
     elif card.weights is None:
         raise WeightsNotAvailableError(
-            f"{name!r} has no released weights; pass pretrained=False to build it with random weights, "
-            "or train it with `zoo train`."
-        )
+            f"{name!r} has no released weights; train it with `zoo train`, or build it with random weights.",
+            python_hint="Pass pretrained=False for random weights.")
     else:
         weights = card.weights
         kwargs = dict(revision=revision or weights.revision, cache_dir=cache_dir, local_files_only=local_files_only,

@@ -31,6 +31,7 @@ class ZooModel(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter (or buffer); CPU for a model with neither."""
         for tensor in self.parameters():
             return tensor.device
         for tensor in self.buffers():
@@ -39,10 +40,12 @@ class ZooModel(torch.nn.Module):
 
     def save_pretrained(self, save_directory: str | Path, *, card: Any = None, overwrite: bool = False,
                         max_shard_size: int | str = "5GB") -> Path:
-        """Write ``config.json``, the weights and a README model card.
+        """Write ``config.json``, the weights and a README model card atomically; returns the folder.
 
         Weights up to ``max_shard_size`` (bytes or ``"500MB"``-style) go to ``model.safetensors``;
         larger ones to ``model-0000i-of-0000n.safetensors`` shards with ``model.safetensors.index.json``.
+        A model with LoRA layers (``zoo.train.lora``) writes an adapter folder instead.
+        Raises :class:`~zoo.errors.OutputExistsError` when the folder holds files and ``overwrite`` is false.
         """
         from zoo import hub
 
