@@ -415,10 +415,11 @@ class _Filler:
                 continue
             usable[key] = value.to(self.own[key].dtype) if value.is_floating_point() else value
         if usable:
-            # a model built on the meta device (zoo.load builds official cards that way) takes the
-            # tensors themselves; a built one copies them
-            meta = any(self.own[k].is_meta for k in usable)
-            self.target.load_state_dict(usable, strict=False, assign=meta)
+            # zoo.weights.load_state_dict also fills a model built on the meta device (zoo.load builds
+            # official cards that way): the tensors replace the meta ones instead of being copied
+            from zoo.weights import load_state_dict
+
+            load_state_dict(self.target, usable, strict=False)
             self.loaded.update(usable)
 
     def has_vision(self) -> bool:

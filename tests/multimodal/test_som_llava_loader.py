@@ -209,7 +209,7 @@ def test_not_a_llava_checkpoint(tmp_path):
         loader.load(str(tmp_path / "x.safetensors"), tiny_config())
 
 
-def test_zoo_load_card_end_to_end_from_the_hub(source, tmp_path, loopback_hub):
+def test_zoo_load_card_end_to_end_from_the_hub(source, tmp_path, loopback_hub, caplog):
     """`zoo.load("som-llava-13b-hf")` at tiny size: config.json first, then the shards of the same revision."""
     source.llava.save_pretrained(tmp_path / "hf", max_shard_size="150KB")
     for path in sorted((tmp_path / "hf").iterdir()):
@@ -217,7 +217,9 @@ def test_zoo_load_card_end_to_end_from_the_hub(source, tmp_path, loopback_hub):
     tiny = tiny_config()
     overrides = {"vision_config": tiny["vision_config"], "text_config": tiny["text_config"],
                  "image_token_id": 120, "dtype": "float32"}
-    model = zoo.load("som-llava-13b-hf", **overrides)
+    with caplog.at_level("INFO", logger="zoo"):
+        model = zoo.load("som-llava-13b-hf", **overrides)
+    assert "loading normally" not in caplog.text  # filled the meta-device build, no second load
     assert model.card_name == "som-llava-13b-hf" and model.config["checkpoint_layout"] == "hf"
     torch.testing.assert_close(logits(model), logits(source), rtol=0, atol=0)
 
