@@ -65,10 +65,12 @@ class ErrorCurve:
 
     @property
     def frr(self) -> np.ndarray:
+        """False-reject rate at each point, float64 in [0, 1] (non-decreasing)."""
         return self.misses / self.num_targets
 
     @property
     def far(self) -> np.ndarray:
+        """False-accept rate at each point, float64 in [0, 1] (non-increasing)."""
         return self.false_accepts / self.num_nontargets
 
 

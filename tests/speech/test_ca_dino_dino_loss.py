@@ -1,4 +1,4 @@
-"""DINO loss, schedules, k-means and cluster positives, fbank front end (speech.md §3.2-3.4)."""
+"""DINO loss, schedules, k-means and cluster positives, fbank front end."""
 import math
 import random
 

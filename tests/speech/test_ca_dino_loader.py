@@ -19,7 +19,8 @@ from zoo.speech.ca_dino.loader import architecture_from_state_dict, load
 
 def _bn(prefix, n, g):
     return {f"{prefix}.weight": torch.rand(n, generator=g) + 0.5, f"{prefix}.bias": torch.randn(n, generator=g),
-            f"{prefix}.running_mean": torch.randn(n, generator=g), f"{prefix}.running_var": torch.rand(n, generator=g) + 0.5,
+            f"{prefix}.running_mean": torch.randn(n, generator=g),
+            f"{prefix}.running_var": torch.rand(n, generator=g) + 0.5,
             f"{prefix}.num_batches_tracked": torch.tensor(7)}
 
 
