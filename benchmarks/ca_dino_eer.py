@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -22,14 +23,20 @@ from zoo.speech.ca_dino.scoring import eer
 
 
 def loop_eer(positive: torch.Tensor, negative: torch.Tensor, thresholds: torch.Tensor):
-    """speechbrain's rule: first threshold with the smallest |FAR - FRR|; EER = (FAR + FRR) / 2."""
-    best_far, best_frr = 0.0, 0.0
-    for i, threshold in enumerate(thresholds):
-        frr = (positive <= threshold).sum().item() / positive.shape[0]
-        far = (negative > threshold).sum().item() / negative.shape[0]
-        if i == 0 or abs(far - frr) < abs(best_far - best_frr):
-            best_far, best_frr = far, frr
-    return (best_far + best_frr) / 2
+    """speechbrain's rule: first threshold with the smallest |FAR - FRR|; EER = (FAR + FRR) / 2.
+
+    |FAR - FRR| is compared exactly, on the counts (|FA * P - M * N|), as zoo's ``eer`` documents.
+    """
+    num_pos, num_neg = positive.shape[0], negative.shape[0]
+    best = None
+    for threshold in thresholds:
+        misses = int((positive <= threshold).sum())
+        false_accepts = int((negative > threshold).sum())
+        gap = abs(false_accepts * num_pos - misses * num_neg)
+        if best is None or gap < best[0]:
+            best = (gap, misses, false_accepts)
+    _, misses, false_accepts = best
+    return float(Fraction(false_accepts * num_pos + misses * num_neg, 2 * num_pos * num_neg))
 
 
 def all_thresholds(scores: torch.Tensor) -> torch.Tensor:
