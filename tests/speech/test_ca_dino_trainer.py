@@ -210,3 +210,31 @@ def test_demo_recipe_through_the_engine_with_exact_resume(manifest, tmp_path, ex
         assert torch.equal(value, b.state_dict()[key]), key
     clip = torch.randn(12000) * 0.1
     assert torch.equal(a.embed(clip), b.embed(clip))
+
+
+def test_first_clusters_from_mean_fbank_and_speed_perturbed_crops(manifest):
+    config = _config(manifest, "dino", 2, positives_from="cluster", init_features="mean_fbank")
+    config["data"]["speed_perturb"] = [0.5]
+    trainer = CADinoTrainer(config)
+    model = trainer.build_model()
+    trainer.build_datasets()
+    trainer.on_train_start(model)
+    # the fixture's voices differ in pitch and timbre: the mean log-mel vector clusters them exactly
+    labels = trainer.train_dataset.positives.labels
+    voices = [row["speaker"] for row in trainer.train_dataset.audio.rows]
+    assert len(set(labels)) == 3
+    assert all((labels[i] == labels[j]) == (voices[i] == voices[j]) for i in range(12) for j in range(12))
+    # speed 0.5: every crop is cut from the clip played at half speed (twice as long)
+    audio = trainer.train_dataset.audio
+    assert audio(0, 0.5).numel() == 2 * audio(0).numel()
+    item = trainer.train_dataset[0]
+    slowed = [audio(i, 0.5) for i in range(12)]
+    for crop in [*item["global"], *item["local"]]:
+        assert any(_is_window_of(crop, wave) for wave in slowed)
+
+
+def _is_window_of(crop, wave):
+    if wave.numel() < crop.numel():
+        return False
+    windows = wave.unfold(0, crop.numel(), 1)
+    return bool((windows == crop).all(dim=1).any())
