@@ -579,7 +579,8 @@ class CADinoTrainer(Trainer):
             if f"{kind}_eer_percent" in metrics:
                 text += f", {metrics[f'{kind}_eer_percent']:.2f}% ({label}, no model)"
         final = Path(str(self.output_dir)) / "final" if self.output_dir is not None else "<output_dir>/final"
-        args = " ".join(f"{k}={v}" for k, v in options.items() if v is not None)
+        args = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
+                        if v is not None)
         logger.info("%s\n  the same figures for the saved model: zoo eval %s --data %s %s", text, final,
                     self.config["data"]["eval"], args)
 
