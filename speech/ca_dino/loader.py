@@ -39,16 +39,12 @@ from pathlib import Path
 
 import torch
 
-from zoo.errors import CheckpointFormatError, CheckpointKeysError
+from zoo.errors import CheckpointFormatError
 
 logger = logging.getLogger("zoo.ca_dino")
 
 TEACHER_PREFIX = "t_model."
 STUDENT_PREFIX = "s_model."
-_PARAMETRIZED = {
-    "parametrizations.weight.original0": "weight_g",
-    "parametrizations.weight.original1": "weight_v",
-}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 _WESPEAKER_MODEL = re.compile(r"^ECAPA_TDNN(_GLOB)?_c(\d+)$")
 
@@ -92,19 +88,9 @@ def official_state_dict(obj, source: str) -> tuple[dict[str, torch.Tensor], list
             "(avg_model.pt, or a training checkpoint with a 'model' entry).")
     if any(k.startswith("module.") for k in tensors):  # saved from a DDP wrapper
         tensors = {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
-    return normalize_weight_norm(tensors), notes
+    from zoo.hub import normalize_weight_norm_keys
 
-
-def normalize_weight_norm(state: dict) -> dict:
-    """``...last_layer.parametrizations.weight.original0/1`` -> ``...last_layer.weight_g / weight_v``."""
-    out = {}
-    for key, value in state.items():
-        for new_suffix, legacy in _PARAMETRIZED.items():
-            if key.endswith(new_suffix):
-                key = key[: -len(new_suffix)] + legacy
-                break
-        out[key] = value
-    return out
+    return normalize_weight_norm_keys(tensors, prefer="legacy"), notes
 
 
 # ----------------------------------------------------------------------------- architecture from tensors
@@ -245,14 +231,10 @@ def find_checkpoint(folder: str | Path) -> Path:
 # ----------------------------------------------------------------------------- loading
 
 def strict_load(model: torch.nn.Module, state: dict, source: str) -> None:
-    """``zoo.hub.load_state_dict_strict``, with a CA-DINO hint added to a key mismatch."""
+    """``zoo.hub.load_state_dict_strict`` with WeSpeaker's hints (which layout a mismatch points to)."""
     from zoo.hub import load_state_dict_strict
 
-    try:
-        load_state_dict_strict(model, state, source)
-    except CheckpointKeysError as err:
-        raise CheckpointKeysError(source, err.missing, err.unexpected, err.mismatched,
-                                  hint=_hint(err.missing, err.unexpected)) from None
+    load_state_dict_strict(model, state, source, hint=_hint)
 
 
 def _hint(missing, unexpected) -> str:

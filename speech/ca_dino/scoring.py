@@ -225,4 +225,7 @@ def plot_det(scores, labels, path, *, title: str = "DET curve") -> None:
     ax.grid(True)
     ax.legend(loc="upper right")
     fig.tight_layout()
-    canvas.print_png(str(path))
+    from zoo.files import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        canvas.print_png(handle)

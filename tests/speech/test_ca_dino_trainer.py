@@ -185,7 +185,7 @@ def _engine_overrides(manifest, out, steps, extra=()):
             "train.tensorboard=false", "schedule.warmup_steps=2", "data.eval_options={baselines: true}", *extra]
 
 
-@pytest.mark.parametrize("extra", [(), ("cluster.positives_from=cluster", "cluster.num_clusters=3")],
+@pytest.mark.parametrize("extra", [("cluster.positives_from=utterance",), ("cluster.num_clusters=3",)],
                          ids=["dino", "ca-dino"])
 def test_demo_recipe_through_the_engine_with_exact_resume(manifest, tmp_path, extra, capsys):
     import zoo
