@@ -164,8 +164,14 @@ def test_cosine_mean_subtraction_and_as_norm():
     assert normed[0].item() == pytest.approx(0.5 * ((0 - 0.5) / 0.5) * 2)
 
 
-def test_det_png(tmp_path):
+def test_det_png_leaves_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, figures = matplotlib.get_backend(), plt.get_fignums()
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
     plot_det(rng.normal(size=400) + 2 * labels, labels, tmp_path / "det.png")
     assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == figures
+    assert list(tmp_path.iterdir()) == [tmp_path / "det.png"]  # no temporary file left behind
