@@ -220,3 +220,15 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": object()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointFormatError, match="tensor-only"):
         load(str(tmp_path / "evil.pt"), make_config("tiny"))
+
+
+def test_zoo_convert_needs_no_size(tmp_path, capsys):
+    import zoo
+    from zoo.cli import main
+
+    state = wespeaker_state(channels=48, scale=4, cat_out=144, pool_bottleneck=24, se_bottleneck=8, emb_bn=False,
+                            head=None, classes=7)
+    torch.save(state, tmp_path / "avg_model.pt")
+    assert main(["convert", "ca-dino", str(tmp_path / "avg_model.pt"), str(tmp_path / "out")]) == 0
+    model = zoo.load(str(tmp_path / "out"))
+    _same(model, {k: v for k, v in state.items() if k != "projection.weight"})
