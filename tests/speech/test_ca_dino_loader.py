@@ -232,3 +232,17 @@ def test_zoo_convert_needs_no_size(tmp_path, capsys):
     assert main(["convert", "ca-dino", str(tmp_path / "avg_model.pt"), str(tmp_path / "out")]) == 0
     model = zoo.load(str(tmp_path / "out"))
     _same(model, {k: v for k, v in state.items() if k != "projection.weight"})
+
+
+def test_zoo_convert_takes_a_hub_snapshot_folder(tmp_path):
+    import zoo
+    from zoo.cli import main
+
+    folder = tmp_path / "wespeaker-voxceleb-ecapa-tdnn512"
+    folder.mkdir()
+    state = wespeaker_state(emb_bn=False, head=None, classes=30)
+    torch.save(state, folder / "avg_model.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": "ECAPA_TDNN_GLOB_c32",
+                                                        "model_args": {"feat_dim": 80, "embed_dim": 192}}))
+    assert main(["convert", "ca-dino", str(folder), str(tmp_path / "out")]) == 0
+    _same(zoo.load(str(tmp_path / "out")), {k: v for k, v in state.items() if k != "projection.weight"})
