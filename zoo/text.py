@@ -7,7 +7,8 @@ templates and conversation encoding with answer-only labels.
   round-trip). Real tokenizers load from their upstream repos at run time; these are for tests
   and demos, which never download.
 * :data:`TEMPLATES`: ``vicuna_v1`` as LLaVA-1.5 trains and prompts (haotian-liu/LLaVA:
-  llava/conversation.py ``conv_vicuna_v1``, llava/train/train.py ``preprocess_v1``) and ``showo``,
+  llava/conversation.py ``conv_vicuna_v1``, llava/train/train.py ``preprocess_v1``), ``plain``, LLaVA's
+  pretraining format (``conv_llava_plain``, ``preprocess_plain``), and ``showo``,
   the Phi-1.5 MMU format of Show-o and UniCTokens (arctanxarc/UniCTokens:
   llava/llava/conversation.py ``conv_phi_v0``, pdata.py ``preprocess_v0``, eval/eval_p_mmu.py).
 * :func:`encode_conversation` renders a conversation with a template, tokenizes it and returns
@@ -115,22 +116,26 @@ def build_tokenizer(texts: Iterable[str], special_tokens: Sequence[str] = (), *,
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A two-role conversation format (LLaVA's ``SeparatorStyle.TWO``).
+    """A two-role conversation format: LLaVA's ``SeparatorStyle.TWO`` or ``PLAIN``.
 
-    Rendered as ``system + sep + (role + ": " + message + (sep after user, eos after assistant))*``;
-    a generation prompt ends with ``assistant_role + ":"``.
+    ``style="two"``: rendered as ``system + sep + (role + ": " + message + (sep after user, eos
+    after assistant))*``; a generation prompt ends with ``assistant_role + ":"``.
+    ``style="plain"`` (LLaVA's pretraining format, llava/train/train.py ``preprocess_plain``): a user
+    message holding ``<image>`` is replaced by ``<image>`` alone, each answer is followed by ``sep``
+    and nothing else is added (no system, roles or eos); the answer and its ``sep`` are the targets.
 
     system: the system prompt ("" for none).
     roles: (user role, assistant role) names as they appear in the text.
     sep: what follows the system prompt and each user message.
     eos: what closes each assistant message (the end-of-turn text; learned as a label). Must be
-        one token of the tokenizer.
+        one token of the tokenizer ("" for none: the plain style).
     strip: strip the rendered text (Show-o's ``get_prompt().strip()``).
     image: ``"front"`` puts one ``<image>`` + newline at the start of the message that holds it
         (LLaVA's ``preprocess_multimodal``); ``"remove"`` drops it (Show-o: the image tokens go in
         a block before the text).
     image_pieces: tokenize the text on either side of each ``<image>`` separately and join the
         pieces with the image id (LLaVA's ``tokenizer_image_token``; see the module docstring).
+    style: ``"two"`` or ``"plain"`` (above).
     """
 
     name: str
@@ -141,6 +146,7 @@ class ChatTemplate:
     strip: bool = False
     image: str = "front"
     image_pieces: bool = False
+    style: str = "two"
     source: str = ""
 
     def render(self, conversation, add_generation_prompt: bool = False) -> str:
@@ -155,6 +161,12 @@ class ChatTemplate:
             user's is skipped (as LLaVA does); turns must then alternate user/assistant.
         """
         turns = _turns(conversation)
+        if add_generation_prompt and not (turns and turns[-1][0] == "user"):
+            raise ConfigError("add_generation_prompt needs a conversation that ends with a user turn.")
+        if self.style == "plain":
+            return [piece for role, text in turns
+                    for piece in [(IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in text else text, False) if role == "user"
+                                  else (text + self.sep, True)] if piece[0]]
         pieces: list[tuple[str, bool]] = [(self.system + self.sep, False)]
         user, assistant = self.roles
         for index, (role, text) in enumerate(turns):
@@ -165,10 +177,7 @@ class ChatTemplate:
                 pieces.append((f"{assistant}:", False))
                 pieces.append((f" {text}{self.eos}", True))
         if add_generation_prompt:
-            if turns and turns[-1][0] == "user":
-                pieces.append((f"{assistant}:", False))
-            else:
-                raise ConfigError("add_generation_prompt needs a conversation that ends with a user turn.")
+            pieces.append((f"{assistant}:", False))
         if self.strip:
             pieces = _strip_pieces(pieces)
         return [p for p in pieces if p[0]]
@@ -234,12 +243,16 @@ VICUNA_V1 = ChatTemplate(
 SHOWO = ChatTemplate(
     name="showo", system="", roles=("USER", "ASSISTANT"), sep=" ", eos="<|endoftext|>", strip=True, image="remove",
     source="arctanxarc/UniCTokens:llava/llava/conversation.py conv_phi_v0 (Show-o's Phi-1.5 MMU format)")
+# LLaVA's pretraining (feature alignment) stage: "<image>" + caption + "\n", loss on the caption and "\n".
+PLAIN = ChatTemplate(
+    name="plain", system="", roles=("", ""), sep="\n", eos="", image="front", image_pieces=True, style="plain",
+    source="haotian-liu/LLaVA:llava/conversation.py conv_llava_plain, llava/train/train.py preprocess_plain")
 TEMPLATES: dict[str, ChatTemplate] = {"vicuna_v1": VICUNA_V1, "llava_v1": VICUNA_V1, "showo": SHOWO,
-                                      "phi1.5": SHOWO}
+                                      "phi1.5": SHOWO, "plain": PLAIN}
 
 
 def get_template(template) -> ChatTemplate:
-    """A :class:`ChatTemplate` by name (``vicuna_v1``/``llava_v1``, ``showo``/``phi1.5``) or as given."""
+    """A :class:`ChatTemplate` by name (``vicuna_v1``/``llava_v1``, ``plain``, ``showo``/``phi1.5``) or as given."""
     if isinstance(template, ChatTemplate):
         return template
     if template not in TEMPLATES:
@@ -306,7 +319,8 @@ def encode_conversation(tokenizer, conversation, template="vicuna_v1", max_lengt
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("encode_conversation needs a fast tokenizer (PreTrainedTokenizerFast) for character "
                           "offsets; load it with use_fast=True.")
-    eos_id = _single_token(tokenizer, template.eos, f"the end of an assistant turn in {template.name}")
+    eos_id = _single_token(tokenizer, template.eos, f"the end of an assistant turn in {template.name}") \
+        if template.eos else None
     segments = template.segments(conversation, add_generation_prompt)
     text = "".join(piece for piece, _ in segments)
     image_id = _single_token(tokenizer, IMAGE_PLACEHOLDER, "the image placeholder") if IMAGE_PLACEHOLDER in text \
@@ -325,7 +339,7 @@ def encode_conversation(tokenizer, conversation, template="vicuna_v1", max_lengt
         is_target = end > begin and any(a <= begin < b for a, b in spans)
         input_ids.append(token)
         labels.append(token if is_target else IGNORE_INDEX)
-    if spans and eos_id not in [t for t, l in zip(input_ids, labels) if l != IGNORE_INDEX]:
+    if spans and eos_id is not None and eos_id not in [t for t, l in zip(input_ids, labels) if l != IGNORE_INDEX]:
         raise ConfigError(f"the {template.name} end-of-turn {template.eos!r} did not come out as its own token; "
                           "make it a special token of the tokenizer.")
     truncated = 0
@@ -379,5 +393,5 @@ def collate_conversations(items: Sequence[dict], pad_token_id: int, padding_side
     return out
 
 
-__all__ = ["IGNORE_INDEX", "IMAGE_PLACEHOLDER", "SHOWO", "TEMPLATES", "VICUNA_V1", "ChatTemplate", "TruncationCount",
+__all__ = ["IGNORE_INDEX", "IMAGE_PLACEHOLDER", "PLAIN", "SHOWO", "TEMPLATES", "VICUNA_V1", "ChatTemplate", "TruncationCount",
            "build_tokenizer", "collate_conversations", "encode_conversation", "get_template"]

@@ -312,3 +312,22 @@ def test_vicuna_v1_ids_and_labels_equal_llava_with_a_llama_tokenizer(legacy):
     expanded = encode_conversation(tokenizer, LLAMA_CONVERSATION, template, image_tokens=4)
     assert expanded["input_ids"].tolist() == ids[:8] + [image] * 4 + ids[9:]
     assert expanded["labels"].tolist() == labels[:8] + [IGNORE_INDEX] * 4 + labels[9:]
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_plain_template_equals_llava_pretraining(legacy):
+    """LLaVA's pretraining format: "<image>" + caption + "\\n", the question dropped; labels on
+    everything after the image (preprocess_plain masks len(tokenizer_image_token("<image>")) tokens)."""
+    tokenizer = _llama_tokenizer(legacy)
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    record = [{"from": "human", "value": "<image>\nwhat is red?"}, {"from": "gpt", "value": "a red chat"}]
+    assert get_template("plain").render(record) == "<image>a red chat\n"
+    encoded = encode_conversation(tokenizer, record, "plain", image_tokens=2)
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"].tolist())
+    assert tokens == ["<s>", "<image>", "<image>", "▁", "a", "▁red", "▁chat", "<0x0A>"]
+    official = _tokenizer_image_token(tokenizer, "<image>a red chat\n", image)
+    masked = len(_tokenizer_image_token(tokenizer, "<image>", image))
+    assert official == [1, image] + encoded["input_ids"].tolist()[3:] and masked == 2
+    assert encoded["labels"].tolist() == [IGNORE_INDEX] * 3 + official[masked:]
+    prompt = encode_conversation(tokenizer, record[:1], "plain", add_generation_prompt=True)
+    assert prompt["input_ids"].tolist() == [1, image]
