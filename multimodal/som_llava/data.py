@@ -343,13 +343,15 @@ def tag_questions(tagged, scene: ShapesScene, rng: random.Random, count: int = 1
 
 
 def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLike, *, kind: str = "som",
-                         seed: int = 0, min_area: int = 12, font_size: float = 9, overwrite: bool = False) -> Path:
+                         seed: int = 0, min_area: int = 12, font_size: float = 9, captions_per_scene: int = 3,
+                         overwrite: bool = False) -> Path:
     """LLaVA records from shapes-world scenes: writes ``images/`` and ``conversations.json`` in ``out_dir``.
 
     ``kind="som"``: per scene a caption record (plain image), a listing record (tagged image, an
     instruction from the pool, the ground-truth list in tag order) and a QA record (a tag question
-    and two POPE-style yes/no questions on the tagged image). ``kind="captions"``: the same number
-    of records, all plain captions (the baseline trained on the same steps without SoM data).
+    and two POPE-style yes/no questions on the tagged image). ``kind="captions"``: plain captions
+    only, ``captions_per_scene`` records per scene (3, the SoM kind's count, for the baseline trained
+    on the same steps without SoM data; 1 for LLaVA's caption pretraining stage).
     Record paths are relative to ``out_dir``. Scenes without a region of ``min_area`` pixels get no
     SoM records, as the official pipeline skips images without a surviving mask.
     """
@@ -367,7 +369,8 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
         scene.image.save(out_dir / plain)
         caption = record(f"{scene.id}-caption", plain, [(CAPTION_QUESTION, _sentence(scene.caption))])
         if kind == "captions":
-            records += [caption, dict(caption, id=f"{scene.id}-caption-2"), dict(caption, id=f"{scene.id}-caption-3")]
+            records += [caption] + [dict(caption, id=f"{scene.id}-caption-{k + 1}")
+                                    for k in range(1, int(captions_per_scene))]
             continue
         records.append(caption)
         tagged = tag_scene(scene, min_area=min_area, font_size=font_size)
@@ -383,3 +386,34 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
     if skipped:
         logger.warning("%d scene(s) had no region of %d px or more; they got no SoM records", skipped, min_area)
     return write_conversations(records, target, overwrite=overwrite)
+
+
+def domain_texts() -> list[dict]:
+    """Records that between them use every word of the shapes-world SoM data: the 42 instructions,
+    a listing line for every texture, colour and shape (sure and not), the tag and yes/no questions,
+    the caption question and LLaVA's short-answer prompt. Training texts for a tiny tokenizer, so
+    one made in the caption stage also covers the instruction stage's data."""
+    from zoo.data import shapes as world
+    from zoo.data.shapes import describe
+
+    phrases = [describe({"shape": shape, "color": color, "texture": texture})
+               for texture in world.TEXTURES for color in world.COLORS for shape in world.SHAPES]
+    items = [Item(str(i % 9 + 1), phrase, sure=i % 5 != 0) for i, phrase in enumerate(phrases)]
+    records = []
+    for index, instruction in enumerate(instruction_pool()):
+        chunk = items[index * 5:(index + 1) * 5] or items[:5]
+        chunk = [Item(str(k + 1), item.text + ("" if item.sure else ", mostly hidden behind another shape"), item.sure)
+                 for k, item in enumerate(chunk)]
+        records.append(record(f"domain-{index}", "domain.png", [(instruction, listing_answer(chunk))]))
+    for color in world.COLORS:
+        for shape in world.SHAPES:
+            article = "an" if color[0] in "aeiou" else "a"
+            records.append(record(f"domain-{color}-{shape}", "domain.png", [
+                (f"Is there {article} {color} {shape} in the image?\nAnswer the question using a single word or phrase.",
+                 "Yes"),
+                (f"What color is the object tagged {len(records) % 9 + 1}?", color.capitalize() + "."),
+                (f"What shape is the object tagged {len(records) % 9 + 1}?", shape.capitalize() + "."),
+                (CAPTION_QUESTION, _sentence(describe({"shape": shape, "color": color}, count=2) + " to the left of "
+                                             + describe({"shape": shape, "color": color, "texture": "dotted"}))),
+                ("Is there a shape in the image?", "No")]))
+    return records

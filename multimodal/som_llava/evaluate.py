@@ -126,6 +126,49 @@ def evaluate_shapes(model, *, scenes: int = 60, size: int = 128, seed: int = 1, 
             "scenes": len(held_out)}
 
 
+def caption_loss_shapes(model, *, scenes: int = 60, size: int = 128, seed: int = 1, start: int = 100_000,
+                        overlap_prob: float = 0.25, template: str = "plain", batch_size: int = 16) -> dict:
+    """Held-out caption loss (mean cross-entropy per answer token, nats) with each scene's image and
+    with a blank one (the CLIP mean colour, all zeros after normalisation): how much the projected
+    image tells the language model. The check of LLaVA's caption (feature alignment) stage."""
+    import torch
+
+    from zoo.multimodal.som_llava.data import CAPTION_QUESTION, _sentence, record, shapes_scenes
+    from zoo.text import collate_conversations, encode_conversation
+
+    held_out = shapes_scenes(int(scenes), size=int(size), seed=int(seed), overlap_prob=overlap_prob, start=int(start))
+    was_training = model.training
+    model.eval()
+    totals = {"image": 0.0, "blank": 0.0}
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for chunk in _batched(held_out, batch_size):
+                items = [encode_conversation(model.tokenizer, record(s.id, "x.png", [(CAPTION_QUESTION, _sentence(s.caption))]),
+                                             template, image_tokens=model.num_image_tokens) for s in chunk]
+                batch = collate_conversations(items, model.pad_token_id)
+                pixels = model.preprocess_images([s.image for s in chunk]).to(model.device)
+                targets = batch["labels"][:, 1:]
+                count = int((targets != -100).sum())
+                tokens += count
+                for name, values in (("image", pixels), ("blank", torch.zeros_like(pixels))):
+                    out = model(input_ids=batch["input_ids"].to(model.device), pixel_values=values,
+                                attention_mask=batch["attention_mask"].to(model.device),
+                                labels=batch["labels"].to(model.device))
+                    totals[name] += float(out.loss) * count
+    finally:
+        model.train(was_training)
+    return {"caption_loss_with_image": totals["image"] / max(tokens, 1),
+            "caption_loss_blank_image": totals["blank"] / max(tokens, 1), "answer_tokens": tokens,
+            "scenes": len(held_out)}
+
+
+def print_caption_report(report: dict) -> None:
+    print(f"SoM-LLaVA caption stage on {report['scenes']} held-out shapes-world scenes: caption loss "
+          f"{report['caption_loss_with_image']:.3f} nats/token with the image, "
+          f"{report['caption_loss_blank_image']:.3f} with a blank image ({report['answer_tokens']} tokens)")
+
+
 def print_report(report: dict, title: str = "SoM-LLaVA on held-out shapes-world scenes") -> None:
     listing, tags, plain = report["listing"], report["pope_with_tags"], report["pope_without_tags"]
     print(f"{title} ({report['scenes']} scenes)")
