@@ -212,6 +212,8 @@ def mix(som: Sequence[dict], plain: Sequence[dict], *, som_fraction: float | Non
 
 # Question of the caption records (the plain-caption baseline and the caption part of the SoM mix).
 CAPTION_QUESTION = "Describe the image briefly."
+# LLaVA-1.5's prompt for short answers (its VQA training data and POPE evaluation, docs/Evaluation.md)
+SHORT_ANSWER = "Answer the question using a single word or phrase."
 # Below this visible share of its own shape an object is "mostly hidden": its listing item is uncertain.
 SURE_FRACTION = 0.5
 
@@ -349,9 +351,10 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
 
     ``kind="som"``: per scene a caption record (plain image), a listing record (tagged image, an
     instruction from the pool, the ground-truth list in tag order) and a QA record (a tag question
-    and two POPE-style yes/no questions on the tagged image). ``kind="captions"``: plain captions
-    only, ``captions_per_scene`` records per scene (3, the SoM kind's count, for the baseline trained
-    on the same steps without SoM data; 1 for LLaVA's caption pretraining stage).
+    and two POPE-style yes/no questions with LLaVA-1.5's short-answer prompt, on the tagged image).
+    ``kind="captions"``: plain captions only, ``captions_per_scene`` records per scene (3, the SoM
+    kind's count, for the baseline trained on the same steps without SoM data; 1 for LLaVA's caption
+    pretraining stage).
     Record paths are relative to ``out_dir``. Scenes without a region of ``min_area`` pixels get no
     SoM records, as the official pipeline skips images without a surviving mask.
     """
@@ -380,7 +383,8 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
         tagged_path = f"images/{scene.id}-som.png"
         tagged.image.save(out_dir / tagged_path)
         records.append(listing_record(f"{scene.id}-listing", tagged_path, scene_items(tagged, scene), rng))
-        qa = tag_questions(tagged, scene, rng) + yes_no_questions(scene, rng)
+        # yes/no questions carry LLaVA-1.5's short-answer prompt, as its VQA data and POPE evaluation do
+        qa = tag_questions(tagged, scene, rng) + [(f"{q}\n{SHORT_ANSWER}", a) for q, a in yes_no_questions(scene, rng)]
         rng.shuffle(qa)  # any question may come first, right after the image
         records.append(qa_record(f"{scene.id}-qa", tagged_path, qa))
     if skipped:
@@ -409,8 +413,7 @@ def domain_texts() -> list[dict]:
         for shape in world.SHAPES:
             article = "an" if color[0] in "aeiou" else "a"
             records.append(record(f"domain-{color}-{shape}", "domain.png", [
-                (f"Is there {article} {color} {shape} in the image?\nAnswer the question using a single word or phrase.",
-                 "Yes"),
+                (f"Is there {article} {color} {shape} in the image?\n{SHORT_ANSWER}", "Yes"),
                 (f"What color is the object tagged {len(records) % 9 + 1}?", color.capitalize() + "."),
                 (f"What shape is the object tagged {len(records) % 9 + 1}?", shape.capitalize() + "."),
                 (CAPTION_QUESTION, _sentence(describe({"shape": shape, "color": color}, count=2) + " to the left of "

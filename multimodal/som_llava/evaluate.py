@@ -4,7 +4,8 @@
   tagged scene and a listing instruction; the answer is parsed as a numbered list
   (``zoo.tools.parse_numbered_list``). A tag counts as correct when its item names the object's
   colour and shape; a list is an exact match when every tag is correct and nothing extra is listed.
-  Baseline: the per-tag accuracy of always naming the most frequent colour-shape pair.
+  Baselines: the per-tag accuracy of always naming the most frequent colour-shape pair, and the
+  exact-match rate of always giving the most frequent ground-truth list.
 * POPE-style questions ("Is there a red circle in the image?", half yes / half no with random
   negatives, as POPE's "random" split) asked with LLaVA-1.5's short-answer prompt, on the tagged
   and on the plain image. Answers are read with ``zoo.tools.parse_yes_no``; an answer that says
@@ -18,8 +19,7 @@ import random
 from collections import Counter
 
 from zoo.errors import ConfigError
-
-SHORT_ANSWER = "Answer the question using a single word or phrase."
+from zoo.multimodal.som_llava.data import SHORT_ANSWER  # LLaVA-1.5's short-answer prompt
 
 
 def _batched(items, size):
@@ -72,12 +72,16 @@ def listing_accuracy(model, scenes, *, instruction: str | None = None, min_area:
                 examples.append({"scene": scene.id, "answer": answer})
     objects = [scene.objects[tag.mask_index] for scene, t in tagged for tag in t.tags]
     pairs = Counter((o["color"], o["shape"]) for o in objects)
+    # the best constant answer for whole lists: the most frequent ground-truth list
+    lists = Counter(tuple((scene.objects[tag.mask_index]["color"], scene.objects[tag.mask_index]["shape"])
+                          for tag in t.tags) for scene, t in tagged)
     top = {name: (Counter(o[name] for o in objects).most_common(1)[0][1] / total) if total else 0.0
            for name in ("color", "shape")}
     return {"tag_accuracy": correct / max(total, 1), "list_exact_match": exact / max(len(tagged), 1),
             "color_accuracy": colors / max(total, 1), "shape_accuracy": shapes / max(total, 1),
             "tags": total, "images": len(tagged),
             "baseline_most_frequent_pair": (pairs.most_common(1)[0][1] / total) if total else 0.0,
+            "baseline_most_frequent_list": (lists.most_common(1)[0][1] / len(tagged)) if tagged else 0.0,
             "baseline_most_frequent_color": top["color"], "baseline_most_frequent_shape": top["shape"],
             "examples": examples}
 
@@ -174,7 +178,8 @@ def print_report(report: dict, title: str = "SoM-LLaVA on held-out shapes-world 
     print(f"{title} ({report['scenes']} scenes)")
     print(f"  tag listing: {listing['tag_accuracy']:.1%} of {listing['tags']} tags named right, "
           f"{listing['list_exact_match']:.1%} of {listing['images']} lists exact "
-          f"(always the most frequent colour+shape: {listing['baseline_most_frequent_pair']:.1%} per tag); "
+          f"(always the most frequent colour+shape: {listing['baseline_most_frequent_pair']:.1%} per tag, "
+          f"always the most frequent list: {listing.get('baseline_most_frequent_list', 0.0):.1%} exact); "
           f"colour right {listing['color_accuracy']:.1%} (most frequent colour: "
           f"{listing['baseline_most_frequent_color']:.1%}), shape right {listing['shape_accuracy']:.1%} "
           f"(most frequent shape: {listing['baseline_most_frequent_shape']:.1%})")
