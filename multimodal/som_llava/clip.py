@@ -41,7 +41,7 @@ DEFAULT_CLIP_CONFIG = {
     "architecture": "clip",
     # 128 px scenes in 16 px patches: 8 x 8 patch tokens, each big enough to hold a tag's digit
     "vision_config": {"image_size": 128, "patch_size": 16, "hidden_size": 128, "intermediate_size": 512,
-                      "num_hidden_layers": 4, "num_attention_heads": 4, "hidden_act": "quick_gelu"},
+                      "num_hidden_layers": 3, "num_attention_heads": 4, "hidden_act": "quick_gelu"},
     "text_config": {"vocab_size": 128, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
                     "num_attention_heads": 4, "max_position_embeddings": 48, "hidden_act": "quick_gelu",
                     # zoo.text.build_tokenizer's layout: <pad> 0, <s> 1, </s> 2, <unk> 3, <|endoftext|> 4

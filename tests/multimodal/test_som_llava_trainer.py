@@ -100,7 +100,8 @@ def test_vision_tower_frozen_and_only_answers_carry_loss(shapes_data, tmp_path):
     from zoo.multimodal.som_llava.trainer import SomLlavaTrainer
 
     path, _ = shapes_data
-    config = _config(path, tmp_path / "c", 1)
+    # room for the QA record's three answers (its yes/no questions carry the short-answer prompt)
+    config = _config(path, tmp_path / "c", 1, **{"model.overrides.model_max_length": 256})
     trainer = SomLlavaTrainer(config)
     trainer.output_dir = tmp_path / "c"
     model = trainer.build_model()
