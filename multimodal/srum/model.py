@@ -81,6 +81,10 @@ class SrumModel(ZooModel, BagelMixin):
         ZooModel.__init__(self, config)
         self.init_bagel(self.config)
 
+    def forward(self, packed, x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
+        """The training forward (``BagelMixin.flow_forward``): velocities at the latent tokens of ``packed``."""
+        return self.flow_forward(packed, x0, timesteps, noise=noise)
+
     # ------------------------------------------------------------------ tokenizer
     @property
     def tokenizer(self):
