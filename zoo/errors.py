@@ -234,3 +234,7 @@ class ToolError(ZooError):
 
 class OutputExistsError(ZooError, FileExistsError):
     """An output folder already holds files; pass overwrite=True / --overwrite to replace them."""
+
+
+class MissingDependencyError(ZooError, ImportError):
+    """An optional package is not installed; the message names it and the extra that installs it."""
