@@ -26,13 +26,11 @@ patches + ``<|vision_end|>``, all at one RoPE position (full attention within it
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError, ImageInputError, ZooError
@@ -286,6 +284,8 @@ class PackedInputs:
     vit_index: torch.Tensor
     vit_position_ids: torch.Tensor
     vit_seqlens: list[int]
+    ce_index: torch.Tensor | None = None
+    ce_labels: torch.Tensor | None = None
 
     def routing(self) -> Routing:
         und = torch.cat([self.text_index, self.vit_index]) if self.vit_index.numel() else self.text_index
@@ -299,7 +299,8 @@ class PackedInputs:
 class SequencePacker:
     """Builds :class:`PackedInputs` sample by sample with BAGEL's rules (data/dataset_base.py ``pack_sequence``).
 
-    ``add_text(ids)``: ``bos + ids + eos``, causal, RoPE positions ``r .. r + n + 1``, then ``r += n + 2``.
+    ``add_text(ids, loss=False)``: ``bos + ids + eos``, causal, RoPE positions ``r .. r + n + 1``, then
+    ``r += n + 2``; with ``loss`` the rows of ``bos + ids`` are trained to predict ``ids + eos``.
     ``add_vit(patches_hw)``: ``soi + patches + eoi`` at one position, full; then ``r += 1``.
     ``add_vae((h, w), noise=True)``: ``soi + h*w latents + eoi`` at one position; full, or ``noise`` (seen by
     nothing outside it); ``r += 1`` only for a clean image (a noised target does not advance RoPE, as in BAGEL).
@@ -325,6 +326,8 @@ class SequencePacker:
         self.sample_lens: list[int] = []
         self.split_lens: list[int] = []
         self.attn_modes: list[str] = []
+        self.ce_index: list[int] = []
+        self.ce_labels: list[int] = []
         self._sample_start = 0
 
     def _marker(self, token: int) -> None:
@@ -332,8 +335,11 @@ class SequencePacker:
         self.text_index.append(self.rows)
         self.rows += 1
 
-    def add_text(self, ids: Sequence[int]) -> None:
+    def add_text(self, ids: Sequence[int], *, loss: bool = False) -> None:
         tokens = [self.special["bos"], *[int(i) for i in ids], self.special["eos"]]
+        if loss:  # rows of bos + ids predict ids + eos (BAGEL's ce_loss_indexes / packed_label_ids)
+            self.ce_index.extend(range(self.rows, self.rows + len(tokens) - 1))
+            self.ce_labels.extend(tokens[1:])
         self.text_ids.extend(tokens)
         self.text_index.extend(range(self.rows, self.rows + len(tokens)))
         self.positions.extend(range(self.rope, self.rope + len(tokens)))
@@ -390,7 +396,8 @@ class SequencePacker:
             latent_position_ids=torch.cat(self.latent_pos) if self.latent_pos else torch.zeros(0, **long),
             latent_shapes=list(self.latent_shapes), vit_index=torch.tensor(self.vit_index, **long),
             vit_position_ids=torch.cat(self.vit_pos) if self.vit_pos else torch.zeros(0, **long),
-            vit_seqlens=list(self.vit_seqlens))
+            vit_seqlens=list(self.vit_seqlens), ce_index=torch.tensor(self.ce_index, **long),
+            ce_labels=torch.tensor(self.ce_labels, **long))
 
 
 # ----------------------------------------------------------------------------- inference context
@@ -593,35 +600,44 @@ class BagelMixin:
         return (images.float() * 0.5 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ training forward
-    def flow_forward(self, packed: PackedInputs, x0: torch.Tensor, timesteps: torch.Tensor, *,
-                     noise: torch.Tensor | None = None, timestep_shift: float | None = None,
+    def flow_forward(self, packed: PackedInputs, x0: torch.Tensor | None = None, timesteps: torch.Tensor | None = None,
+                     *, noise: torch.Tensor | None = None, timestep_shift: float | None = None,
                      vit_patches: torch.Tensor | None = None) -> dict:
-        """One flow-matching forward on a packed batch (BAGEL's training ``forward``, generation part).
+        """One training forward on a packed batch (BAGEL's training ``forward``).
 
         x0: ``[M, p*p*C]`` clean latent tokens of every noised image (rows of ``packed.vae_index``), the
-            image the noisy input is made from (SRUM's "bad" image).
+            image the noisy input is made from (SRUM's "bad" image); None when the batch has no VAE image.
         timesteps: ``[num_images]`` logit-normal draws (``randn``); ``t = shift(sigmoid(draw))``.
         noise: ``[M, p*p*C]`` (default ``randn_like``). vit_patches: packed ViT patches if the batch has any.
-        Returns ``{"velocity": [M, p*p*C], "noise", "t": [M] per token, "x_t"}``; the velocity target
-        toward any clean image ``x`` is ``noise - x`` (t = 1 is noise).
+        Returns ``{"velocity": [M, p*p*C], "noise", "t": [M] per token, "x_t"}`` for the VAE rows (the
+        velocity target toward a clean image ``x`` is ``noise - x``; t = 1 is noise) and ``"ce_logits"``
+        ``[K, vocab]`` at the rows ``packed.ce_index`` when the batch has text with a loss.
         """
         from zoo.models.flow import interpolate, shift_timesteps
 
-        shift = float(self.config.get("timestep_shift", 1.0) if timestep_shift is None else timestep_shift)
-        counts = torch.tensor([h * w for h, w in packed.latent_shapes], device=x0.device)
-        t_image = torch.sigmoid(timesteps.to(x0.device).float())
-        t_image = shift_timesteps(t_image, shift) if shift != 1.0 else t_image
-        t = torch.repeat_interleave(t_image, counts)
-        noise = torch.randn_like(x0) if noise is None else noise
-        x_t = interpolate(x0, noise, t)
-        parts = {"vae": self.embed_latents(x_t, t, packed.latent_position_ids)}
+        parts, out = {}, {}
+        if packed.vae_index.numel():
+            if x0 is None or timesteps is None:
+                raise ZooError("flow_forward: the batch has VAE images; give x0 and timesteps")
+            shift = float(self.config.get("timestep_shift", 1.0) if timestep_shift is None else timestep_shift)
+            counts = torch.tensor([h * w for h, w in packed.latent_shapes], device=x0.device)
+            t_image = torch.sigmoid(timesteps.to(x0.device).float())
+            t_image = shift_timesteps(t_image, shift) if shift != 1.0 else t_image
+            t = torch.repeat_interleave(t_image, counts)
+            noise = torch.randn_like(x0) if noise is None else noise
+            x_t = interpolate(x0, noise, t)
+            parts["vae"] = self.embed_latents(x_t, t, packed.latent_position_ids)
+            out.update(noise=noise, t=t, x_t=x_t)
         if packed.vit_index.numel():
             parts["vit"] = self.embed_vit(vit_patches, packed.vit_position_ids, packed.vit_seqlens)
         hidden = self.language_model.model(
             self._sequence(packed, parts), packed.position_ids, packed.routing(),
             lambda layer, q, k, v: packed_attention(q, k, v, packed.blocks))
-        velocity = self.llm2vae(hidden.index_select(0, packed.vae_index))
-        return {"velocity": velocity, "noise": noise, "t": t, "x_t": x_t}
+        if packed.vae_index.numel():
+            out["velocity"] = self.llm2vae(hidden.index_select(0, packed.vae_index))
+        if packed.ce_index is not None and packed.ce_index.numel():
+            out["ce_logits"] = self.language_model.lm_head(hidden.index_select(0, packed.ce_index))
+        return out
 
     # ------------------------------------------------------------------ inference: contexts
     def new_context(self, batch: int) -> Context:
@@ -860,6 +876,3 @@ class Bagel(BagelMixin, nn.Module):
         self.special_ids = dict(config.get("special_ids") or {"bos": 1, "eos": 2, "start_of_image": 3,
                                                                  "end_of_image": 4})
 
-
-def _unused() -> None:  # keep linters quiet about optional imports used in type positions
-    _ = (math, F)

@@ -98,13 +98,13 @@ SIZES = {
     "bagel-7b-mot": {},
     "tiny": {
         "llm": {
-            "vocab_size": 512,
+            "vocab_size": 1024,
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "max_position_embeddings": 1024,
+            "max_position_embeddings": 2048,
             "rope_theta": 10000.0,
         },
         "vit": {

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from zoo.errors import ConfigError, ImageInputError, ZooError
+from zoo.errors import ConfigError
 from zoo.model import ZooModel
 from zoo.models.bagel import BagelMixin, to_pil
 
@@ -52,7 +52,7 @@ TINY_TOKENIZER_TEXTS = (
 )
 
 
-def tiny_tokenizer(special_tokens: dict, vocab_size: int = 512):
+def tiny_tokenizer(special_tokens: dict, vocab_size: int = 1024):
     """The deterministic byte-level BPE tokenizer of the ``tiny`` size (``zoo.text.build_tokenizer``)."""
     from zoo.text import build_tokenizer
 
@@ -157,8 +157,8 @@ class SrumModel(ZooModel, BagelMixin):
             if not prompt.strip():
                 raise ConfigError(f"{what} {i} is empty; give the text to condition on")
             n = len(self.encode_text(prompt))
-            if n + 2 > limit // 2:
-                raise ConfigError(f"{what} {i} has {n} tokens; this model takes at most {limit // 2 - 2} per block "
+            if n + 2 > limit:
+                raise ConfigError(f"{what} {i} has {n} tokens; this model takes at most {limit - 2} "
                                   f"(max_position_embeddings {limit}); shorten it")
 
     def _image_hw(self, image_size) -> tuple[int, int]:
@@ -286,6 +286,3 @@ def _to_uint8_pil(image: torch.Tensor):
     array = (image * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
 
-
-def _unused(*_):  # pragma: no cover
-    return ImageInputError, ZooError

@@ -17,7 +17,6 @@ each quirk is named where it happens and, where it matters, a stricter variant i
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -388,6 +387,3 @@ def srum_loss(velocity: torch.Tensor, noise: torch.Tensor, x_bad: torch.Tensor, 
     return {"loss": reward_term + float(lambda_constraint) * constraint_term, "reward_term": reward_term,
             "constraint_term": constraint_term}
 
-
-def _unused() -> None:  # pragma: no cover
-    _ = math
