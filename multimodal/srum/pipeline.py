@@ -87,6 +87,15 @@ def read_prompts(path: str | Path) -> list[dict]:
     return prompts
 
 
+def _ask(cached, image, question: str, settings: dict, attempt: int) -> str:
+    """One judge call through the run's cache; a retry is cached apart from the first try (a sampling judge
+    may answer differently; a greedy one repeats itself, as the release's retries do)."""
+    if attempt == 1:
+        return cached.answer(image, question, **settings)
+    return cached.cache.call(cached.tool_id, "answer", lambda: cached.tool.answer(image, question, **settings),
+                             prompt=question, image=image, settings={**settings, "attempt": attempt})
+
+
 def _jsonl(rows: Sequence[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -237,7 +246,7 @@ class SelfRewardPipeline:
             if regions:
                 question = R.hybrid_region_prompt(prompt, regions)
                 parsed, raw, attempts = R.judge_with_retries(
-                    lambda: judge.answer(image, question, **self.jud["region_settings"]),
+                    lambda k: _ask(judge, image, question, self.jud["region_settings"], k),
                     lambda text: R.parse_region_answer(text, strict=strict), bool, self.jud["max_retries"])
                 counts["retries"] += attempts - 1
                 counts["regions_asked"] += len(regions)
@@ -249,7 +258,7 @@ class SelfRewardPipeline:
             if self.jud["global_layout_reward"]:
                 question = R.global_layout_prompt(prompt)
                 parsed, _, attempts = R.judge_with_retries(
-                    lambda: judge.answer(image, question, **self.jud["global_settings"]),
+                    lambda k: _ask(judge, image, question, self.jud["global_settings"], k),
                     lambda text: R.parse_global_answer(text, strict=strict),
                     lambda p: "global_layout_score" in p, self.jud["max_retries"])
                 counts["retries"] += attempts - 1

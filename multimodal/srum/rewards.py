@@ -195,14 +195,14 @@ def parse_sample_answer(text: str, *, strict: bool = False) -> dict:
 
 
 def judge_with_retries(ask, parse, done, max_retries: int) -> tuple[object, str, int]:
-    """Call ``ask()`` up to ``max_retries`` times until ``done(parse(answer))``.
+    """Call ``ask(attempt)`` (attempt 1, 2, ...) up to ``max_retries`` times until ``done(parse(answer))``.
 
     Returns ``(parsed, last raw answer, attempts)``. With greedy decoding a retry returns the same text
     (the released scripts retry anyway); a sampling judge may differ.
     """
     parsed, raw = parse(""), ""
     for attempt in range(1, max(int(max_retries), 1) + 1):
-        raw = ask()
+        raw = ask(attempt)
         parsed = parse(raw)
         if done(parsed):
             return parsed, raw, attempt
