@@ -73,21 +73,48 @@ class SrumTrainer(Trainer):
             "timestep_shift": 1.0,
             "resample_good_latent": True,
             "use_rewards": True,        # false: r = 1 everywhere (SFT on the self-generated images)
+            "eval": None,               # "demo": after training, score base vs trained on held-out shapes prompts
+        },
+        "demo": {
+            "quick": False,             # model.init / data.train "demo": the shapes-world stages (demo.py)
+            "folder": None,             # where they run (default: <train.output_dir>/demo-data)
+            "seed": 0,
         },
         "optim": {"name": "adamw", "lr": 2.0e-5, "betas": [0.9, 0.95], "eps": 1.0e-15, "weight_decay": 0.0},
         "schedule": {"name": "constant", "warmup_steps": 100},
         "train": {"max_steps": 309, "batch_size": 1, "clip_grad_norm": 1.0, "find_unused_parameters": True,
                   "ckpt_every": 100, "log_every": 1},
     }
-    path_keys = ("data.train",)
+
+    # ------------------------------------------------------------------ the shapes-world demo
+    def _demo_folder(self) -> Path:
+        folder = self.config["demo"].get("folder")
+        return Path(folder).expanduser() if folder else Path(str(self.output_dir or "runs/srum-demo")) / "demo-data"
+
+    def _demo_sizes(self) -> dict:
+        from zoo.multimodal.srum import demo
+
+        return demo.QUICK if self.config["demo"].get("quick") else demo.FULL
+
+    def _demo_base(self) -> Path:
+        from zoo.multimodal.srum import demo
+
+        if self.rank != 0:
+            raise ConfigError("the shapes-world demo runs in one process; drop --nproc-per-node")
+        base, _ = demo.prepare(self._demo_folder(), self._demo_sizes(), int(self.config["demo"]["seed"]))
+        return base
 
     # ------------------------------------------------------------------ model
     def build_model(self):
         cfg = self.config["model"]
         overrides = dict(cfg.get("overrides") or {})
         overrides.setdefault("timestep_shift", float(self.config["srum"]["timestep_shift"]))
-        if cfg.get("init"):
-            model = _load_init(cfg["init"], overrides, bool(cfg.get("finetune_from_ema", True)))
+        init = cfg.get("init")
+        if init == "demo":
+            init = str(self._demo_base())
+        self._init = init
+        if init:
+            model = _load_init(init, overrides, bool(cfg.get("finetune_from_ema", True)))
             model.config["timestep_shift"] = float(self.config["srum"]["timestep_shift"])
         else:
             from zoo.multimodal.srum.builder import build, make_config
@@ -111,10 +138,23 @@ class SrumTrainer(Trainer):
         from zoo.multimodal.srum.data import RewardDataset, read_records
 
         data = self.config["data"]
+        if not data.get("train"):
+            raise ConfigError("data.train is not set: give the self-reward pipeline's rewards.jsonl "
+                              "(zoo.multimodal.srum.pipeline), or 'demo' for the shapes-world demo")
+        if data["train"] == "demo":
+            from zoo.multimodal.srum import demo
+
+            base, prompts = demo.prepare(self._demo_folder(), self._demo_sizes(), int(self.config["demo"]["seed"]))
+            import zoo
+
+            folder = demo.make_rewards(self._demo_folder(), zoo.load(str(base)), prompts, "self")
+            data = {**data, "train": str(folder / "rewards.jsonl"), "image_dir": str(folder / "images")}
         if int(self.config["train"]["batch_size"]) != 1:
             raise ConfigError("srum packs samples by token budget (data.expected_num_tokens / max_num_tokens); "
                               "keep train.batch_size=1")
         path = Path(str(data["train"])).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"data.train={data['train']!r} does not exist; give the pipeline's rewards.jsonl")
         image_dir = Path(data["image_dir"]).expanduser() if data.get("image_dir") else path.parent / "images"
         if not image_dir.is_dir():
             image_dir = path.parent
@@ -150,6 +190,29 @@ class SrumTrainer(Trainer):
             "timesteps": torch.randn(len(samples)),
             "text_dropped": dropped,
         }
+
+    def on_train_end(self, model) -> None:
+        if self.config["srum"].get("eval") != "demo" or self.rank != 0:
+            return
+        import zoo
+        from zoo.multimodal.srum import demo
+
+        sizes = self._demo_sizes()
+        held_out = demo.shapes_examples(sizes["eval_prompts"] * len(demo.CATEGORIES), int(self.config["demo"]["seed"]) + 99)
+        base = zoo.load(self._init) if self._init else None
+        report = {"trained": demo.evaluate(getattr(model, "module", model).eval(), held_out)}
+        if base is not None:
+            report["base"] = demo.evaluate(base, held_out)
+        model.train()
+        from zoo.files import write_json
+
+        write_json(Path(str(self.output_dir)) / "demo_eval.json", report)
+        names = [n for n in ("base", "trained") if n in report]
+        print("\nHeld-out shapes prompts, the shapes judge's category score (share passing every check):")
+        print(f"{'category':<12}" + "".join(f"{n:>16}" for n in names))
+        for category in (*demo.CATEGORIES, "mean"):
+            print(f"{category:<12}" + "".join(
+                f"{report[n][category]['score']:>9.3f} ({report[n][category]['passed']:.2f})" for n in names))
 
     # ------------------------------------------------------------------ step
     def training_step(self, model, batch) -> dict:

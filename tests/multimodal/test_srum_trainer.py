@@ -166,3 +166,20 @@ def test_sft_baseline_uses_unit_rewards_and_missing_images_are_an_error(pipeline
     (tmp / "run" / "images" / "0.png").unlink()
     with pytest.raises(ConfigError, match="missing"):
         run(recipe(data, tmp_path / "gone", "train.max_steps=1"))
+
+
+@pytest.mark.parametrize("name, steps", [("comp", 309), ("wise_cul", 398), ("wise_ns", 297), ("wise_st", 296)])
+def test_release_recipes_hold_the_scripts_settings(name, steps):
+    from pathlib import Path
+
+    import zoo.multimodal.srum as srum
+
+    config = load_recipe(Path(srum.__file__).with_name("recipes") / f"{name}.yaml", family="srum")
+    assert config["train"]["max_steps"] == steps
+    assert config["optim"] == {"name": "adamw", "lr": 2e-5, "betas": [0.9, 0.95], "eps": 1e-15, "weight_decay": 0.0,
+                               "momentum": 0.0, "nesterov": False}
+    assert config["schedule"]["warmup_steps"] == 100 and config["schedule"]["name"] == "constant"
+    assert (config["data"]["expected_num_tokens"], config["data"]["max_num_tokens"]) == (8192, 9216)
+    assert config["srum"]["lambda_constraint"] == 0.5 and config["data"]["text_dropout"] == 0.1
+    assert config["train"]["distributed"] == "fsdp" and config["train"]["clip_grad_norm"] == 1.0
+    assert config["model"]["init"] == "bagel-7b-mot"
