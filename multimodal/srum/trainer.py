@@ -215,8 +215,22 @@ class SrumTrainer(Trainer):
                 f"{report[n][category]['score']:>9.3f} ({report[n][category]['passed']:.2f})" for n in names))
 
     # ------------------------------------------------------------------ step
+    def _fsdp_entry_points(self, base) -> None:
+        """Under FSDP2, let the VAE encoding (called outside ``forward``) gather its sharded weights first."""
+        if getattr(self, "_fsdp_ready", False):
+            return
+        self._fsdp_ready = True
+        try:
+            from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+        except ImportError:
+            return
+        for module, method in ((base.vae, "encode"), (base, "encode_images")):
+            if isinstance(module, FSDPModule):
+                register_fsdp_forward_method(module, method)
+
     def training_step(self, model, batch) -> dict:
         base = getattr(model, "module", model)
+        self._fsdp_entry_points(base)
         srum = self.config["srum"]
         device = base.language_model.model.embed_tokens.weight.device
         packed = batch["packed"].to(device)
