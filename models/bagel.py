@@ -541,17 +541,6 @@ class BagelMixin:
         features = self.connector(self.vit_model(patches, position_ids, seqlens))
         return features + self.vit_pos_embed(position_ids).to(features.dtype)
 
-    def _sequence(self, packed: PackedInputs, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scatter text embeddings and the given ``vae``/``vit`` row embeddings into ``[N, hidden]``."""
-        text = self.language_model.model.embed_tokens(packed.text_ids)
-        seq = text.new_zeros(packed.num_rows, self.hidden_size)
-        seq.index_copy_(0, packed.text_index, text)
-        if "vae" in parts:
-            seq.index_copy_(0, packed.vae_index, parts["vae"].to(seq.dtype))
-        if "vit" in parts:
-            seq.index_copy_(0, packed.vit_index, parts["vit"].to(seq.dtype))
-        return seq
-
     # ------------------------------------------------------------------ latents
     def latents_to_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """``[C, h * p, w * p]`` VAE latents -> ``[h * w, p * p * C]`` tokens."""
@@ -630,13 +619,17 @@ class BagelMixin:
             out.update(noise=noise, t=t, x_t=x_t)
         if packed.vit_index.numel():
             parts["vit"] = self.embed_vit(vit_patches, packed.vit_position_ids, packed.vit_seqlens)
-        hidden = self.language_model.model(
-            self._sequence(packed, parts), packed.position_ids, packed.routing(),
-            lambda layer, q, k, v: packed_attention(q, k, v, packed.blocks))
+        inputs = [(packed.vae_index, parts["vae"])] if "vae" in parts else []
+        if "vit" in parts:
+            inputs.append((packed.vit_index, parts["vit"]))
+        hidden, logits = self.language_model(
+            packed.text_ids, packed.text_index, packed.position_ids, packed.routing(),
+            lambda layer, q, k, v: packed_attention(q, k, v, packed.blocks), num_rows=packed.num_rows,
+            inputs=inputs, lm_rows=packed.ce_index)
         if packed.vae_index.numel():
             out["velocity"] = self.llm2vae(hidden.index_select(0, packed.vae_index))
-        if packed.ce_index is not None and packed.ce_index.numel():
-            out["ce_logits"] = self.language_model.lm_head(hidden.index_select(0, packed.ce_index))
+        if logits is not None:
+            out["ce_logits"] = logits
         return out
 
     # ------------------------------------------------------------------ inference: contexts

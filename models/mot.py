@@ -390,6 +390,23 @@ class MoTForCausalLM(nn.Module):
         self.model = MoTModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
+    def forward(self, text_ids: torch.Tensor, text_index: torch.Tensor, position_ids: torch.Tensor, routing: Routing,
+                attend: Callable, *, num_rows: int, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+                lm_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A packed forward: token embeddings at ``text_index``, the given ``(rows, [n, hidden])`` embeddings
+        elsewhere, the MoT layers. Returns (final hidden states ``[num_rows, hidden]``, ``lm_head`` logits at
+        ``lm_rows`` or None). Everything of the language model runs inside this call (one FSDP unit's
+        forward when the model is sharded)."""
+        text = self.model.embed_tokens(text_ids)
+        seq = text.new_zeros(num_rows, text.shape[-1])
+        seq.index_copy_(0, text_index, text)
+        for rows, values in inputs:
+            if rows.numel():
+                seq.index_copy_(0, rows, values.to(seq.dtype))
+        hidden = self.model(seq, position_ids, routing, attend)
+        logits = self.lm_head(hidden.index_select(0, lm_rows)) if lm_rows is not None and lm_rows.numel() else None
+        return hidden, logits
+
     def init_moe(self) -> None:
         """Copy every understanding weight into its ``_moe_gen`` twin (BAGEL's ``copy_init_moe``)."""
         state = self.state_dict()

@@ -145,9 +145,9 @@ def test_global_parser_and_retries_default_to_zero_then_the_format_step_drops_it
         {"global_layout_score": -0.7, "reason": "wrong side"}
     assert R.parse_global_answer("I like it") == {}
     calls = []
-    parsed, raw, attempts = R.judge_with_retries(lambda: calls.append(1) or "no score", R.parse_global_answer,
+    parsed, raw, attempts = R.judge_with_retries(lambda attempt: calls.append(attempt) or "no score", R.parse_global_answer,
                                                  lambda p: "global_layout_score" in p, 3)
-    assert (parsed, raw, attempts, len(calls)) == ({}, "no score", 3, 3)
+    assert (parsed, raw, attempts, calls) == ({}, "no score", 3, [1, 2, 3])
     record = {"image_file": "x.png", "vlm_rewards": [{"identified_object": "o", "bbox": [0, 0, 1, 1], "score": 0.5}],
               "global_layout_reward": {"global_layout_score": 0.0, "bbox": [0, 0, 4, 4]}}
     stats = R.FormatStats()

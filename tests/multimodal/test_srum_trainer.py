@@ -183,3 +183,32 @@ def test_release_recipes_hold_the_scripts_settings(name, steps):
     assert config["srum"]["lambda_constraint"] == 0.5 and config["data"]["text_dropout"] == 0.1
     assert config["train"]["distributed"] == "fsdp" and config["train"]["clip_grad_norm"] == 1.0
     assert config["model"]["init"] == "bagel-7b-mot"
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_run_shards_the_language_model_and_the_vae(pipeline_run, tmp_path):
+    """``zoo train srum --nproc-per-node 2 train.distributed=fsdp`` on CPU (gloo): the language model and the VAE
+    are separate FSDP units, so the packed forward and the VAE encoding must gather their shards."""
+    import os
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    pipe, _, tmp = pipeline_run
+    pipe.run()
+    out = tmp_path / "fsdp"
+    command = [sys.executable, "-m", "zoo.cli", "train", "srum", "--nproc-per-node", "2",
+               f"data.train={tmp / 'run' / 'rewards.jsonl'}", "data.transform.max_size=64", "data.transform.min_size=64",
+               "data.transform.stride=16", "data.expected_num_tokens=40", "data.max_num_tokens=80",
+               "data.max_num_tokens_per_sample=80", "train.max_steps=2", f"train.output_dir={out}",
+               "train.distributed=fsdp", "train.ckpt_every=0", "train.tensorboard=false", "schedule.warmup_steps=0",
+               'model.overrides={"llm.hidden_size": 256, "llm.intermediate_size": 512, '
+               '"vae.block_out_channels": [64, 128, 128, 128]}']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
+    assert (out / "final" / "model.safetensors").is_file()
