@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 import struct
@@ -56,9 +57,11 @@ class ForeignObject:
         self.items[key] = value
 
     def append(self, value):
+        """Record an item a pickle appends (list subclasses)."""
         self.list.append(value)
 
     def extend(self, values):
+        """Record items a pickle appends in bulk (list subclasses)."""
         self.list.extend(values)
 
     def __getattr__(self, key):
@@ -130,6 +133,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.foreign: set[str] = set()
 
     def find_class(self, module: str, name: str):
+        """The allowed real object for ``module.name``, a torch dtype, or an inert ``ForeignObject`` subclass
+        (recorded in ``self.foreign``). Never imports ``module``.
+        """
         if (module, name) in self._allowed:
             return self._allowed[(module, name)]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -231,6 +237,23 @@ def _fill(target: str, groups: tuple[str, ...]) -> str:
     return "".join(next(values) if p in ("{}", "*") else p for p in pieces)
 
 
+def rename_key(key: str, rules: list[tuple[str, str]]) -> str | None:
+    """The new name of one ``key`` under ``remap_keys``-style ``rules`` (first match wins), or None.
+
+    A pure function of the key, so streaming loaders can apply a key map shard by shard.
+    """
+    for pattern, target in rules:
+        match = _compiled_rule(pattern).match(key)
+        if match:
+            return _fill(target, match.groups())
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_rule(pattern: str) -> re.Pattern:
+    return _template_regex(pattern)
+
+
 def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, strict: bool = True,
                source: str = "state dict") -> dict[str, Any]:
     """Rename keys by templates: ``{}`` matches a layer index, a ``*`` the rest of the key.
@@ -265,7 +288,8 @@ def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, s
 
 
 # --------------------------------------------------------------------------- fairseq HuBERT
-# speech.md §2.3 (fairseq -> transformers names).
+# fairseq -> transformers names, as transformers' converter maps them
+# (huggingface/transformers:src/transformers/models/hubert/convert_hubert_original_pytorch_checkpoint_to_pytorch.py).
 FAIRSEQ_HUBERT_RULES = [
     ("feature_extractor.conv_layers.{}.0.*", "feature_extractor.conv_layers.{}.conv.*"),
     ("feature_extractor.conv_layers.{}.2.1.*", "feature_extractor.conv_layers.{}.layer_norm.*"),  # "layer" mode
