@@ -55,15 +55,18 @@ class PositionEmbedding(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(self.max_num_patch_per_side ** 2, hidden_size), requires_grad=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def sincos_table(self) -> torch.Tensor:
+        """The ``[side * side, hidden]`` float32 table (diffusers' ``get_2d_sincos_pos_embed``, MAE's layout)."""
         from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
         side = self.max_num_patch_per_side
-        table = get_2d_sincos_pos_embed(self.pos_embed.shape[1], side, base_size=side, interpolation_scale=1.0,
-                                        output_type="pt")
-        with torch.no_grad():
-            if not self.pos_embed.is_meta:
-                self.pos_embed.copy_(table.float())
+        return get_2d_sincos_pos_embed(self.pos_embed.shape[1], side, base_size=side, interpolation_scale=1.0,
+                                       output_type="pt").float()
+
+    def reset_parameters(self) -> None:
+        if not self.pos_embed.is_meta:
+            with torch.no_grad():
+                self.pos_embed.copy_(self.sincos_table())
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         return self.pos_embed[position_ids]

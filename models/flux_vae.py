@@ -16,26 +16,10 @@ from typing import Mapping
 import torch
 
 from zoo.errors import CheckpointKeysError, ConfigError
+from zoo.models.configs import FLUX_VAE_CONFIG
 
 __all__ = ["FLUX_VAE_CONFIG", "build_vae", "bfl_to_diffusers_key", "convert_bfl_state_dict", "encode", "decode"]
 
-FLUX_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 16,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "mid_block_add_attention": True,
-}
 
 
 def build_vae(config: Mapping):

@@ -9,7 +9,6 @@ Public pieces: ``SrumModel`` (model.py: ``generate_image``, ``understand``), the
 (trainer.py), the official-checkpoint loader (loader.py) and the shapes-world real check (demo.py).
 """
 from zoo.multimodal.srum.builder import DEFAULT_CONFIG, SIZES, build, make_config
-from zoo.multimodal.srum.loader import load
 from zoo.registry import Family, register_family
 
 FAMILY = register_family(Family(
@@ -19,9 +18,18 @@ FAMILY = register_family(Family(
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.multimodal.srum.trainer:SrumTrainer",
-    load=load,
+    load="zoo.multimodal.srum.loader:load",
     description="SRUM: self-rewarding fine-tuning of BAGEL-7B-MoT (Mixture-of-Transformers unified model) with "
                 "region-level and global rewards from the model itself (arXiv 2510.12784).",
 ))
 
 __all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "make_config", "load"]
+
+
+# Loaded on first use: importing the family (``zoo list``) must not import torch (see zoo.registry).
+def __getattr__(name: str):
+    if name == "load":
+        from zoo.multimodal.srum.loader import load
+
+        return load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 
 from zoo.config import merge, sized_config
-from zoo.models.flux_vae import FLUX_VAE_CONFIG
+from zoo.models.configs import FLUX_VAE_CONFIG
 
 # Qwen2.5-7B-Instruct (the BAGEL-7B-MoT language model); the loader replaces it with llm_config.json.
 QWEN25_7B = {

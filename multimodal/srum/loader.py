@@ -18,10 +18,9 @@ Every key must match: a missing, unexpected or mis-shaped key is a ``CheckpointK
 The two fixed sin-cos tables (``latent_pos_embed.pos_embed``, ``vit_pos_embed.pos_embed``) may be absent
 (BAGEL's own resume drops them, fsdp_utils.py:163-164); they are then computed, and the log says so.
 
-Big files stream through ``zoo.weights`` (meta build, one tensor at a time in the target dtype) when
-this checkout has it; otherwise they are read whole with ``zoo.hub.read_safetensors`` and loaded
-through ``zoo.hub.load_state_dict_strict`` (fine for small models; a 7B model then needs RAM for the
-model and the file).
+The weights stream through ``zoo.weights``: the model is built on the meta device, the keys are checked
+before anything is read, and each tensor goes straight into the target dtype and device (safetensors
+memory-mapped), so the process never holds a second copy.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from typing import Mapping
 
 import torch
 
-from zoo.errors import CheckpointFormatError, ConfigError, WeightsNotAvailableError
+from zoo.errors import CheckpointFormatError, WeightsNotAvailableError
 
 logger = logging.getLogger("zoo.srum")
 
@@ -132,14 +131,6 @@ def _read_json(path: Path) -> dict:
         raise CheckpointFormatError(f"cannot read {path}: {err}") from err
 
 
-def _weights_module():
-    try:
-        from zoo import weights
-    except ImportError:
-        return None
-    return weights
-
-
 def load(path: str, config: dict, *, dtype: torch.dtype | None = None, device=None):
     """Registry loader: a release weights file (or folder) and the card's config -> SrumModel, strict.
 
@@ -179,79 +170,34 @@ def load_folder(folder: str | Path, config: dict, *, ema: bool = True, dtype=Non
 
 
 def _load_weights(config: dict, weights: Path, ae: Path, *, dtype=None, device=None):
+    """Meta-build the model, stream ``weights`` into it strictly (``zoo.weights``), load the VAE from ``ae``."""
     from zoo import hub
+    from zoo import weights as zw
     from zoo.models.flux_vae import convert_bfl_state_dict
     from zoo.multimodal.srum.builder import build
 
-    num_levels = len(config["vae"]["block_out_channels"])
-    zw = _weights_module()
     source = str(weights)
-    if zw is not None:
-        infos = zw.read_index(weights)
-        model = zw.build_empty(build, config)
-    else:
-        infos = None
-        model = None
+    infos = zw.read_index(weights)
+    model = zw.build_empty(build, config)
     if model is None:
         model = build(config)
-    present = set(infos) if infos is not None else set(_safetensors_keys(weights))
-    # the VAE (small) is built and loaded for real; pos-embed tables absent from the file are computed
-    detached = {"vae": _real_vae(config)}
+    # the VAE comes from its own file, with names converted and the attention's 1x1 convolutions reshaped:
+    # small, so read whole and loaded by the strict loader (which also fills a meta-built module)
+    vae_state = convert_bfl_state_dict(hub.read_safetensors(ae, str(ae)), str(ae), len(config["vae"]["block_out_channels"]))
+    hub.load_state_dict_strict(model.vae, vae_state, str(ae))
+    computed = []
     for key in POS_EMBED_KEYS:
-        if key not in present:
+        if key not in infos:
             owner = key.split(".")[0]
             logger.info("%s has no %s; using the fixed sin-cos table", source, key)
-            detached[owner] = None
-    vae_state = convert_bfl_state_dict(hub.read_safetensors(ae, str(ae)), str(ae), num_levels)
-    hub.load_state_dict_strict(detached["vae"], vae_state, str(ae))
-    saved = {name: model._modules.pop(name) for name in detached}
+            hub.load_state_dict_strict(getattr(model, owner), {"pos_embed": getattr(model, owner).sincos_table()},
+                                       "the sin-cos table")
+            computed.append(owner)
+    detached = {name: model._modules.pop(name) for name in ["vae", *computed]}
     try:
-        if zw is not None:
-            zw.load_into(model, infos, key_map=bagel_key, dtype=dtype, device=device, source=source)
-        else:
-            state = {bagel_key(k): v for k, v in hub.read_safetensors(weights, source).items()}
-            hub.load_state_dict_strict(model, state, source)
+        zw.load_into(model, infos, key_map=bagel_key, dtype=dtype, device=device, source=source)
     finally:
-        for name, module in saved.items():
-            if detached[name] is not None:
-                model._modules[name] = detached[name]
-            elif module is not None and not _has_meta(module):
-                model._modules[name] = module
-            else:
-                model._modules[name] = _fresh(name, config)
+        model._modules.update(detached)
     model.to(device=device, dtype=dtype)
     model.vae.requires_grad_(False)
     return model
-
-
-def _has_meta(module: torch.nn.Module) -> bool:
-    return any(t.is_meta for t in list(module.parameters()) + list(module.buffers()))
-
-
-def _real_vae(config: dict):
-    from zoo.models.flux_vae import build_vae
-
-    vae = build_vae(config["vae"])
-    vae.requires_grad_(False)
-    return vae
-
-
-def _fresh(name: str, config: dict) -> torch.nn.Module:
-    from zoo.models.bagel import PositionEmbedding
-
-    hidden = int(config["llm"]["hidden_size"])
-    if name == "latent_pos_embed":
-        return PositionEmbedding(int(config["max_latent_size"]), hidden)
-    if name == "vit_pos_embed":
-        return PositionEmbedding(int(config["vit_max_num_patch_per_side"]), hidden)
-    raise ConfigError(f"no fresh build for {name}")
-
-
-def _safetensors_keys(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return list(handle.keys())
-    except Exception as err:  # safetensors raises its own error types
-        raise CheckpointFormatError(f"{path} is not a readable safetensors file ({err})") from err
