@@ -1,0 +1,26 @@
+"""Selftok (Wang et al., arXiv 2505.07538): discrete visual tokens of autoregression, by diffusion.
+
+``zoo.load("selftok-512")`` gives the released 512-token tokenizer (diffusion decoder),
+``zoo.load("selftok-512-renderer")`` the one-step renderer; ``zoo train selftok`` trains them.
+Public pieces: SelftokModel (model.py), DiTi / diti_indices (diti.py), QformerEncoder
+(encoder.py), the loader (loader.py) and evaluation (evaluate.py).
+"""
+from zoo.registry import Family, register_family
+from zoo.vision.selftok.builder import DEFAULT_CONFIG, SIZES, build
+from zoo.vision.selftok.diti import DiTi, diti_indices
+from zoo.vision.selftok.loader import load
+
+FAMILY = register_family(Family(
+    name="selftok",
+    modality="vision",
+    build=build,
+    sizes=SIZES,
+    defaults=DEFAULT_CONFIG,
+    trainer="zoo.vision.selftok.trainer:SelftokTrainer",
+    load=load,
+    evaluate="zoo.vision.selftok.evaluate:evaluate",
+    description="Selftok: 1-D discrete image tokens in an autoregressive order, learned by a diffusion decoder "
+                "whose visible tokens grow with the noise level (arXiv 2505.07538).",
+))
+
+__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "load", "DiTi", "diti_indices"]
