@@ -3,12 +3,21 @@
 ``zoo.load("selftok-512")`` gives the released 512-token tokenizer (diffusion decoder),
 ``zoo.load("selftok-512-renderer")`` the one-step renderer; ``zoo train selftok`` trains them.
 Public pieces: SelftokModel (model.py), DiTi / diti_indices (diti.py), QformerEncoder
-(encoder.py), the loader (loader.py) and evaluation (evaluate.py).
+(encoder.py), the loader (loader.py) and evaluation (evaluate.py). Importing this package
+imports only the (torch-free) builder; the rest loads on first use.
 """
+import importlib
+
 from zoo.registry import Family, register_family
 from zoo.vision.selftok.builder import DEFAULT_CONFIG, SIZES, build
-from zoo.vision.selftok.diti import DiTi, diti_indices
-from zoo.vision.selftok.loader import load
+
+
+def load(path, config):
+    """Official checkpoint -> SelftokModel (see ``zoo.vision.selftok.loader.load``)."""
+    from zoo.vision.selftok.loader import load as load_official
+
+    return load_official(path, config)
+
 
 FAMILY = register_family(Family(
     name="selftok",
@@ -23,4 +32,14 @@ FAMILY = register_family(Family(
                 "whose visible tokens grow with the noise level (arXiv 2505.07538).",
 ))
 
-__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "load", "DiTi", "diti_indices"]
+_LAZY = {"DiTi": "zoo.vision.selftok.diti", "diti_indices": "zoo.vision.selftok.diti",
+         "SelftokModel": "zoo.vision.selftok.model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zoo.vision.selftok' has no attribute {name!r}")
+
+
+__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "load", *_LAZY]

@@ -13,7 +13,26 @@ that see only the tokens). ``tiny`` keeps every structural choice at CPU size: 6
 from __future__ import annotations
 
 from zoo.config import merge, sized_config
-from zoo.vision.selftok.vae import SD3_REPO, TINY_VAE_CONFIG
+
+# SD3's latent format (sd3_impls.py SD3LatentFormat) and VAE (torch-free constants; the VAE itself is in vae.py).
+SHIFT_FACTOR = 0.0609
+SCALE_FACTOR = 1.5305
+SD3_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
+
+# stabilityai/stable-diffusion-3-medium-diffusers:vae/config.json (the architecture; weights from the Hub).
+SD3_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32,
+    "sample_size": 1024, "scaling_factor": SCALE_FACTOR, "shift_factor": SHIFT_FACTOR,
+    "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True,
+}
+
+# Same layout at a width that runs on a CPU in milliseconds: 64 px -> 16 x 8 x 8.
+TINY_VAE_CONFIG = {
+    **SD3_VAE_CONFIG, "block_out_channels": [16, 32, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
+    "sample_size": 64,
+}
 
 DEFAULT_CONFIG = {
     "image_size": 256,

@@ -23,24 +23,7 @@ logger = logging.getLogger("zoo.selftok")
 __all__ = ["SHIFT_FACTOR", "SCALE_FACTOR", "process_in", "process_out", "SD3_VAE_CONFIG", "TINY_VAE_CONFIG",
            "build_vae", "load_hub_vae", "SD3_REPO"]
 
-SHIFT_FACTOR = 0.0609
-SCALE_FACTOR = 1.5305
-SD3_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
-
-# stabilityai/stable-diffusion-3-medium-diffusers:vae/config.json (the architecture; weights from the Hub).
-SD3_VAE_CONFIG = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16,
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32,
-    "sample_size": 1024, "scaling_factor": SCALE_FACTOR, "shift_factor": SHIFT_FACTOR,
-    "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True,
-}
-
-# Same layout at a width that runs on a CPU in milliseconds: 64 px -> 16 x 8 x 8.
-TINY_VAE_CONFIG = {
-    **SD3_VAE_CONFIG, "block_out_channels": [16, 32, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
-    "sample_size": 64,
-}
+from zoo.vision.selftok.builder import SCALE_FACTOR, SD3_REPO, SD3_VAE_CONFIG, SHIFT_FACTOR, TINY_VAE_CONFIG
 
 
 def process_in(latents: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,9 @@ def lr_factor(step: int, *, name: str, warmup_steps: int, total_steps: int, min_
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def build_scheduler(optimizer, schedule: dict, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, schedule: dict, max_steps: int,
+                    group_factors: list | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR of the recipe's schedule; ``group_factors`` (one ``f(step)`` or None per param group) multiply it."""
     name = str(schedule.get("name") or "constant").lower()
     if name not in SCHEDULES:
         raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
@@ -55,4 +57,12 @@ def build_scheduler(optimizer, schedule: dict, max_steps: int) -> torch.optim.lr
                    total_steps=int(schedule.get("total_steps") or max_steps),
                    min_lr_ratio=float(schedule.get("min_lr_ratio") or 0.0),
                    power=float(schedule.get("power") if schedule.get("power") is not None else 1.0))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, **options))
+    if group_factors is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, **options))
+    if len(group_factors) != len(optimizer.param_groups):
+        raise ConfigError(f"{len(group_factors)} learning-rate factors for {len(optimizer.param_groups)} parameter groups")
+
+    def combined(factor):
+        return lambda step: lr_factor(step, **options) * (1.0 if factor is None else float(factor(step)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [combined(f) for f in group_factors])

@@ -51,6 +51,12 @@ class Trainer:
         weight_decay = float((self.config.get("optim") or {}).get("weight_decay") or 0.0)
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
+    def lr_factors(self, optimizer) -> list | None:
+        """Per-group learning-rate factors: one ``f(step) -> float`` (or None) per ``optimizer.param_groups``
+        entry, multiplied with the recipe's ``schedule`` (``step`` counts optimizer steps from 0). Default
+        None: the schedule alone, the same for every group."""
+        return None
+
     def on_train_start(self, model) -> None:
         """Once, after the model is built and moved to its device, before a checkpoint is restored."""
 
