@@ -43,10 +43,29 @@ def load_audio(path, sample_rate: int = 16000, *, min_samples: int = 1) -> torch
         # always_2d: [T, C] even for mono, so the channel axis is known (never guessed) for files.
         data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises LibsndfileError/RuntimeError/TypeError by format
-        raise AudioInputError(f"Cannot read audio file {str(path)!r}: {error}. Give a wav, flac or ogg file "
-                              "that soundfile can open (convert other formats with ffmpeg or sox).") from error
+        data, file_rate = _read_with_librosa(path, error)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return prepare_waveform(mono, int(file_rate), sample_rate, name=str(path), min_samples=min_samples)
+
+
+def _read_with_librosa(path: Path, soundfile_error: Exception):
+    """Formats libsndfile cannot open (m4a/aac, some mp3): librosa decodes them through audioread,
+    which uses ffmpeg or GStreamer when one is installed. Returns ``(float32 [T, C], rate)``."""
+    import warnings
+
+    import librosa
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa's FutureWarning about its audioread fallback
+            data, file_rate = librosa.load(str(path), sr=None, mono=False, dtype=np.float32)
+    except Exception as error:
+        raise AudioInputError(
+            f"Cannot read audio file {str(path)!r}: {soundfile_error}; librosa/audioread could not decode it "
+            f"either ({type(error).__name__}: {error}). Give a wav, flac, ogg or mp3 file, or install ffmpeg "
+            "so that m4a/aac files can be decoded.") from error
+    data = np.asarray(data, dtype=np.float32)
+    return (data[:, None] if data.ndim == 1 else data.T), int(file_rate)
 
 
 def prepare_waveform(wav, sample_rate: int, target_rate: int = 16000, *, name: str = "input",

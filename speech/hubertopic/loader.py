@@ -66,17 +66,19 @@ def load_encoder(model, path: str | Path, source: str | None = None) -> str:
 
     Used to initialise pretraining from ``hubert-base``: the model's own heads stay as built.
     """
-    from zoo.models.checkpoints import read_checkpoint, strict_load
+    from zoo.hub import load_state_dict_strict
+    from zoo.models.checkpoints import read_checkpoint
 
     source = source or str(path)
     encoder, _, layout = split_checkpoint(read_checkpoint(path), source, _weight_norm_spelling(model.hubert))
-    strict_load(model.hubert, encoder, source)
+    load_state_dict_strict(model.hubert, encoder, source)
     return layout
 
 
 def load(path: str, config: dict):
     """Registry loader: (upstream checkpoint path, full config) -> HubertopicModel, strict."""
-    from zoo.models.checkpoints import read_checkpoint, strict_load
+    from zoo.hub import load_state_dict_strict
+    from zoo.models.checkpoints import read_checkpoint
     from zoo.speech.hubertopic.builder import build
 
     source = str(path)
@@ -100,7 +102,7 @@ def load(path: str, config: dict):
         encoder, heads, layout = split_checkpoint(checkpoint, source, _weight_norm_spelling(model.hubert))
     state = {f"hubert.{k}": v for k, v in encoder.items()}
     state.update(heads)
-    strict_load(model, state, source)
+    load_state_dict_strict(model, state, source)
     return model
 
 

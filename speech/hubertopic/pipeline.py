@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,9 +207,7 @@ class LabelChain:
         features = np.load(self.folder / "kmeans_sample.npy", allow_pickle=False)
         centroids = fit_kmeans(features, int(self.labels["num_clusters"]), seed=int(self.labels["seed"]),
                                **dict(self.labels["kmeans"]))
-        tmp = self.folder / "centroids.tmp.npy"
-        save_centroids(tmp, centroids)
-        os.replace(tmp, self.folder / "centroids.npy")
+        save_centroids(self.folder / "centroids.npy", centroids)
 
     def _step_labels(self) -> None:
         from zoo.speech.hubertopic.kmeans import assign, load_centroids, write_labels
@@ -220,7 +217,6 @@ class LabelChain:
         write_labels(self.folder / "units.km", self.ids, units)
 
     def _step_lda(self) -> None:
-        import shutil
 
         from zoo.speech.hubertopic.kmeans import read_labels
         from zoo.speech.hubertopic.topics import TopicModel, unit_documents, write_topics
@@ -236,12 +232,10 @@ class LabelChain:
                                topic_word_prior=self.lda["topic_word_prior"], max_iter=int(self.lda["max_iter"]),
                                learning_method=self.lda["learning_method"], batch_size=int(self.lda["batch_size"]),
                                seed=int(self.lda["seed"]), vocabulary=vocabulary)
-        staging = self.folder / "lda.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save(staging)
-        from zoo.files import swap_in_folder
+        from zoo.files import staging_folder
 
-        swap_in_folder(staging, self.folder / "lda")
+        with staging_folder(self.folder / "lda") as staging:
+            model.save(staging)
         write_topics(self.folder / "topics.txt", self.ids, model.hard_topics(counts))
 
 
@@ -297,15 +291,16 @@ def load_teacher(source):
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from zoo.files import write_json
+
+    write_json(path, value, indent=1, default=str)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+    from zoo.files import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 __all__ = ["LABEL_DEFAULTS", "LDA_DEFAULTS", "LabelChain", "Labels", "load_teacher", "utterance_id"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -47,7 +46,9 @@ def segment_main(argv: list[str]) -> int:
             print(f"  {start:7.2f} - {end:7.2f} s{token}")
         report.append({"path": str(path), **result.to_dict()})
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        from zoo.files import write_json
+
+        write_json(args.json_path, report, sort_keys=False)
         print(f"wrote {args.json_path}")
     if args.plot:
         target = Path(args.plot)

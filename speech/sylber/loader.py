@@ -43,7 +43,8 @@ def _weight_norm_spelling(keys) -> str:
 
 def load_into(model, path: str, source: str | None = None):
     """Load an official checkpoint file into ``model.hubert`` (strict)."""
-    from zoo.models.checkpoints import normalize_weight_norm_keys, read_checkpoint, strict_load
+    from zoo.hub import load_state_dict_strict, normalize_weight_norm_keys
+    from zoo.models.checkpoints import read_checkpoint
 
     source = source or str(path)
     state = official_state_dict(read_checkpoint(path), source)
@@ -55,7 +56,7 @@ def load_into(model, path: str, source: str | None = None):
             "  The checkpoint was trained with time masking (mask_time_prob > 0, speech.md §1.3) but the "
             "config sets encoder.mask_time_prob=0; keep the default 0.05."))
     try:
-        strict_load(model.hubert, state, source)
+        load_state_dict_strict(model.hubert, state, source)
     except CheckpointKeysError as err:
         if "masked_spec_embed" in err.missing:
             # speech.md §1.3: HubertModel has masked_spec_embed whenever mask_time_prob > 0.

@@ -94,6 +94,22 @@ def test_load_audio_errors_name_the_file(tmp_path):
         load_audio(tmp_path / "short.wav", min_samples=400)
 
 
+def test_files_soundfile_cannot_open_are_decoded_by_librosa(tmp_path, monkeypatch):
+    """The fallback for m4a/aac (libsndfile has no decoder): same samples as soundfile would give."""
+    pcm = (np.sin(np.arange(1600) / 7.0) * 12000).astype(np.int16)
+    sf.write(tmp_path / "clip.wav", np.stack([pcm, pcm // 2], axis=1), 8000, subtype="PCM_16")
+    reference = load_audio(tmp_path / "clip.wav", 16000)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Format not recognised.")
+
+    monkeypatch.setattr(sf, "read", refuse)
+    assert torch.equal(load_audio(tmp_path / "clip.wav", 16000), reference)
+    (tmp_path / "garbage.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A not really")
+    with pytest.raises(AudioInputError, match="garbage.m4a.*Format not recognised.*install ffmpeg"):
+        load_audio(tmp_path / "garbage.m4a")
+
+
 def test_pad_batch_keeps_true_lengths():
     waves = [torch.ones(3), torch.full((5,), 2.0), np.array([3.0], np.float32)]
     padded, lengths = pad_batch(waves)
