@@ -85,7 +85,7 @@ def joint_attention(context_qkv, x_qkv, key_mask: torch.Tensor | None, *, contex
         context_key_mask = key_mask
     if context_sees_x and need_context and context_key_mask is key_mask:
         out = attention(torch.cat([cq, xq], dim=1), keys, values, bias=_keep_bias(full_mask))
-        return out[:, :cq.shape[1]], out[:, cq.shape[1]:]
+        return out.split([cq.shape[1], xq.shape[1]], dim=1)  # split, not slicing: no zero-filled gradients
     x_out = attention(xq, keys, values, bias=_keep_bias(full_mask))
     if not need_context:
         return None, x_out

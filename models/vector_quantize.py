@@ -103,7 +103,14 @@ def entropy_terms(logits: torch.Tensor, position_usage: torch.Tensor, *, usage_w
     p = logits.softmax(dim=-1).mean(dim=0)
     mixed = position_usage * usage_weight + p * (1 - usage_weight)
     per_position = -(mixed * torch.log(mixed)).sum(dim=-1).mean()
-    grouped = torch.stack([g.mean(dim=0) for g in mixed.tensor_split(groups, dim=0) if g.shape[0]])
+    # group means over tensor_split's groups, via index_add (slicing 64 views would cost 64 zero-filled
+    # [K, C] gradients in the backward pass)
+    positions = mixed.shape[0]
+    sizes = [g.shape[0] for g in torch.arange(positions).tensor_split(groups) if g.shape[0]]
+    group_of = torch.repeat_interleave(torch.arange(len(sizes), device=mixed.device),
+                                       torch.tensor(sizes, device=mixed.device))
+    sums = mixed.new_zeros(len(sizes), mixed.shape[1]).index_add(0, group_of, mixed)
+    grouped = sums / torch.tensor(sizes, device=mixed.device, dtype=mixed.dtype)[:, None]
     per_group = -(grouped * torch.log(grouped)).sum(dim=-1).mean()
     return per_position, per_group
 

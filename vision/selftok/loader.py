@@ -154,20 +154,18 @@ def config_from_state_dict(state: dict[str, torch.Tensor], config: dict) -> dict
 
 def load_into(model, state: dict[str, torch.Tensor], source: str):
     """Strictly load official ``ImageTokenizer`` tensors into a ``SelftokModel`` (its own VAE, if any, untouched)."""
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = [(k, tuple(own[k].shape), tuple(v.shape)) for k, v in state.items()
-                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        hint = ""
+    from zoo.hub import load_state_dict_strict
+
+    def hint(missing, unexpected):
         if "encoder.quantizer._codebook.initted" in missing:
-            hint = ("  without 'encoder.quantizer._codebook.initted' the release would silently re-fit the codebook "
+            return ("  without 'encoder.quantizer._codebook.initted' the release would silently re-fit the codebook "
                     "by k-means on the first batch; this checkpoint is incomplete.")
-        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
-    full = dict(model.state_dict())
-    full.update({k: v.to(full[k].dtype) for k, v in state.items()})
-    model.load_state_dict(full, strict=True)
+        return ""
+
+    own_vae = {k: v for k, v in model.state_dict().items() if k.startswith("vae.")}
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtypes[k]) if k in dtypes and isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    load_state_dict_strict(model, {**state, **own_vae}, source, hint=hint)
     if not bool(model.encoder.quantizer._codebook.initted.item()):
         logger.warning("%s: the codebook is not initialised (initted=0); the first encode fits it by k-means", source)
     return model

@@ -54,8 +54,7 @@ def load_hub_vae(repo_id: str = SD3_REPO, subfolder: str = "vae", *, revision: s
                  cache_dir=None, local_files_only: bool | None = None):
     """Download ``{subfolder}/config.json`` and ``{subfolder}/diffusion_pytorch_model.safetensors`` and load
     them strictly. Raises :class:`WeightsNotAvailableError` (accept the licence, pass a token) when refused."""
-    from zoo.hub import download_file, read_safetensors
-    from zoo.models.checkpoints import strict_load
+    from zoo.hub import download_file, load_state_dict_strict, read_safetensors
 
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -75,7 +74,7 @@ def load_hub_vae(repo_id: str = SD3_REPO, subfolder: str = "vae", *, revision: s
     allowed = set(AutoencoderKL.__init__.__code__.co_varnames)
     config = {k: v for k, v in raw.items() if k in allowed and not k.startswith("_")}
     vae = build_vae(config)
-    strict_load(vae, read_safetensors(weights_path, f"{repo_id}/{prefix}diffusion_pytorch_model.safetensors",
+    load_state_dict_strict(vae, read_safetensors(weights_path, f"{repo_id}/{prefix}diffusion_pytorch_model.safetensors",
                                       cached=True), f"{repo_id}/{prefix}diffusion_pytorch_model.safetensors")
     logger.info("loaded the VAE from %s/%s", repo_id, subfolder)
     return vae.eval()
