@@ -32,8 +32,8 @@ class FlowSchedule(nn.Module):
         base = torch.linspace(float(start), 0, int(num_steps) + 1)
         grid = float(shift) * base / (1 + (float(shift) - 1) * base)
         self.register_buffer("timestep_map", grid[:-1] * 1000)
-        self.register_buffer("scheduled_t", grid[:-1])
-        self.register_buffer("scheduled_t_prev", grid[1:])
+        self.register_buffer("scheduled_t", grid[:-1].clone())  # own storage: safetensors refuses shared views
+        self.register_buffer("scheduled_t_prev", grid[1:].clone())
         self.register_buffer("one_minus_scheduled_t", 1 - grid[:-1])
 
     @property

@@ -71,7 +71,9 @@ def load_hub_vae(repo_id: str = SD3_REPO, subfolder: str = "vae", *, revision: s
         raw = json.load(handle)
     from diffusers import AutoencoderKL
 
-    allowed = set(AutoencoderKL.__init__.__code__.co_varnames)
+    import inspect
+
+    allowed = set(inspect.signature(AutoencoderKL.__init__).parameters) - {"self"}
     config = {k: v for k, v in raw.items() if k in allowed and not k.startswith("_")}
     vae = build_vae(config)
     load_state_dict_strict(vae, read_safetensors(weights_path, f"{repo_id}/{prefix}diffusion_pytorch_model.safetensors",
