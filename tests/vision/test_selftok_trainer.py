@@ -1,0 +1,147 @@
+"""zoo train selftok at the tiny size: falling losses, exact resume, the renderer stage, LR groups, SD3 init."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+if not hasattr(pytest.importorskip("zoo.image"), "ImageDataset"):
+    pytest.skip("needs zoo.image.ImageDataset (platform)", allow_module_level=True)
+
+from zoo.errors import ConfigError  # noqa: E402
+from zoo.vision.selftok.trainer import SelftokTrainer, encoder_lr_factor, sd3_decoder_state  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """24 images of one coloured square on a grey background (positions and colours vary)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        array = np.full((64, 64, 3), 128, dtype=np.uint8)
+        x, y = rng.integers(0, 40, size=2)
+        array[y:y + 24, x:x + 24] = rng.integers(0, 256, size=3)
+        Image.fromarray(array).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def overrides(folder, out, steps, extra=()):
+    return [f"data.train={folder}", f"train.output_dir={out}", f"train.max_steps={steps}", "train.batch_size=8",
+            "train.log_every=1", "train.ckpt_every=3", "train.eval_every=0", "train.progress=false",
+            "train.tensorboard=false", "lr.encoder_lr=1e-3", "lr.dit_lr=1e-3", "lr.token_lr=1e-3", *extra]
+
+
+def losses(out):
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def test_tokenizer_loss_falls_and_resume_is_exact(image_folder, tmp_path):
+    import zoo
+    from zoo.train import load_recipe, run
+
+    recipe = "vision/selftok/recipes/demo.yaml"
+    extra = ("selftok.vae_steps=0", "data.eval=null")
+    straight = run(load_recipe(recipe, overrides(image_folder, tmp_path / "a", 36, extra)))
+    values = losses(tmp_path / "a")
+    assert len(values) == 36 and all(math.isfinite(v) for v in values)
+    assert np.mean(values[-8:]) < 0.8 * np.mean(values[:4]), values
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-00000033"
+    assert checkpoint.is_dir()
+    resumed = run(load_recipe(recipe, overrides(image_folder, tmp_path / "b", 36,
+                                                (*extra, f"train.resume={checkpoint}"))))
+    a, b = zoo.load(str(straight)), zoo.load(str(resumed))
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    latents = torch.randn(2, 16, 8, 8)
+    assert torch.equal(a.encode_latents(latents), b.encode_latents(latents))
+
+
+def test_vae_phase_then_renderer_stage(image_folder, tmp_path):
+    import zoo
+    from zoo.train import load_recipe, run
+
+    tokenizer = run(load_recipe("vision/selftok/recipes/demo.yaml",
+                                overrides(image_folder, tmp_path / "tok", 8, ("selftok.vae_steps=4", "data.eval=null"))))
+    rows = [json.loads(line) for line in (tmp_path / "tok" / "log.jsonl").read_text().splitlines()]
+    assert "vae_mse" in rows[0] and "mse" not in rows[0] and "mse" in rows[-1]
+    before = zoo.load("selftok-tiny", pretrained=False)
+    trained = zoo.load(str(tokenizer))
+    assert not torch.equal(trained.vae.decoder.conv_out.weight, before.vae.decoder.conv_out.weight)
+    renderer = run(load_recipe("vision/selftok/recipes/demo-renderer.yaml",
+                               [*overrides(image_folder, tmp_path / "ren", 6), f"model.init={tokenizer}",
+                                "data.eval=null"]))
+    rendered = zoo.load(str(renderer))
+    assert rendered.is_renderer
+    for key, value in trained.state_dict().items():
+        if key.startswith(("encoder.", "vae.")):  # the encoder and VAE were frozen
+            assert torch.equal(rendered.state_dict()[key], value), key
+    assert not torch.equal(rendered.state_dict()["model.joint_blocks.0.x_block.attn.qkv.weight"],
+                           trained.state_dict()["model.joint_blocks.0.x_block.attn.qkv.weight"])
+    values = losses(tmp_path / "ren")
+    assert values[-1] < values[0]
+
+
+def test_param_groups_and_encoder_schedule():
+    from zoo.train.recipe import complete_config
+
+    config, _ = complete_config({"family": "selftok", "model": {"size": "tiny"}})
+    trainer = SelftokTrainer(config)
+    model = trainer.build_model()
+    groups = {g["name"]: g for g in trainer.param_groups(model)}
+    assert set(groups) == {"encoder", "decoder", "token"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("x_block" in names[id(p)] or "x_embedder" in names[id(p)] for p in groups["decoder"]["params"])
+    assert any("context_block" in names[id(p)] for p in groups["token"]["params"])
+    assert not any("y_embedder" in names[id(p)] or "final_layer_norm." in names[id(p)]
+                   for g in groups.values() for p in g["params"])  # unused in the release: frozen
+    options = dict(base=1e-4, init_step1=10, init_step2=20, max_step=30, min_lr1=5e-5, min_lr2=1e-5)
+    assert encoder_lr_factor(5, **options) == 1.0
+    assert encoder_lr_factor(15, **options) == pytest.approx((5e-5 + 5e-5 * 5 / 10) / 1e-4)
+    assert encoder_lr_factor(20, **options) == pytest.approx(0.5)
+    assert encoder_lr_factor(25, **options) == pytest.approx((4e-5 * 0.5 + 1e-5) / 1e-4)
+    assert encoder_lr_factor(99, **options) == pytest.approx(0.1)  # held at min_lr2 after max_step
+    optimizer = torch.optim.AdamW(trainer.param_groups(model))
+    factors = trainer.lr_factors(optimizer)
+    assert factors[1] is None and factors[2] is None and factors[0](0) == 1.0
+
+
+def test_sd3_initialisation_skips_the_token_stream(tmp_path):
+    from safetensors.torch import save_file
+
+    from zoo.train.recipe import complete_config
+    from zoo.vision.selftok.builder import build, make_config
+
+    torch.manual_seed(1)
+    donor = build(make_config("tiny")).model
+    state = {f"model.diffusion_model.{k}": v + 1.0 for k, v in donor.state_dict().items()}
+    state["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)
+    save_file(state, tmp_path / "sd3.safetensors")
+    config, _ = complete_config({"family": "selftok", "model": {"size": "tiny"},
+                                 "selftok": {"sd3_init": str(tmp_path / "sd3.safetensors")}})
+    model = SelftokTrainer(config).build_model()
+    own = model.model.state_dict()
+    assert torch.equal(own["joint_blocks.0.x_block.attn.qkv.weight"],
+                       donor.state_dict()["joint_blocks.0.x_block.attn.qkv.weight"] + 1.0)
+    assert not torch.equal(own["joint_blocks.0.context_block.attn.qkv.weight"],
+                           donor.state_dict()["joint_blocks.0.context_block.attn.qkv.weight"] + 1.0)
+    assert not torch.equal(own["context_embedder.weight"], donor.state_dict()["context_embedder.weight"] + 1.0)
+    with pytest.raises(ConfigError, match="model.diffusion_model"):
+        sd3_decoder_state({"x": torch.zeros(1)}, "bad.safetensors")
+
+
+def test_bad_recipes():
+    from zoo.train.recipe import complete_config
+
+    config, _ = complete_config({"family": "selftok", "model": {"size": "tiny"}, "selftok": {"stage": "renderer"}})
+    with pytest.raises(ConfigError, match="renderer size"):
+        SelftokTrainer(config).build_model()
+    config, _ = complete_config({"family": "selftok", "selftok": {"stage": "vae"}})
+    with pytest.raises(ConfigError, match="stage"):
+        SelftokTrainer(config)
+    config, _ = complete_config({"family": "selftok", "data": {"train": "/no/such/folder"}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        SelftokTrainer(config).build_datasets()
