@@ -30,7 +30,7 @@ SD3_VAE_CONFIG = {
 
 # Same layout at a width that runs on a CPU in milliseconds: 64 px -> 16 x 8 x 8.
 TINY_VAE_CONFIG = {
-    **SD3_VAE_CONFIG, "block_out_channels": [16, 32, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
+    **SD3_VAE_CONFIG, "block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
     "sample_size": 64,
 }
 

@@ -154,7 +154,7 @@ def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: f
             if lpips:
                 report[name]["lpips"] = float(metrics.lpips(pred, target_all))
             if fid:
-                report[name]["fid"] = float(metrics.fid(pred, target_all))
+                report[name]["fid"] = float(metrics.fid(target_all, pred))
     if plot:
         _plot(plot, originals, shown, int(plot_items))
         report["plot"] = str(plot)
