@@ -228,5 +228,9 @@ class HubError(ZooError):
     """A Hub operation failed (push, pull, repo not found, no permission)."""
 
 
+class ToolError(ZooError):
+    """A tool (LLM, VQA model, mask proposer, HTTP endpoint) is missing, misconfigured or failed."""
+
+
 class OutputExistsError(ZooError, FileExistsError):
     """An output folder already holds files; pass overwrite=True / --overwrite to replace them."""
