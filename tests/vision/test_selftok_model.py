@@ -143,3 +143,30 @@ def test_hub_vae_loads_lazily_and_refusal_says_what_to_do(loopback_hub, monkeypa
     with torch.no_grad():
         assert torch.allclose(model.latents_to_images(latents), (vae.decode(latents / 1.5305 + 0.0609).sample.clamp(-1, 1) + 1) / 2)
     assert loaded is model.get_vae()
+
+
+def test_images_in_any_form_give_the_same_tokens(tokenizer, tmp_path):
+    image_module = pytest.importorskip("zoo.image")
+    if not hasattr(image_module, "prepare_images"):
+        pytest.skip("needs zoo.image.prepare_images (platform)")
+    import numpy as np
+    from PIL import Image
+
+    from zoo.errors import ImageInputError
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(80, 96, 3), dtype=np.uint8)     # not square: resized, centre-cropped
+    Image.fromarray(array).save(tmp_path / "a.png")
+    pil = Image.fromarray(array)
+    ids = tokenizer.encode(pil)
+    assert ids.shape == (1, 16)
+    assert torch.equal(tokenizer.encode(str(tmp_path / "a.png")), ids)
+    assert torch.equal(tokenizer.encode(tmp_path / "a.png"), ids)
+    assert torch.equal(tokenizer.encode(torch.from_numpy(array).permute(2, 0, 1).float() / 255), ids)
+    batch = tokenizer.encode([pil, pil.convert("L"), pil.convert("RGBA")])     # greyscale / RGBA are converted
+    assert batch.shape == (3, 16) and torch.equal(batch[0], ids[0]) and torch.equal(batch[2], ids[0])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ImageInputError, match="broken.png"):
+        tokenizer.encode(tmp_path / "broken.png")
+    pixels = tokenizer.prepare_images(pil)
+    assert pixels.shape == (1, 3, 64, 64) and float(pixels.min()) >= -1 and float(pixels.max()) <= 1
