@@ -184,3 +184,32 @@ def test_official_state_dict_rejects_non_checkpoints():
         official_state_dict([1, 2], "x")
     with pytest.raises(CheckpointFormatError, match="no tensors"):
         official_state_dict({"step": 3}, "x")
+
+
+def test_card_loads_an_official_file_from_the_hub(loopback_hub, tmp_path):
+    """zoo.load(card) end to end: the loopback Hub serves an official-format .pth under the release's repo name."""
+    import io
+
+    import zoo
+    from zoo.cards import add_card, remove_card
+
+    state = tiny_official_checkpoint()
+    buffer = io.BytesIO()
+    torch.save({**state, "ema_state_dict": {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}},
+               buffer)
+    loopback_hub.create_repo("selftok-team/SelftokTokenizer")
+    loopback_hub.add_file("selftok-team/SelftokTokenizer", "tokenizer_tiny_ckpt.pth", buffer.getvalue())
+    add_card({"name": "selftok-tiny-test", "family": "selftok", "size": "tiny", "description": "test card",
+              "weights": {"repo_id": "selftok-team/SelftokTokenizer", "filename": "tokenizer_tiny_ckpt.pth",
+                          "format": "official"}})
+    try:
+        model = zoo.load("selftok-tiny-test")
+        assert model.card_name == "selftok-tiny-test" and not model.training
+        for key, value in state.items():
+            assert torch.equal(model.state_dict()[key], value), key
+        folder = model.save_pretrained(tmp_path / "converted")  # official -> zoo format
+        again = zoo.load(str(folder))
+        latents = torch.randn(1, 16, 8, 8)
+        assert torch.equal(again.encode_latents(latents), model.encode_latents(latents))
+    finally:
+        remove_card("selftok-tiny-test")
