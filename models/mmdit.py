@@ -341,6 +341,8 @@ class MMDiT(nn.Module):
                 drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity [B, C, H, W]; see the class docstring. ``drop_ids`` [B] bool forces context dropout."""
         height, width = x.shape[-2:]
+        dtype = self.context_embedder.weight.dtype
+        x, context_states = x.to(dtype), context_states.to(dtype)
         t_scaled = t.to(torch.float32) * 1000.0
         hidden = self.embed_latents(x)
         c = self.t_embedder(t_scaled)
@@ -362,7 +364,7 @@ class MMDiT(nn.Module):
         the time embedded as ``floor(1000 t)`` clamped to [0, 999]. No token is visible to the image
         rows, so the context stream cannot reach the output and is skipped."""
         height, width = x.shape[-2:]
-        hidden = self.embed_latents(x)
+        hidden = self.embed_latents(x.to(self.context_embedder.weight.dtype))
         c = self.t_embedder(torch.floor(t.to(torch.float32) * 1000).int().clamp(0, 999))
         return self.unpatchify(self.run_blocks(None, hidden, c), height, width)
 
@@ -392,7 +394,8 @@ class MMDiTRenderer(MMDiT):
                 context_sees_x: bool = False, context_mods=None) -> torch.Tensor:
         batch = context_states.shape[0]
         grid = self.input_size // self.patch_size
-        dtype = context_states.dtype
+        dtype = self.context_embedder.weight.dtype
+        context_states = context_states.to(dtype)
         tokens = self.mask_token.to(dtype).expand(batch, grid ** 2 if self.repeat_mask_token else -1, -1)
         hidden = tokens + self.positional_embedding.to(dtype)
         c = self.t_embedder(torch.full((batch,), 1000.0, device=context_states.device))

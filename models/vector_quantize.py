@@ -300,7 +300,11 @@ class VectorQuantize(nn.Module):
 
     def _forward(self, x: torch.Tensor):
         batch, positions, _ = x.shape
-        x = l2norm(self.project_in(x.float()))
+        # in float32 even when the module was cast to bf16: nearest codes need the precision
+        if isinstance(self.project_in, nn.Linear):
+            weight, bias = self.project_in.weight, self.project_in.bias
+            x = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+        x = l2norm(x.float())
         codebook = self._codebook
         self.steps += 1
         if bool(self.continuous.item()) and self.steps.item() > 2000:
@@ -313,7 +317,7 @@ class VectorQuantize(nn.Module):
                 codebook.set_dead_code_scale(batch * positions)
             flat = x.reshape(1, batch * positions, self.codebook_dim)
             codebook.init_embed_(flat.detach())
-            embed = codebook.embed[0].detach().clone()  # the EMA update below writes embed in place
+            embed = codebook.embed[0].detach().float().clone()  # the EMA update below writes embed in place
             logits = x @ embed.t()                                  # cosine similarities [B, K, C]
             indices = logits.argmax(dim=-1)
             quantize = F.embedding(indices, embed)

@@ -170,3 +170,17 @@ def test_images_in_any_form_give_the_same_tokens(tokenizer, tmp_path):
         tokenizer.encode(tmp_path / "broken.png")
     pixels = tokenizer.prepare_images(pil)
     assert pixels.shape == (1, 3, 64, 64) and float(pixels.min()) >= -1 and float(pixels.max()) <= 1
+
+
+def test_bfloat16_weights_run(tokenizer, renderer):
+    import copy
+
+    latents = torch.randn(2, 16, 8, 8)
+    half = copy.deepcopy(tokenizer).to(torch.bfloat16)
+    ids = half.encode_latents(latents)
+    assert ids.shape == (2, 16) and ids.dtype == torch.long
+    out = half.decode_latents(ids, steps=2)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert half.decode_latents(ids, steps=2, cfg=2.0).shape == out.shape
+    rendered = copy.deepcopy(renderer).to(torch.bfloat16).render_latents(ids)
+    assert torch.isfinite(rendered.float()).all()

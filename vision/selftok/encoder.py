@@ -131,6 +131,7 @@ class QformerEncoder(nn.Module):
         if latents.dim() != 4:
             raise ValueError(f"latents must be [B, C, H, W], got {tuple(latents.shape)}")
         height, width = latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size
+        latents = latents.to(self.x_embedder.proj.weight.dtype)
         x = self.x_embedder(latents) + crop_pos_embed(self.pos_embed, self.pos_embed_max_size, height, width).to(
             latents.dtype)
         q = self.query_tokens.expand(latents.shape[0], -1, -1)
@@ -140,8 +141,8 @@ class QformerEncoder(nn.Module):
 
     def forward(self, latents: torch.Tensor):
         """-> (tokens [B, K, out_dim] after ``final_layer_norm3``, ids [B, K], quantizer loss, logs)."""
-        quantized, ids, loss, logs = self.quantizer(self.features(latents))
-        return self.final_layer_norm3(quantized), ids, loss, logs
+        quantized, ids, loss, logs = self.quantizer(self.features(latents))  # float32, whatever the weights
+        return self.final_layer_norm3(quantized.to(self.final_layer_norm3.weight.dtype)), ids, loss, logs
 
     def tokens_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Decoder input for code ids [B, K]: the codes through ``final_layer_norm3``, [B, K, out_dim]."""

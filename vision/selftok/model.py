@@ -250,7 +250,7 @@ class SelftokModel(ZooModel):
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ConfigError(f"latents must be a tensor [B, {self.latent_channels}, h, w], got {shape}")
         with _inference_mode(self):
-            return self.encoder(latents.to(device=self.device, dtype=torch.float32))[1]
+            return self.encoder(latents.to(device=self.device))[1]
 
     def encode(self, images) -> torch.Tensor:
         """Images -> token ids int64 [B, K] (resize + centre crop to ``image_size``, VAE mode, encoder)."""
