@@ -107,11 +107,13 @@ def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: f
             add("vae", vae, target)
             if decode_model is not None:
                 ids = decode_model.encode_latents(latents)
-                decoded = decode_model.decode(ids, steps=int(steps), cfg=float(cfg), generator=generator)
+                # one noise draw per image, shared by every variant: the keep sweep compares like with like
+                noise = torch.randn(latents.shape, generator=generator).to(device)
+                decoded = decode_model.decode(ids, steps=int(steps), cfg=float(cfg), noise=noise)
                 add("decoder", decoded, target)
                 for k in keeps:
                     add(f"decoder_keep_{k}", decode_model.decode(ids, steps=int(steps), cfg=float(cfg), keep=k,
-                                                                 generator=generator), target)
+                                                                 noise=noise), target)
                 shown["decode"].append(decoded.cpu())
             if render_model is not None:
                 render_latents = render_model.images_to_latents(pixels) if render_model is not model else latents
