@@ -5,13 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-_image = pytest.importorskip("zoo.image")
-if not hasattr(_image, "ImageDataset"):
-    pytest.skip("needs zoo.image.ImageDataset and zoo.metrics (platform)", allow_module_level=True)
 
-from zoo.errors import ConfigError, ImageInputError  # noqa: E402
-from zoo.vision.selftok.builder import build, make_config  # noqa: E402
-from zoo.vision.selftok.evaluate import evaluate  # noqa: E402
+from zoo.errors import ConfigError, ImageInputError
+from zoo.vision.selftok.builder import build, make_config
+from zoo.vision.selftok.evaluate import evaluate
 
 
 def tiny(size):

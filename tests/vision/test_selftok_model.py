@@ -146,9 +146,6 @@ def test_hub_vae_loads_lazily_and_refusal_says_what_to_do(loopback_hub, monkeypa
 
 
 def test_images_in_any_form_give_the_same_tokens(tokenizer, tmp_path):
-    image_module = pytest.importorskip("zoo.image")
-    if not hasattr(image_module, "prepare_images"):
-        pytest.skip("needs zoo.image.prepare_images (platform)")
     import numpy as np
     from PIL import Image
 

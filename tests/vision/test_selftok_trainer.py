@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-if not hasattr(pytest.importorskip("zoo.image"), "ImageDataset"):
-    pytest.skip("needs zoo.image.ImageDataset (platform)", allow_module_level=True)
 
-from zoo.errors import ConfigError  # noqa: E402
-from zoo.vision.selftok.trainer import SelftokTrainer, encoder_lr_factor, sd3_decoder_state  # noqa: E402
+from zoo.errors import ConfigError
+from zoo.vision.selftok.trainer import SelftokTrainer, encoder_lr_factor, sd3_decoder_state
 
 
 @pytest.fixture(scope="module")

@@ -9,31 +9,24 @@ imports only the (torch-free) builder; the rest loads on first use.
 import importlib
 
 from zoo.registry import Family, register_family
-from zoo.vision.selftok.builder import DEFAULT_CONFIG, SIZES, build
-
-
-def load(path, config):
-    """Official checkpoint -> SelftokModel (see ``zoo.vision.selftok.loader.load``)."""
-    from zoo.vision.selftok.loader import load as load_official
-
-    return load_official(path, config)
+from zoo.vision.selftok.builder import DEFAULT_CONFIG, SIZES, build, make_config
 
 
 FAMILY = register_family(Family(
     name="selftok",
     modality="vision",
-    build=build,
+    build="zoo.vision.selftok.builder:build",
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.vision.selftok.trainer:SelftokTrainer",
-    load=load,
+    load="zoo.vision.selftok.loader:load",
     evaluate="zoo.vision.selftok.evaluate:evaluate",
     description="Selftok: 1-D discrete image tokens in an autoregressive order, learned by a diffusion decoder "
                 "whose visible tokens grow with the noise level (arXiv 2505.07538).",
 ))
 
 _LAZY = {"DiTi": "zoo.vision.selftok.diti", "diti_indices": "zoo.vision.selftok.diti",
-         "SelftokModel": "zoo.vision.selftok.model"}
+         "SelftokModel": "zoo.vision.selftok.model", "load": "zoo.vision.selftok.loader"}
 
 
 def __getattr__(name: str):
@@ -42,4 +35,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'zoo.vision.selftok' has no attribute {name!r}")
 
 
-__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "load", *_LAZY]
+__all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "make_config", *_LAZY]
