@@ -165,3 +165,18 @@ def test_bad_recipes():
     config, _ = complete_config({"family": "selftok", "data": {"train": "/no/such/folder"}})
     with pytest.raises(ConfigError, match="does not exist"):
         SelftokTrainer(config).build_datasets()
+
+
+def test_evaluation_hook_reports_the_baselines(image_folder):
+    from zoo.train.recipe import complete_config
+
+    config, _ = complete_config({"family": "selftok", "model": {"size": "tiny"},
+                                 "data": {"train": str(image_folder), "eval": str(image_folder), "eval_items": 4,
+                                          "eval_steps": 2}})
+    trainer = SelftokTrainer(config)
+    model = trainer.build_model().eval()
+    trainer.build_datasets()
+    with torch.no_grad():
+        metrics = trainer.evaluate(model)
+    assert set(metrics) == {"eval_psnr", "eval_vae_psnr", "eval_mean_image_psnr", "eval_latent_mse"}
+    assert all(math.isfinite(v) for v in metrics.values())

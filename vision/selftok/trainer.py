@@ -283,24 +283,32 @@ class SelftokTrainer(Trainer):
             logger.info("final decoder = EMA weights (decay %g)", self.ema_decay)
 
     def evaluate(self, model) -> dict:
-        """Held-out reconstruction: latent MSE and PSNR of the decoder (``data.eval_steps`` steps) or renderer."""
+        """Held-out PSNR of the decoder (``data.eval_steps`` steps) or renderer, next to the VAE round trip
+        (the ceiling) and the held-out mean image (the baseline); plus the latent MSE."""
+        from zoo.metrics import psnr
+
         dataset = getattr(self, "eval_set", None)
         if dataset is None or self.step < self.vae_steps:
             return {}
         count = min(len(dataset), int(self.config["data"]["eval_items"]))
         images = torch.stack([dataset[i]["image"] for i in range(count)]).to(self.device)
-        latents = model.images_to_latents(images)
-        generator = torch.Generator().manual_seed(0)
-        if model.is_renderer:
-            recon = model.render_latents(model.encode_latents(latents))
-        else:
-            recon = model.decode_latents(model.encode_latents(latents), steps=int(self.config["data"]["eval_steps"]),
-                                         generator=generator)
-        pixels = model.latents_to_images(recon)
         target = (images.clamp(-1, 1) + 1) / 2
-        mse = torch.mean((pixels - target) ** 2, dim=(1, 2, 3))
-        return {"eval_latent_mse": float(torch.mean((recon - latents) ** 2)),
-                "eval_psnr": float(torch.mean(10 * torch.log10(1.0 / mse.clamp_min(1e-10))))}
+        latents = model.images_to_latents(images)
+        ids = model.encode_latents(latents)
+        if model.is_renderer:
+            recon = model.render_latents(ids)
+        else:
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+            recon = model.decode_latents(ids, steps=int(self.config["data"]["eval_steps"]), noise=noise)
+        mean_image = target.mean(dim=0, keepdim=True).expand_as(target)
+        metrics = {"eval_psnr": float(psnr(model.latents_to_images(recon), target)),
+                   "eval_vae_psnr": float(psnr(model.latents_to_images(latents), target)),
+                   "eval_mean_image_psnr": float(psnr(mean_image, target)),
+                   "eval_latent_mse": float(torch.mean((recon - latents) ** 2))}
+        logger.info("held-out PSNR %.2f dB (%s), VAE alone %.2f dB, mean image %.2f dB", metrics["eval_psnr"],
+                    "renderer" if model.is_renderer else "decoder", metrics["eval_vae_psnr"],
+                    metrics["eval_mean_image_psnr"])
+        return metrics
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
