@@ -3,8 +3,9 @@
 For every image (resized and centre-cropped to the model's size): the VAE round trip alone
 (the ceiling any tokenizer on this VAE can reach), the diffusion decoder's reconstruction
 (``steps`` Euler steps, seeded noise) and the renderer's (when the model is a renderer, or a
-renderer is given with ``renderer=NAME_OR_FOLDER``), scored with PSNR and SSIM (and LPIPS / FID
-with ``lpips=true`` / ``fid=true`` when their packages and weights are installed), next to a
+renderer is given with ``renderer=NAME_OR_FOLDER``), scored with PSNR and SSIM, and LPIPS / FID when
+their packages and weights are installed (else ``"unavailable"`` says what is missing; ``lpips=true`` /
+``fid=true`` make them required, ``=false`` skips them), next to a
 mean-image baseline (the data set's mean image as every reconstruction). ``keep=1,4,16``
 also scores reconstructions from only the first k tokens in AR order (the coarsest k), which
 must improve with k. ``plot=grid.png`` writes original | VAE | decode | render rows.
@@ -54,7 +55,7 @@ def _mean(values: list[float]) -> float:
 
 def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: float = 1.0, batch_size: int = 16,
              max_items: int | None = None, plot=None, plot_items: int = 8, keep=None, seed: int = 0,
-             lpips: bool = False, fid: bool = False, **unknown) -> dict:
+             lpips: bool | None = None, fid: bool | None = None, **unknown) -> dict:
     """Score reconstructions of the images in ``data`` (folder, JSONL manifest, ``shapes`` or ``shapes-heldout``).
 
     Returns (and writes to ``output`` as JSON) ``{"images", "vae": {...}, "decoder": {...}?, "renderer": {...}?,
@@ -86,12 +87,12 @@ def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: f
     generator = torch.Generator().manual_seed(int(seed))
     total = None
 
-    def add(name, pred, target, metric="psnr_ssim"):
+    def add(name, pred, target):
         psnr, ssim = _psnr_ssim(pred, target)
         entry = scores.setdefault(name, {"psnr": [], "ssim": [], "pred": []})
         entry["psnr"] += psnr
         entry["ssim"] += ssim
-        if lpips or fid:
+        if lpips is not False or fid is not False:
             entry["pred"].append(pred.cpu())
 
     targets = []
@@ -146,17 +147,28 @@ def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: f
         report["keep"] = {str(k): sweep[k] for k in sorted(sweep)}
         values = [sweep[k]["psnr"] for k in sorted(sweep)]
         report["keep_psnr_rises"] = all(b >= a for a, b in zip(values[:-1], values[1:]))
-    if lpips or fid:
+    if lpips is not False or fid is not False:
         from zoo import metrics
+        from zoo.errors import MissingDependencyError, WeightsNotAvailableError
 
-        for name, entry in scores.items():
-            if name not in report or not entry["pred"]:
+        unavailable = {}
+        for metric, wanted in (("lpips", lpips), ("fid", fid)):
+            if wanted is False:
                 continue
-            pred = torch.cat(entry["pred"]) if name != "mean_image" else entry["pred"][0]
-            if lpips:
-                report[name]["lpips"] = float(metrics.lpips(pred, target_all))
-            if fid:
-                report[name]["fid"] = float(metrics.fid(target_all, pred))
+            for name, entry in scores.items():
+                if name not in report or not entry["pred"] or metric in unavailable:
+                    continue
+                pred = torch.cat(entry["pred"]) if name != "mean_image" else entry["pred"][0]
+                try:
+                    value = metrics.lpips(pred, target_all) if metric == "lpips" else metrics.fid(target_all, pred)
+                except (MissingDependencyError, WeightsNotAvailableError) as err:
+                    if wanted:  # asked for explicitly: say what is missing
+                        raise
+                    unavailable[metric] = str(err).split(". ")[0]
+                    continue
+                report[name][metric] = float(value)
+        if unavailable:
+            report["unavailable"] = unavailable
     if plot:
         _plot(plot, originals, shown, int(plot_items))
         report["plot"] = str(plot)
