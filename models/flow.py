@@ -7,7 +7,7 @@ Convention (SD3, Selftok, BAGEL): time ``t`` runs from 0 (data) to 1 (pure noise
 * sampling integrates ``dx/dt = v`` from t = 1 down to 0 with Euler steps
   ``x <- x - (t_i - t_{i+1}) * v``                       (:func:`euler_sample`)
 * resolution-dependent timestep shift ``s * t / (1 + (s - 1) * t)`` (:func:`shift_timesteps`;
-  SD3 paper, Esser et al. 2024, §5.3.2).
+  the "resolution-dependent shifting" of the SD3 paper, Esser et al. 2024, arXiv 2403.03206).
 
 Classifier-free guidance follows BAGEL (ByteDance-Seed/Bagel:modeling/bagel/bagel.py
 ``generate_image`` / ``_forward_flow``): guidance only inside ``cfg_interval`` (``lo < t <= hi``),
