@@ -24,6 +24,10 @@ DEFAULT_CONFIG = {
     },
     "preprocess_cfg": {"size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic",
                        "resize_mode": "shortest"},
+    # When model_name is set, open_clip builds the model (its built-in config replaces model_cfg and
+    # preprocess_cfg) and fetches the `pretrained` weights itself (a tag such as laion2b_s34b_b79k,
+    # or a checkpoint file), at run time.
+    "open_clip": {"model_name": None, "pretrained": None},
 }
 
 SIZES = {
@@ -50,4 +54,8 @@ def build(config: dict):
     """A random-init :class:`~zoo.vision.clip.model.ClipModel` from a complete config (registry contract)."""
     from zoo.vision.clip.model import ClipModel
 
-    return ClipModel(merge(DEFAULT_CONFIG, config))
+    config = merge(DEFAULT_CONFIG, config)
+    source = config["open_clip"]
+    if source.get("model_name"):
+        return ClipModel.from_open_clip(source["model_name"], source.get("pretrained"))
+    return ClipModel(config)

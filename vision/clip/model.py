@@ -150,7 +150,8 @@ class ClipModel(ZooModel):
         preprocess = dict(getattr(module.visual, "preprocess_cfg", {}) or {})
         preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()
                       if k in ("size", "mean", "std", "interpolation", "resize_mode")}
-        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess,
+                  "open_clip": {"model_name": model_name, "pretrained": pretrained}}
         return cls(config, module=module)
 
     # ------------------------------------------------------------------ protocol
@@ -241,5 +242,5 @@ class ClipModel(ZooModel):
         for name, tensor in sorted(self.state_dict().items()):
             tensor = tensor.detach().to("cpu").contiguous()
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         return digest.hexdigest()[:16]

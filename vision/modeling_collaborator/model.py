@@ -71,10 +71,17 @@ class CollaboratorClassifier(ZooModel):
             raise ConfigError(f"backbone.source must be open_clip or bundled, got {source!r}.")
         from zoo.registry import get_family
 
-        settings = dict(self.config["backbone"].get("clip") or {})
-        size = settings.pop("size", None)
+        backbone = self.config["backbone"]
+        settings = dict(backbone.get("clip") or {})
+        size = settings.pop("size", None) or backbone.get("size")
+        if source == "open_clip":
+            if not backbone.get("open_clip_model"):
+                raise ConfigError("backbone.source=open_clip needs backbone.open_clip_model (e.g. ViT-B-32) and "
+                                  "backbone.open_clip_pretrained (e.g. laion2b_s34b_b79k).")
+            settings["open_clip"] = {"model_name": backbone["open_clip_model"],
+                                     "pretrained": backbone.get("open_clip_pretrained")}
         # the whole clip config is saved with the classifier, so it never depends on later defaults
-        self.config["backbone"]["clip"] = get_family("clip").make_config(size, settings, source="backbone.clip")
+        backbone["clip"] = get_family("clip").make_config(size, settings, source="backbone.clip")
         self._lazy_backbone = None
         if source == "bundled":
             self.backbone = self._build_backbone()
@@ -107,8 +114,8 @@ class CollaboratorClassifier(ZooModel):
         clip = self.config["backbone"].get("clip") or {}
         preprocess = json.dumps(clip.get("preprocess_cfg", {}), sort_keys=True)
         if self.config["backbone"]["source"] == "open_clip":
-            source = clip.get("open_clip") or {}
-            return f"open_clip:{source.get('model_name')}:{source.get('pretrained')}:{preprocess}"
+            backbone = self.config["backbone"]
+            return f"open_clip:{backbone['open_clip_model']}:{backbone.get('open_clip_pretrained')}:{preprocess}"
         return f"bundled-clip:{self.backbone.weights_digest()}:{preprocess}"
 
     @property

@@ -47,6 +47,8 @@ class CollaboratorTrainer(HeadTrainer):
         "active": {"rounds": 2, "per_round": 100, "strategy": "margin", "seed": 0},
         "review": {"size": 100, "select": "random", "seed": 0, "answers": None, "description": None},
         "head_data": {"train": None},
+        # a labelled set smaller than a batch is one short batch, not an error
+        "train": {"drop_last": False},
     }
     path_keys = ("concept", "pool", "review.answers")
 
