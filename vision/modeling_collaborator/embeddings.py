@@ -176,17 +176,37 @@ class EmbeddingCache:
             if array_file.is_file():
                 yield sha_file, array_file
 
-    def lookup(self, shas) -> dict[str, np.ndarray]:
-        """``{sha: embedding float32[D]}`` for the hashes the cache holds."""
-        wanted, found = set(shas), {}
+    def gather(self, shas) -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings float32 [n, D], found bool [n])`` for a list of hashes (None allowed); rows
+        the cache does not hold are zero. One vectorised read per shard."""
+        targets: dict[str, list[int]] = {}
+        for index, sha in enumerate(shas):
+            if sha:
+                targets.setdefault(sha, []).append(index)
+        found = np.zeros(len(shas), dtype=bool)
+        matrix = None
         for sha_file, array_file in self._shards():
             names = sha_file.read_text(encoding="ascii").split()
-            rows = [i for i, name in enumerate(names) if name in wanted and name not in found]
-            if rows:
+            source, destination = [], []
+            for row, name in enumerate(names):
+                for index in targets.pop(name, ()):
+                    source.append(row)
+                    destination.append(index)
+            if source:
                 array = np.load(array_file, mmap_mode="r")
-                for i in rows:
-                    found[names[i]] = np.array(array[i], dtype=np.float32)
-        return found
+                if matrix is None:
+                    matrix = np.zeros((len(shas), array.shape[1]), dtype=np.float32)
+                matrix[destination] = array[np.asarray(source)]
+                found[destination] = True
+            if not targets:
+                break
+        return (matrix if matrix is not None else np.zeros((len(shas), 0), dtype=np.float32)), found
+
+    def lookup(self, shas) -> dict[str, np.ndarray]:
+        """``{sha: embedding float32[D]}`` for the hashes the cache holds."""
+        shas = list(dict.fromkeys(h for h in shas if h))
+        matrix, found = self.gather(shas)
+        return {sha: matrix[i] for i, sha in enumerate(shas) if found[i]}
 
     def add(self, shas, embeddings) -> None:
         """Store one shard: ``embeddings`` float32 ``[n, D]`` for files with hashes ``shas``."""
@@ -206,8 +226,8 @@ class EmbeddingCache:
         paths = [r["path"] for r in rows]
         hashes = self.file_hashes(paths)
         skipped = [dict(r, error="cannot open the file") for r, h in zip(rows, hashes) if h is None]
-        found = self.lookup([h for h in hashes if h])
-        todo = [i for i, h in enumerate(hashes) if h and h not in found]
+        _, present = self.gather(hashes)
+        todo = [i for i, h in enumerate(hashes) if h and not present[i]]
         if todo:
             logger.info("embedding %d of %d images (%d cached)", len(todo), len(rows), len(rows) - len(todo))
         bar = None
@@ -231,15 +251,14 @@ class EmbeddingCache:
                 index = part[error["index"]]
                 unreadable.add(index)
                 skipped.append(dict(rows[index], error=error["error"]))
-            shard_hashes = [hashes[part[k]] for k in kept]
-            self.add(shard_hashes, vectors.numpy())
-            found.update({h: v for h, v in zip(shard_hashes, vectors.numpy())})
+            self.add([hashes[part[k]] for k in kept], vectors.numpy())
         if bar is not None:
             bar.close()
-        order = [i for i, h in enumerate(hashes) if h and i not in unreadable and h in found]
+        gathered, present = self.gather(hashes)
+        order = [i for i, h in enumerate(hashes) if h and i not in unreadable and present[i]]
         kept_rows = [rows[i] for i in order]
         dim = getattr(embedder, "embed_dim", 0)
-        matrix = np.stack([found[hashes[i]] for i in order]) if order else np.zeros((0, dim), dtype=np.float32)
+        matrix = gathered[order] if order else np.zeros((0, dim), dtype=np.float32)
         for row in skipped:
             logger.warning("skipped %s: %s", row["path"], row["error"])
         return matrix.astype(np.float32, copy=False), kept_rows, skipped
