@@ -33,7 +33,7 @@ def class_embedding(embedder, texts) -> torch.Tensor:
 def _logit_scale(embedder) -> float:
     clip = getattr(embedder, "clip", None)
     scale = getattr(clip, "logit_scale", None)
-    return float(scale.exp()) if scale is not None else 100.0
+    return float(scale.detach().exp()) if scale is not None else 100.0
 
 
 def two_class_scores(embedder, image_embeddings, positive: torch.Tensor, negative: torch.Tensor) -> np.ndarray:

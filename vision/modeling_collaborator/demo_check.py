@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout-size", type=int, default=600)
     parser.add_argument("overrides", nargs="*", help="collaborator recipe overrides key=value")
     args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     import torch
 
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
               "train.output_dir": out / "collaborator", "embed.cache_dir": out / "embedding-cache",
               "train.progress": "lines", **dict(item.split("=", 1) for item in args.overrides)}
     t0 = time.time()
-    first = Path(run(_recipe(HERE / "recipes" / "demo.yaml", common)))
+    run(_recipe(HERE / "recipes" / "demo.yaml", common))
     heads = [out / "collaborator" / "pipeline" / "heads" / f"round{r}" / "run" / "final" for r in range(3)]
 
     # 4. the simulated user reviews; the run is repeated with the answers
@@ -192,11 +195,18 @@ def main(argv=None) -> int:
     plot = pr_curve_png({name: (truth, s) for name, s in scores.items()}, out / "pr_curves.png",
                         title=f"'{concept_v1.name}' on {len(heldout)} held-out scenes", overwrite=True)
     annotated = read_annotations(out / "collaborator" / "pipeline" / "labels" / "final.jsonl")
+    before = []
+    for r in range(3):
+        before += read_annotations(out / "collaborator" / "pipeline" / "labels" / f"round{r}.jsonl")
+    label_accuracy = {  # auto-labels against the hidden rule, on the pool images they were made for
+        "before review (v1 Annotator)": float(np.mean([a.label == int(hidden_rule(pool_scenes[a.id])) for a in before])),
+        "after review (v2 Annotator + human labels)": float(np.mean(
+            [a.label == int(hidden_rule(pool_scenes[a.id])) for a in annotated]))}
     report = {
         "heldout": {"scenes": len(heldout), "positives": int(truth.sum())},
         "pool": len(pool_scenes), "clip_retrieval_heldout": clip_eval,
         "human_labels": result["human_labels"], "review": {**review, **result},
-        "auto_labels": len(annotated), "concept_v1": concept_v1.description, "concept_final": concept_v2.description,
+        "auto_labels": len(annotated), "label_accuracy": label_accuracy, "concept_v1": concept_v1.description, "concept_final": concept_v2.description,
         "cupl_prompts": cupl_texts, "metrics": table, "pr_curves": str(plot),
         "seconds": {k: round(v, 1) for k, v in timings.items()}, "torch_threads": torch.get_num_threads(),
     }
@@ -207,12 +217,15 @@ def main(argv=None) -> int:
           f"{concept_v2.description}")
     print(f"held-out: {len(heldout)} scenes, {int(truth.sum())} calm by the hidden rule (auPR of a random "
           f"ranking = {truth.mean():.3f}); human labels used: {result['human_labels']} "
-          f"({review['disagreements']} disagreements); auto-labels: {len(annotated)}")
+          f"({review['disagreements']} disagreements); auto-labels: {len(annotated)}, agreeing with the hidden "
+          f"rule {label_accuracy['before review (v1 Annotator)']:.3f} before the review and "
+          f"{label_accuracy['after review (v2 Annotator + human labels)']:.3f} after")
     print(f"{'classifier':48s} {'auPR':>6s} {'F1':>6s} {'P':>6s} {'R':>6s} {'threshold':>9s}")
     for name, m in table.items():
         print(f"{name:48s} {m['auPR']:6.3f} {m['F1']:6.3f} {m['precision']:6.3f} {m['recall']:6.3f} "
               f"{m['threshold']:9.3f}")
-    print(f"PR curves: {plot}\nreport: {out / 'report.json'}; classifier: {final_folder} (before the review: {first})")
+    print(f"PR curves: {plot}\nreport: {out / 'report.json'}\nclassifier: {final_folder} (before the review: "
+          f"{heads[-1]})")
     return 0
 
 
