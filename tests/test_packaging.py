@@ -24,7 +24,7 @@ DISTRIBUTION = {
     "huggingface_hub": "huggingface_hub", "safetensors": "safetensors", "soundfile": "soundfile",
     "librosa": "librosa", "xformers": "xformers", "sklearn": "scikit-learn", "scipy": "scipy", "numba": "numba",
     "llvmlite": "llvmlite", "numpy": "numpy", "PIL": "pillow", "yaml": "PyYAML", "tqdm": "tqdm",
-    "matplotlib": "matplotlib", "tokenizers": "tokenizers", "torchmetrics": "torchmetrics",
+    "matplotlib": "matplotlib", "tokenizers": "tokenizers", "peft": "peft", "torchmetrics": "torchmetrics",
     "open_clip": "open_clip_torch",
     # optional extras: imported inside the function that needs them, declared under [project.optional-dependencies]
     "segment_anything": "segment-anything",
