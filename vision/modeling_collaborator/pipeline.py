@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,6 @@ class CollaboratorPipeline:
         from .embeddings import list_images
 
         rows = list_images(self.pool)
-        import os
-
         lines = []
         for row in rows:
             try:
