@@ -41,12 +41,17 @@ def resolve_rows(value) -> tuple[list[dict], str]:
 
 
 def expected_labels(num_samples: int, label_rate: int, receptive_field: int, sample_rate: int = 16000) -> int:
-    """Labels an utterance of ``num_samples`` gets: kaldi MFCC frames at 100 Hz, conv frames at 50 Hz."""
+    """Labels an utterance of ``num_samples`` samples gets: kaldi MFCC frames at 100 Hz, conv frames at 50 Hz.
+
+    Both are :func:`zoo.audio.num_frames` (a window of 400 samples moved by 160 or by
+    ``receptive_field`` / ``sample_rate // label_rate``).
+    """
+    from zoo.audio import num_frames
     from zoo.speech.hubertopic.features import mfcc_frame_count
 
     if label_rate == 100:
         return mfcc_frame_count(num_samples)
-    return max(0, (num_samples - receptive_field) // (sample_rate // label_rate) + 1)
+    return num_frames(num_samples, receptive_field, sample_rate // label_rate)
 
 
 class HubertopicDataset(torch.utils.data.Dataset):
@@ -252,11 +257,6 @@ class HubertopicTrainer(Trainer):
             return {}
         from zoo.speech.hubertopic.evaluate import evaluate as evaluate_model
 
-        was_training = model.training
-        model.eval()
-        try:
-            metrics = evaluate_model(model, data=data["eval"], labels=str(self.labels_folder()),
-                                     max_items=data["eval_items"])
-        finally:
-            model.train(was_training)
+        metrics = evaluate_model(model, data=data["eval"], labels=str(self.labels_folder()),
+                                 max_items=data["eval_items"])
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -101,9 +101,9 @@ def test_crops_are_frame_aligned_and_padded(corpus):
     assert abs(batch["input_values"][0, :16320].std(unbiased=False).item() - 1) < 1e-3
     assert batch["input_values"][0, 16320:].abs().sum() == 0
     # The crop makes exactly as many HuBERT frames as the crop has 320-sample frames.
-    from zoo.speech.sylber.model import num_frames
+    from zoo.audio import num_frames
 
-    assert num_frames(16320) == 50 and num_frames(32320) == 100
+    assert num_frames(16320, 400, 320) == 50 and num_frames(32320, 400, 320) == 100
 
 
 def test_stage1_requires_the_segments_field(corpus):
@@ -119,14 +119,40 @@ def test_targets_and_loss_by_hand():
     teacher = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [9.0, 9.0]],
                             [[2.0, 2.0], [4.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
     segments = [np.array([[0, 2], [2, 3]]), np.array([[0, 2]])]
-    targets = SylberTrainer._targets(teacher, segments)
+    targets = SylberTrainer.targets(teacher, segments)
     expected = torch.tensor([[[2.0, 1.0], [2.0, 1.0], [5.0, 4.0], [0.0, 0.0]],
                              [[3.0, 1.0], [3.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
     assert torch.equal(targets, expected)
-    student = torch.zeros_like(teacher)
-    # speech.md §1.4: sum over features, mean over all B x L frames, padding included.
-    loss = (student - targets).pow(2).sum(-1).mean()
-    assert loss.item() == pytest.approx((5 + 5 + 41 + 0 + 10 + 10 + 0 + 0) / 8)
+    # The trainer's own loss: squared error summed over features, mean over all B x L frames, padding
+    # included. Student rows by hand: errors (1,1), (-1,1), (0,0), (9,9) | (0,-1), (1,-1), (0,0), (0,0).
+    student = torch.tensor([[[3.0, 2.0], [1.0, 2.0], [5.0, 4.0], [9.0, 9.0]],
+                            [[3.0, 0.0], [4.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    loss = SylberTrainer.distillation_loss(student, targets)
+    assert loss.item() == (2 + 2 + 0 + 162 + 1 + 2 + 0 + 0) / 8
+
+
+def test_training_step_returns_the_distillation_loss_of_the_student_output(corpus, monkeypatch):
+    """training_step's loss is distillation_loss(student output, targets of the teacher), nothing else."""
+    from zoo.speech.sylber.trainer import SylberTrainer
+
+    trainer = _trainer(corpus, sylber={"stage": 1}, noise={"enabled": False})
+    torch.manual_seed(0)
+    model = trainer.build_model()
+    data, _ = trainer.build_datasets()
+    trainer.on_train_start(model)
+    batch = trainer.collate([data[i] for i in range(3)])
+    seen = {}
+    real = SylberTrainer.distillation_loss
+
+    def spy(states, targets):
+        seen["states"], seen["targets"] = states.detach(), targets
+        return real(states, targets)
+
+    monkeypatch.setattr(SylberTrainer, "distillation_loss", staticmethod(spy))
+    out = trainer.training_step(model, batch)
+    assert out["loss"].item() == real(seen["states"], seen["targets"]).item() > 0
+    teacher_states = trainer.teacher(batch["input_values"], batch["lengths"]).last_hidden_state
+    assert torch.equal(seen["targets"], SylberTrainer.targets(teacher_states.float(), batch["segments"]))
 
 
 # ----------------------------------------------------------------------------- the trainer
