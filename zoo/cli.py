@@ -95,8 +95,8 @@ def _cmd_convert(args) -> int:
     family = get_family(args.family)
     if family.load is None:
         raise ConfigError(f"Family {family.name!r} has no official checkpoint format to convert.")
-    if not Path(args.src).is_file():
-        raise ConfigError(f"{args.src!r} is not a file")
+    if not Path(args.src).exists():
+        raise ConfigError(f"{args.src!r} does not exist; give a checkpoint file or a folder (config.json + weights).")
     _check_output_dir(Path(args.dst), args.overwrite)
     config = family.make_config(args.size, parse_overrides(args.options), source="command line")
     model = family.load(args.src, config)

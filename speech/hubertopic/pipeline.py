@@ -281,13 +281,15 @@ class Labels:
 
 
 def load_teacher(source):
-    """The previous iteration's model for layer features: a zoo model, or an upstream HuBERT checkpoint."""
+    """The previous iteration's model for layer features (eval mode): a card name, a zoo folder, or an
+    upstream HuBERT checkpoint file or folder. Raises :class:`~zoo.errors.ConfigError` for a model
+    without a HuBERT encoder."""
     import zoo
 
-    path = Path(str(source)).expanduser()
-    if path.is_file():
-        from zoo.speech.hubertopic import builder, loader
+    from zoo.speech.hubertopic import builder, loader
 
+    path = Path(str(source)).expanduser()
+    if loader.is_upstream_checkpoint(path):
         model = loader.load(str(path), builder.make_config("base"))
     else:
         model = zoo.load(str(source))

@@ -187,10 +187,10 @@ class HubertopicTrainer(Trainer):
         """Start from another model's encoder (e.g. hubert-base); the heads stay freshly initialised."""
         import zoo
         from zoo.models.checkpoints import strict_load
-        from zoo.speech.hubertopic.loader import load_encoder
+        from zoo.speech.hubertopic.loader import is_upstream_checkpoint, load_encoder
 
         path = Path(str(init)).expanduser()
-        if path.is_file():
+        if is_upstream_checkpoint(path):
             layout = load_encoder(model, path)
             logger.info("encoder initialised from %s (%s layout)", path, layout)
             return
