@@ -8,7 +8,7 @@
   ``ForeignObject`` that only records its state. No foreign module is ever imported.
 * ``strict_load``: every missing, unexpected or mis-shaped key is a ``CheckpointKeysError``.
 * ``remap_keys``: torchtune-style key templates with ``{}`` for layer indices.
-* ``fairseq_hubert_to_hf``: fairseq HuBERT -> transformers' ``HubertModel`` names (speech.md §2.3).
+* ``fairseq_hubert_to_hf``: fairseq HuBERT -> transformers' ``HubertModel`` names.
 """
 from __future__ import annotations
 
@@ -393,7 +393,8 @@ def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, s
 
 
 # --------------------------------------------------------------------------- fairseq HuBERT
-# speech.md §2.3 (fairseq -> transformers names).
+# fairseq -> transformers names, as huggingface/transformers:src/transformers/models/hubert/
+# convert_hubert_original_pytorch_checkpoint_to_pytorch.py maps them.
 FAIRSEQ_HUBERT_RULES = [
     ("feature_extractor.conv_layers.{}.0.*", "feature_extractor.conv_layers.{}.conv.*"),
     ("feature_extractor.conv_layers.{}.2.1.*", "feature_extractor.conv_layers.{}.layer_norm.*"),  # "layer" mode

@@ -1,7 +1,7 @@
 """A lean HuBERT encoder with transformers' ``HubertModel`` parameter names.
 
 A ``transformers.HubertModel`` state dict loads into ``HubertModel`` here with
-``strict=True`` and no renaming (speech.md §1.3 lists the keys), and the outputs
+``strict=True`` and no renaming, and the outputs
 match it (eval mode) to float32 rounding. What differs is how batches run:
 
 * Variable-length batches are padding-free. The conv front end runs on all
@@ -32,7 +32,7 @@ from zoo.errors import AudioInputError, ConfigError
 
 @dataclass
 class HubertConfig:
-    """transformers' ``HubertConfig`` field names; defaults are ``facebook/hubert-base-ls960`` (speech.md §1.2)."""
+    """transformers' ``HubertConfig`` field names; defaults are ``facebook/hubert-base-ls960``'s."""
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -89,14 +89,17 @@ class HubertConfig:
 
     @property
     def num_feat_extract_layers(self) -> int:
+        """Number of conv layers of the feature extractor (7 for every released HuBERT)."""
         return len(self.conv_dim)
 
     @property
     def total_stride(self) -> int:
+        """Samples between two frames: the product of the conv strides (320 at 16 kHz = 50 Hz frames)."""
         return math.prod(self.conv_stride)
 
     @property
     def receptive_field(self) -> int:
+        """Samples one frame sees: 400 (25 ms at 16 kHz) for the released conv stack."""
         field_, jump = 1, 1
         for kernel, stride in zip(self.conv_kernel, self.conv_stride):
             field_ += (kernel - 1) * jump
@@ -104,6 +107,7 @@ class HubertConfig:
         return field_
 
     def to_dict(self) -> dict:
+        """Every field as a JSON-able dict (transformers' names)."""
         return asdict(self)
 
     @classmethod
@@ -116,7 +120,7 @@ class HubertConfig:
         return cls(**{k: v for k, v in config.items() if k in known})
 
 
-# facebook/hubert-base-ls960 as transformers writes it (speech.md §1.2, §2.3): the encoder of the
+# facebook/hubert-base-ls960 as transformers writes it (its config.json): the encoder of the
 # speech families' base sizes, hard-coded so that building one never downloads a config.
 HUBERT_BASE_ENCODER = {
     "hidden_size": 768,
@@ -149,6 +153,8 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, a
 
 @dataclass
 class HubertOutput:
+    """What :meth:`HubertModel.forward` returns (transformers' field names)."""
+
     last_hidden_state: torch.Tensor                 # [B, L, D], zeros after each utterance's frames
     hidden_states: tuple[torch.Tensor, ...] | None  # embeddings, then each layer run ([B, L, D] each)
     frame_lengths: torch.Tensor                     # [B] int64 valid frames per utterance
@@ -214,6 +220,8 @@ class ConvLayer(nn.Module):
 
 
 class FeatureEncoder(nn.Module):
+    """The conv front end (``feature_extractor.conv_layers.*``): waveform stream ``[1, 1, S]`` -> ``[1, C, S']``."""
+
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.conv_layers = nn.ModuleList(ConvLayer(config, i) for i in range(config.num_feat_extract_layers))
@@ -263,6 +271,8 @@ def _segment_group_norm(x: torch.Tensor, starts: list[int], layer: ConvLayer, va
 
 
 class FeatureProjection(nn.Module):
+    """LayerNorm (when ``feat_proj_layer_norm``) and Linear from the conv width to ``hidden_size``, then dropout."""
+
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.feat_proj_layer_norm = config.feat_proj_layer_norm
@@ -272,6 +282,7 @@ class FeatureProjection(nn.Module):
         self.dropout = nn.Dropout(config.feat_proj_dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` conv features -> ``[N, D]``."""
         if self.feat_proj_layer_norm:
             features = self.layer_norm(features)
         return self.dropout(self.projection(features))
@@ -359,6 +370,8 @@ def _gapped_positions(lengths: list[int], gap: int, device) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention over packed frames through :func:`zoo.nn.attention` (never across utterances)."""
+
     def __init__(self, config: HubertConfig):
         super().__init__()
         dim = config.hidden_size
@@ -371,6 +384,7 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Packed ``[sum(L), D]`` with per-utterance ``lengths`` -> ``[sum(L), D]``."""
         from zoo.nn import attention
 
         # One matmul for q, k and v.
@@ -390,6 +404,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """The position-wise FFN: Linear to ``intermediate_size``, activation, dropout, Linear back, dropout."""
+
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(config.activation_dropout)
@@ -399,11 +415,14 @@ class FeedForward(nn.Module):
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` -> ``[N, D]``."""
         x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
         return self.output_dropout(self.output_dense(x))
 
 
 class EncoderLayer(nn.Module):
+    """One transformer layer: post-LN (base) or pre-LN (``do_stable_layer_norm``, the large layout)."""
+
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.pre_norm = config.do_stable_layer_norm
@@ -414,6 +433,7 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Packed ``[sum(L), D]`` -> ``[sum(L), D]``."""
         if self.pre_norm:  # do_stable_layer_norm (large variants)
             x = x + self.dropout(self.attention(self.layer_norm(x), lengths))
             return x + self.feed_forward(self.final_layer_norm(x))
@@ -422,6 +442,8 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Positional conv, the layer stack with LayerDrop in training, and the encoder LayerNorm."""
+
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.stable_layer_norm = config.do_stable_layer_norm
@@ -469,7 +491,7 @@ class HubertModel(nn.Module):
         self.config = config
         self.feature_extractor = FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
-        # transformers: only present when some masking is configured (speech.md §1.3).
+        # transformers: only present when some masking is configured (modeling_hubert.py).
         if config.mask_time_prob > 0.0 or config.mask_feature_prob > 0.0:
             self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = Encoder(config)

@@ -1,4 +1,4 @@
-"""HuBERT masked-prediction pretraining on top of ``zoo.models.hubert.HubertModel`` (speech.md §2.3).
+"""HuBERT masked-prediction pretraining on top of ``zoo.models.hubert.HubertModel`` (``facebookresearch/fairseq:fairseq/models/hubert/hubert.py``).
 
 fairseq's recipe, written anew: span masking (mask_prob 0.8, span 10), the mask
 embedding at masked frames, conv features whose gradient is scaled by
@@ -46,11 +46,13 @@ class GradMultiply(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale: float):
+        """Identity."""
         ctx.scale = scale
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
+        """The incoming gradient times ``scale``."""
         return grad * ctx.scale, None
 
 

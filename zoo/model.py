@@ -73,6 +73,7 @@ class ZooModel(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter (or buffer); CPU for a model with neither."""
         for tensor in self.parameters():
             return tensor.device
         for tensor in self.buffers():

@@ -5,7 +5,7 @@
 * the model's predicted topic per utterance (``predict_topic``, argmax), its agreement
   with the LDA topics, and normalised mutual information (NMI) between topics and the
   manifest's ``speaker`` (and ``gender`` where rows have it), for the predicted and the
-  LDA topics (the paper finds topics encode speaker and gender, speech.md §2.2).
+  LDA topics (the paper finds topics encode speaker and gender; arXiv 2310.03975).
 
 Utterances the labels folder does not cover are labelled on the fly with its k-means
 centroids (MFCC labels) and its LDA model.

@@ -1,4 +1,4 @@
-"""k-means pseudo-labels (speech.md §2.3): fairseq's sampling and MiniBatchKMeans settings, label files."""
+"""k-means pseudo-labels (``facebookresearch/fairseq:examples/hubert/simple_kmeans/learn_kmeans.py``): fairseq's sampling and MiniBatchKMeans settings, label files."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch
 
 from zoo.errors import ConfigError
 
-# speech.md §2.3 (fairseq simple_kmeans/learn_kmeans.py).
+# facebookresearch/fairseq:examples/hubert/simple_kmeans/learn_kmeans.py.
 KMEANS_DEFAULTS = dict(init="k-means++", max_iter=100, batch_size=10000, tol=0.0, max_no_improvement=100,
                        n_init=20, reassignment_ratio=0.0)
 
@@ -55,10 +55,12 @@ def assign(features, centroids) -> np.ndarray:
 
 
 def save_centroids(path, centroids) -> None:
+    """Write k-means centroids ``[K, D]`` as float32 ``.npy`` (no pickle)."""
     np.save(Path(path), np.asarray(centroids, dtype=np.float32), allow_pickle=False)
 
 
 def load_centroids(path) -> np.ndarray:
+    """Read centroids ``[K, D]`` written by :func:`save_centroids` (pickles refused)."""
     return np.load(Path(path), allow_pickle=False)
 
 

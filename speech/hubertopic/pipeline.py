@@ -13,7 +13,7 @@ unless ``force=True``, which redoes that step and every later one. The folder's
     lda/               the LDA model (npz + json, no pickle)
     topics.txt         "<id>\\t<topic>" one line per utterance
 
-Iteration 1 (speech.md §2.3) uses 39-d MFCC at 100 Hz with K=100; iteration 2 the
+Iteration 1 (HuBERT, arXiv 2106.07447) uses 39-d MFCC at 100 Hz with K=100; iteration 2 the
 features of layer 6 of the previous model at 50 Hz with K=500 (``source: layer`` and
 ``teacher``: a card name, a zoo folder, or an upstream HuBERT checkpoint).
 """
@@ -37,7 +37,7 @@ STEPS = ("features", "kmeans", "labels", "lda")
 LABELS_FILE = "labels.json"
 STEPS_FILE = "steps.json"
 
-# Defaults of the `labels` and `lda` sections (trainer recipe); speech.md §2.3 values where they exist.
+# Defaults of the `labels` and `lda` sections (trainer recipe); HuBERT's / fairseq's values where they exist.
 LABEL_DEFAULTS = {
     "dir": None,             # null = <train.output_dir>/labels
     "source": "mfcc",        # mfcc (iteration 1) | layer (iteration 2)
@@ -51,7 +51,7 @@ LABEL_DEFAULTS = {
 }
 LDA_DEFAULTS = {
     "num_topics": None,      # null = the model's topic.num_topics
-    "documents": "dedup",    # ours: frames | dedup | ngram (speech.md §2.2 unknown)
+    "documents": "dedup",    # ours: frames | dedup | ngram (the paper does not say)
     "ngram": 2,
     "doc_topic_prior": None,  # null = 1 / num_topics (sklearn)
     "topic_word_prior": None,
@@ -111,6 +111,7 @@ class LabelChain:
     # ------------------------------------------------------------------ settings per step
     @property
     def label_rate(self) -> int:
+        """Labels per second of the configured source: 100 for MFCC, 50 for layer features."""
         from zoo.speech.hubertopic.features import FEATURE_RATES
 
         return FEATURE_RATES[self.labels["source"]]
@@ -151,6 +152,7 @@ class LabelChain:
 
     # ------------------------------------------------------------------ features
     def teacher(self):
+        """The iteration-2 teacher model (loaded once, on first use) from ``labels.teacher``."""
         if self._teacher is None:
             self._teacher = load_teacher(self.labels["teacher"])
         return self._teacher
@@ -256,6 +258,7 @@ class Labels:
 
     @classmethod
     def read(cls, folder) -> "Labels":
+        """Read a finished labels folder (``labels.json`` and the files it names); ConfigError if it is none."""
         from zoo.speech.hubertopic.kmeans import read_labels
         from zoo.speech.hubertopic.topics import read_topics
 
@@ -271,9 +274,11 @@ class Labels:
 
     @property
     def units_file(self) -> Path:
+        """Path of the unit-label file (``units.km``)."""
         return self.folder / self.manifest["units"]
 
     def check_covers(self, ids: list[str]) -> None:
+        """Raise ConfigError naming the first utterance ids that have no unit labels here."""
         missing = [i for i in ids if i not in self.units]
         if missing:
             raise ConfigError(f"{self.units_file} has no labels for {len(missing)} utterance(s) of the manifest, e.g. "

@@ -1,7 +1,7 @@
 """The Sylber model: a 9-layer HuBERT encoder whose frame features segment into syllables.
 
 Cho et al., *Sylber: Syllabic Embedding Representation of Speech from Raw Audio* (ICLR 2025,
-arXiv 2410.07168), §3; official inference code ``Berkeley-Speech-Group/sylber:sylber/model/sylber.py``
+arXiv 2410.07168); official inference code ``Berkeley-Speech-Group/sylber:sylber/model/sylber.py``
 (``Segmenter``). ``model.extract_features(audio)`` (also ``model(audio, rate)``) returns the
 50 Hz frame features (the output of the last of the 9 layers); ``model.segment(audio)`` runs the
 greedy segmentation of :mod:`zoo.speech.sylber.segment` and returns segments, their mean

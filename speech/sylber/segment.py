@@ -821,6 +821,7 @@ class Thresholder(torch.nn.Module):
             self.register_buffer(name, torch.full((1,), float(value), dtype=torch.float32))
 
     def extra_repr(self) -> str:
+        """``decay=..., eta=...`` in the module's repr."""
         return f"decay={self.decay}, eta={self.eta}"
 
     @torch.no_grad()

@@ -257,7 +257,14 @@ def collate_crops(items: list[dict]) -> dict:
 
 
 class SylberTrainer(Trainer):
-    """Stage 1 (segments from files) or stage 2 (online segmentation of the teacher's features)."""
+    """``zoo train sylber``: stage 1 (segments from files, or the energy stand-in) or stage 2 (online
+    segmentation of the teacher's features with the adaptive Thresholder).
+
+    Recipe sections: ``model``, ``data``, ``sylber``, ``noise``, ``tokenizer`` and ``report``
+    (see ``config_defaults``). Logged per step: ``loss`` (:meth:`distillation_loss`),
+    ``segments_per_second`` of the crops, and in stage 2 ``norm_threshold`` and ``merge_threshold``.
+    Raises :class:`~zoo.errors.ConfigError` for settings out of range.
+    """
 
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
@@ -332,6 +339,7 @@ class SylberTrainer(Trainer):
 
     # ------------------------------------------------------------------ model and data
     def build_model(self):
+        """``model.init`` (a card, zoo folder or hf-hub name) with its overrides, else a fresh ``model.size``."""
         import zoo
         from zoo.registry import get_family
 
@@ -346,6 +354,7 @@ class SylberTrainer(Trainer):
         return model
 
     def build_datasets(self):
+        """:class:`SylberCropDataset` over ``data.train`` (no separate eval set: ``evaluate`` reads ``data.eval``)."""
         data = self.config["data"]
         rows, root = _read_rows(data["train"])
         from_files = self.stage == 1 and not self.energy_segments
@@ -357,6 +366,7 @@ class SylberTrainer(Trainer):
         return train, None
 
     def collate(self, items: list):
+        """:func:`collate_crops`."""
         return collate_crops(items)
 
     # ------------------------------------------------------------------ teacher
@@ -366,6 +376,7 @@ class SylberTrainer(Trainer):
             self.teacher = copy.deepcopy(model.hubert).eval().requires_grad_(False)
 
     def on_train_start(self, model) -> None:
+        """Make the teacher (a frozen copy of the student's encoder) and move the Thresholder to the model's device."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Different noise mixing per rank (resume restores the state saved with the checkpoint).
             self.generator.manual_seed(self._seed + 7919 + torch.distributed.get_rank())
@@ -375,6 +386,7 @@ class SylberTrainer(Trainer):
             self.thresholder.to(model.device)
 
     def on_step_end(self, model, step: int) -> None:
+        """EMA update of the teacher when ``sylber.ema_decay`` < 1 (the released 1.0 keeps it frozen)."""
         if self.ema_decay < 1.0 and self.teacher is not None:
             with torch.no_grad():
                 for ema, live in zip(self.teacher.parameters(), model.hubert.parameters()):
@@ -416,6 +428,7 @@ class SylberTrainer(Trainer):
         return targets
 
     def training_step(self, model, batch) -> dict:
+        """Teacher features -> segments (files, energy, or online) -> targets -> student on the noisy input -> loss."""
         device = next(iter(self.teacher.parameters())).device if self.teacher is not None else None
         if self.teacher is None:
             raise ConfigError("SylberTrainer.on_train_start was not called before training_step")
@@ -482,6 +495,7 @@ class SylberTrainer(Trainer):
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def on_train_end(self, model) -> None:
+        """Fit the codebook (``tokenizer.num_tokens`` > 0) and print the report (``report.clip`` set, rank 0)."""
         if self.config["tokenizer"]["num_tokens"]:
             self.fit_tokenizer(model)
         if self.config["report"]["clip"] and getattr(self, "rank", 0) == 0:
@@ -539,6 +553,7 @@ class SylberTrainer(Trainer):
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
+        """Exact-resume state: the generator, the teacher's weights and the Thresholder's statistics."""
         state = {"generator": self.generator.get_state()}
         if self.teacher is not None:
             state["teacher"] = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
@@ -547,6 +562,7 @@ class SylberTrainer(Trainer):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (after ``on_train_start`` made the teacher)."""
         self.generator.set_state(state["generator"])
         if "teacher" in state:
             if self.teacher is None:

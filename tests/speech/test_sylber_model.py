@@ -42,7 +42,7 @@ def test_sizes_and_registration():
 
 
 def test_base_parameter_count():
-    # speech.md §1.2: 94.37M (12-layer HuBERT-base) minus 3 transformer layers of 7.088M each = ~73.1M.
+    # 94.37M (12-layer HuBERT-base) minus 3 transformer layers of 7.088M each = ~73.1M.
     model = zoo.get_family("sylber").build(make_config("base"))
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - 73.1e6) < 0.1e6, count
