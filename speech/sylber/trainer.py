@@ -94,8 +94,11 @@ def energy_syllables(wave: torch.Tensor, *, floor_db: float = 30.0, silence_dbfs
     frames = wave.unfold(0, WINDOW, HOP)[:count]
     energy = 10 * torch.log10(frames.pow(2).mean(-1) + 1e-10)
     if smooth_frames > 1:
+        # Edges repeat the end frames: zero padding would be 0 dB (full scale) and turn edge silence into speech.
         kernel = torch.ones(1, 1, smooth_frames, dtype=energy.dtype) / smooth_frames
-        energy = torch.nn.functional.conv1d(energy[None, None], kernel, padding=smooth_frames // 2)[0, 0, :count]
+        side = smooth_frames // 2
+        padded = torch.nn.functional.pad(energy[None, None], (side, side), mode="replicate")
+        energy = torch.nn.functional.conv1d(padded, kernel)[0, 0, :count]
     energy = energy.numpy()
     speech = (energy > energy.max() - floor_db) & (energy > silence_dbfs)
     segments = []

@@ -106,6 +106,39 @@ def test_crops_are_frame_aligned_and_padded(corpus):
     assert num_frames(16320, 400, 320) == 50 and num_frames(32320, 400, 320) == 100
 
 
+def test_added_silence_gets_no_segments_and_silence_alone_none_at_all(corpus):
+    """data.pad_silence / data.silence_only: silence (with a noise floor) around and instead of speech, never
+    inside a segment, so the student's target there is zero: silence is not a syllable."""
+    from zoo.data import demo_corpus, read_manifest
+    from zoo.speech.sylber.trainer import HOP, SylberCropDataset, energy_syllables
+
+    rows = read_manifest(demo_corpus())[:4]
+    data = SylberCropDataset(rows, corpus, max_len=80000, energy_segments=True, pad_silence=0.5)
+    torch.manual_seed(3)
+    for index in range(4):
+        clip_frames = __import__("zoo").audio.load_audio(rows[index]["path"]).shape[0] // HOP
+        item = data[index]
+        frames = item["wav"].shape[0] // HOP
+        assert clip_frames <= frames - 1 <= clip_frames + 50  # up to 25 frames (0.5 s) each side
+        energy = item["wav"][:frames * HOP].reshape(frames, HOP).pow(2).mean(-1)
+        quiet = (energy < 1e-5).tolist()  # the added silence: noise floor at -50 dBFS or below
+        lead = next(i for i, q in enumerate(quiet) if not q)  # quiet frames before the speech
+        tail = next(i for i, q in enumerate(reversed(quiet)) if not q)  # and after it
+        assert lead + tail >= 1 and len(item["segments"]) >= 1
+        for start, end in item["segments"]:  # no segment lies in the leading or trailing silence
+            assert end > lead and start < frames - tail
+    # A crop of the noise floor alone: no syllable at all.
+    alone = SylberCropDataset(rows, corpus, max_len=80000, energy_segments=True, pad_silence=0.5, silence_only=1.0)
+    item = alone[0]
+    assert item["segments"].shape == (0, 2) and float(item["wav"].abs().max()) < 0.02
+    assert energy_syllables(1e-3 * torch.randn(16000)).shape == (0, 2)  # -60 dBFS noise is silence
+    assert energy_syllables(0.3 * torch.randn(16000)).shape[0] >= 1  # loud noise is not
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="silence_only needs data.pad_silence"):
+        SylberCropDataset(rows, corpus, silence_only=0.1)
+
+
 def test_stage1_requires_the_segments_field(corpus):
     from zoo.speech.sylber.trainer import SylberCropDataset
 
