@@ -12,7 +12,6 @@ _EXPORTS = {
     "HubertOutput": "zoo.models.hubert",
     "HubertPretrainModel": "zoo.models.hubert_pretrain",
     "read_checkpoint": "zoo.models.checkpoints",
-    "strict_load": "zoo.models.checkpoints",
     "normalize_weight_norm_keys": "zoo.models.checkpoints",
     "remap_keys": "zoo.models.checkpoints",
     "fairseq_hubert_to_hf": "zoo.models.checkpoints",

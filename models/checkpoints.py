@@ -1,31 +1,31 @@
-"""Reading official checkpoints safely, key maps and strict loading.
+"""Reading official checkpoints safely, and key maps.
 
-* ``read_checkpoint``: safetensors, or ``torch.load(weights_only=True)``. Official
-  fairseq checkpoints also pickle their training config (``argparse.Namespace``,
-  omegaconf ``DictConfig``) next to the weights, which ``weights_only`` refuses. For
-  those, a restricted unpickler reads torch's file layout itself: tensors are rebuilt
-  with torch's own functions, and every other class the pickle names becomes an inert
+* ``read_checkpoint``: safetensors, or ``torch.load(weights_only=True)``. Official fairseq and
+  Lightning checkpoints also pickle their training config (``argparse.Namespace``, omegaconf
+  ``DictConfig``, Lightning's ``AttributeDict``) next to the weights, which ``weights_only`` refuses.
+  For those, ``torch.load`` runs with a restricted ``pickle_module``: torch still parses the file
+  and rebuilds the tensors, and every other class the pickle names becomes an inert
   ``ForeignObject`` that only records its state. No foreign module is ever imported.
-* ``strict_load``: every missing, unexpected or mis-shaped key is a ``CheckpointKeysError``.
+* strict loading is ``zoo.hub.load_state_dict_strict`` (one implementation for every loader).
 * ``remap_keys``: torchtune-style key templates with ``{}`` for layer indices.
-* ``fairseq_hubert_to_hf``: fairseq HuBERT -> transformers' ``HubertModel`` names.
+* ``fairseq_hubert_to_hf``: fairseq HuBERT -> transformers' ``HubertModel`` names
+  (facebookresearch/fairseq:fairseq/models/hubert/hubert.py ->
+  huggingface/transformers:src/transformers/models/hubert/convert_hubert_original_pytorch_checkpoint_to_pytorch.py).
 """
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import struct
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
+from zoo.hub import normalize_weight_norm_keys  # noqa: F401  (re-exported for the family loaders)
 
 # --------------------------------------------------------------------------- restricted unpickling
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-1.6 (non-zip) format
 
 
 class ForeignObject:
@@ -86,21 +86,6 @@ def _foreign_class(module: str, name: str) -> type:
     return _FOREIGN_CLASSES[key]
 
 
-class _StorageType:
-    """What a pickled ``torch.FloatStorage`` (etc.) name resolves to: just its dtype."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128, "UntypedStorage": torch.uint8,
-}
-
-
 def _rebuild_from_type_v2(func, new_type, args, state):
     """torch's tensor-subclass rebuild, limited to plain tensors and parameters."""
     tensor = func(*args)
@@ -110,6 +95,7 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The real objects a checkpoint may name: torch's tensor/storage rebuilders and a few builtins."""
     import _codecs
     import collections
 
@@ -124,21 +110,23 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     }
-    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+                 "_rebuild_parameter_with_state"):
         allowed[("torch._utils", name)] = getattr(_utils, name)
-    for name, dtype in _STORAGE_DTYPES.items():
-        allowed[("torch", name)] = _StorageType(dtype)
-        allowed[("torch.storage", name)] = _StorageType(dtype)
     return allowed
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Real objects only for torch's tensor rebuild functions and a few builtins; inert stand-ins for the rest."""
+    """Real objects only for torch's tensor rebuild functions and a few builtins; inert stand-ins for the rest.
 
-    def __init__(self, file, persistent_load=None):
-        super().__init__(file)
+    Every way a pickle can reach code (``GLOBAL``/``STACK_GLOBAL``/``INST``/``OBJ`` and the copyreg
+    extension codes) goes through ``find_class``, so no module a checkpoint names is ever imported.
+    ``torch.load`` subclasses it (``pickle_module``) and adds its own storage handling.
+    """
+
+    def __init__(self, file, *args, **kwargs):
+        super().__init__(file, *args, **kwargs)
         self._allowed = _allowed_globals()
-        self._persistent_load = persistent_load
         self.foreign: set[str] = set()
 
     def find_class(self, module: str, name: str):
@@ -149,91 +137,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.foreign.add(f"{module}.{name}")
         return _foreign_class(module, name)
 
-    def persistent_load(self, pid):
-        if self._persistent_load is None:
-            raise pickle.UnpicklingError("persistent id in a pickle that has no storages")
-        return self._persistent_load(pid)
 
+class _RestrictedPickleModule:
+    """What ``torch.load(pickle_module=...)`` needs: ``Unpickler`` and ``load`` (legacy format headers)."""
 
-def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype):
-    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+    __name__ = "zoo.models.checkpoints.restricted_pickle"
+    Unpickler = RestrictedUnpickler
 
-
-def _storage_dtype(storage_type) -> torch.dtype:
-    if not isinstance(storage_type, _StorageType):
-        raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
-    return storage_type.dtype
-
-
-def _load_zip(path: Path):
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise pickle.UnpicklingError("not a torch zip checkpoint (no unique <name>/data.pkl)")
-        prefix = pickles[0][: -len("data.pkl")]
-        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() not in (b"little", b""):
-            raise pickle.UnpicklingError("big-endian checkpoints are not supported")
-        storages: dict[str, Any] = {}
-
-        def persistent_load(pid):
-            if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-            _, storage_type, key, _location, _numel = pid[:5]
-            if key not in storages:
-                data = archive.read(f"{prefix}data/{key}")
-                untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else torch.UntypedStorage(0)
-                storages[key] = _typed(untyped, _storage_dtype(storage_type))
-            return storages[key]
-
-        return RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), persistent_load).load()
-
-
-def _load_legacy(path: Path):
-    """torch's pre-1.6 format: magic, protocol, sys info, the object pickle, storage keys, raw storages."""
-    with open(path, "rb") as handle:
-        if RestrictedUnpickler(handle).load() != _LEGACY_MAGIC:
-            raise pickle.UnpicklingError("not a torch checkpoint (bad magic number)")
-        RestrictedUnpickler(handle).load()  # protocol version
-        RestrictedUnpickler(handle).load()  # sys info
-        roots: dict[str, Any] = {}
-
-        def persistent_load(pid):
-            if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-            _, storage_type, key, _location, numel, view = (tuple(pid) + (None,))[:6]
-            dtype = _storage_dtype(storage_type)
-            size = torch.empty(0, dtype=dtype).element_size()
-            if key not in roots:
-                roots[key] = (torch.UntypedStorage(int(numel) * size), size)
-            untyped = roots[key][0]
-            if view is not None:
-                _view_key, offset, view_size = view
-                untyped = untyped[offset * size:(offset + view_size) * size]
-            return _typed(untyped, dtype)
-
-        result = RestrictedUnpickler(handle, persistent_load).load()
-        keys = RestrictedUnpickler(handle).load()
-        for key in keys:
-            untyped, size = roots[str(key)]
-            (count,) = struct.unpack("<q", handle.read(8))
-            nbytes = count * size
-            data = handle.read(nbytes)
-            if len(data) != nbytes or nbytes != untyped.nbytes():
-                raise EOFError("storage data is truncated")
-            if nbytes:
-                target = torch.empty(0, dtype=torch.uint8).set_(untyped)
-                target.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        return result
+    @staticmethod
+    def load(file, **kwargs):
+        return RestrictedUnpickler(file, **kwargs).load()
 
 
 def restricted_load(path: str | Path):
-    """Read a torch checkpoint without importing any class it names (see module docstring)."""
+    """Read a torch checkpoint without importing any class it names.
+
+    torch parses the file (zip or legacy format, storages, byte order) exactly as ``torch.load`` always
+    does; only the unpickler is ours: tensors are rebuilt by torch's own functions and every other class
+    becomes an inert :class:`ForeignObject`. Raises :class:`CheckpointFormatError` for an unreadable file.
+    """
     path = Path(path)
     try:
-        return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
-    except CheckpointFormatError:
-        raise
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
     except Exception as err:  # any failure to parse means the file is not a readable checkpoint
         raise CheckpointFormatError(
             f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}). It may be truncated or "
@@ -294,59 +219,6 @@ def find_state_dict(checkpoint: Mapping[str, Any], source: str,
 
 
 # --------------------------------------------------------------------------- key handling
-_LEGACY_SUFFIX = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
-
-
-def normalize_weight_norm_keys(state_dict: Mapping[str, torch.Tensor], prefer: str = "parametrizations") -> dict:
-    """Spell weight-norm keys one way: ``X.weight_g/weight_v`` <-> ``X.parametrizations.weight.original0/1``."""
-    if prefer not in ("parametrizations", "legacy", "weight_g"):
-        raise ValueError(f"prefer must be 'parametrizations' or 'legacy', got {prefer!r}")
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        if prefer == "parametrizations":
-            for old, modern in _LEGACY_SUFFIX.items():
-                if key.endswith("." + old) or key == old:
-                    new = key[: -len(old)] + modern
-        else:
-            for old, modern in _LEGACY_SUFFIX.items():
-                if key.endswith("." + modern) or key == modern:
-                    new = key[: -len(modern)] + old
-        if new in out:
-            raise CheckpointKeysError("state dict", hint=f"  both spellings of weight norm are present for {new}.")
-        out[new] = value
-    return out
-
-
-def _weight_norm_spelling(keys: Iterable[str]) -> str | None:
-    for key in keys:
-        if ".parametrizations.weight.original" in key:
-            return "parametrizations"
-        if key.endswith(".weight_g") or key.endswith(".weight_v"):
-            return "legacy"
-    return None
-
-
-def strict_load(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
-                normalize_weight_norm: bool = True) -> torch.nn.Module:
-    """``module.load_state_dict(state_dict, strict=True)``, after listing every key problem in one error."""
-    expected = module.state_dict()
-    if normalize_weight_norm:
-        spelling = _weight_norm_spelling(expected)
-        if spelling is not None:
-            state_dict = normalize_weight_norm_keys(state_dict, prefer=spelling)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [(k, tuple(expected[k].shape), tuple(v.shape)) for k, v in state_dict.items()
-                  if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape)]
-    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if missing or unexpected or mismatched or not_tensors:
-        hint = f"  entries that are not tensors: {not_tensors}" if not_tensors else ""
-        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint)
-    module.load_state_dict(dict(state_dict), strict=True)
-    return module
-
-
 def _template_regex(pattern: str) -> re.Pattern:
     parts = re.split(r"(\{\}|\*)", pattern)
     regex = "".join(r"(\d+)" if p == "{}" else "(.+)" if p == "*" else re.escape(p) for p in parts)
@@ -393,8 +265,7 @@ def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, s
 
 
 # --------------------------------------------------------------------------- fairseq HuBERT
-# fairseq -> transformers names, as huggingface/transformers:src/transformers/models/hubert/
-# convert_hubert_original_pytorch_checkpoint_to_pytorch.py maps them.
+# speech.md §2.3 (fairseq -> transformers names).
 FAIRSEQ_HUBERT_RULES = [
     ("feature_extractor.conv_layers.{}.0.*", "feature_extractor.conv_layers.{}.conv.*"),
     ("feature_extractor.conv_layers.{}.2.1.*", "feature_extractor.conv_layers.{}.layer_norm.*"),  # "layer" mode
@@ -449,5 +320,4 @@ def hf_to_fairseq_hubert(state_dict: Mapping[str, Any], extras: Mapping[str, Any
 __all__ = [
     "FAIRSEQ_HUBERT_RULES", "ForeignObject", "RestrictedUnpickler", "fairseq_hubert_to_hf", "find_state_dict",
     "hf_to_fairseq_hubert", "normalize_weight_norm_keys", "read_checkpoint", "remap_keys", "restricted_load",
-    "strict_load",
 ]

@@ -243,12 +243,13 @@ class HubertPretrainModel(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def load_fairseq_state_dict(self, checkpoint: dict, source: str = "fairseq HuBERT checkpoint") -> "HubertPretrainModel":
         """Strictly load fairseq HuBERT pretraining weights (``ckpt["model"]`` or the whole checkpoint)."""
-        from zoo.models.checkpoints import fairseq_hubert_to_hf, strict_load
+        from zoo.hub import load_state_dict_strict
+        from zoo.models.checkpoints import fairseq_hubert_to_hf
 
         encoder, extras = fairseq_hubert_to_hf(checkpoint, source=source)
         state = {f"hubert.{k}": v for k, v in encoder.items()}
         state.update(extras)
-        return strict_load(self, state, source)
+        return load_state_dict_strict(self, state, source)
 
 
 def _prefix_mask(counts: Sequence[int], frames: Sequence[int], width: int, device) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The public entry points: ``zoo.load``, ``zoo.list_models``, ``zoo.model_info``."""
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 from zoo import hub
 from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
+from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
 from zoo.registry import get_family
 
@@ -59,10 +61,7 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
     card = get_card(name)
     family = get_family(card.family)
     config = family.make_config(card.size, card.config, source=card.source)
-    from zoo.registry import set_dotted
-
-    for key, value in overrides.items():
-        set_dotted(config, key, value, source=f"overrides for {name!r}")
+    apply_overrides(config, overrides, defaults=copy.deepcopy(config), source=f"overrides for {name!r}")
     if not pretrained:
         model = family.build(config)
     elif card.weights is None:

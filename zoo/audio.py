@@ -10,11 +10,10 @@ given), and an array without its sample rate is an error. Problems raise
 crash deep inside a convolution.
 
 Files are read with soundfile (libsndfile: wav, flac, ogg/opus and, from libsndfile 1.1,
-mp3); other formats (m4a/aac, ...) are decoded by audioread (a librosa dependency; it needs
-ffmpeg or GStreamer on the machine). Resampling is soxr's "HQ" filter, the resampler behind
-``librosa.resample``'s default ``soxr_hq`` (called directly: importing ``librosa.resample``
-pulls in scipy.signal, seconds of start-up for nothing). All arithmetic is float32, so a
-path and the same file's samples passed with their rate give bit-identical waveforms.
+mp3); other formats (m4a/aac, ...) are decoded by ``librosa.load`` through audioread (which needs
+ffmpeg or GStreamer on the machine). Resampling is ``librosa.resample`` with soxr's "HQ" filter
+(``res_type="soxr_hq"``). All arithmetic is float32, so a path and the same file's samples
+passed with their rate give bit-identical waveforms.
 """
 from __future__ import annotations
 
@@ -91,8 +90,8 @@ def _is_path(value) -> bool:
 def read_audio(path) -> tuple[np.ndarray, int]:
     """Decode an audio file: ``(samples [T, C] float32 in [-1, 1], the file's sample rate in Hz)``.
 
-    soundfile first; when libsndfile cannot read the format, audioread (ffmpeg, GStreamer or
-    Core Audio underneath). Raises :class:`AudioInputError` naming the file when it is
+    soundfile first; when libsndfile cannot read the format, ``librosa.load`` (audioread: ffmpeg,
+    GStreamer or Core Audio underneath). Raises :class:`AudioInputError` naming the file when it is
     missing, a folder, or unreadable by both.
     """
     import soundfile
@@ -107,42 +106,34 @@ def read_audio(path) -> tuple[np.ndarray, int]:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         return data, int(rate)
     except Exception as soundfile_error:  # libsndfile raises LibsndfileError/RuntimeError/TypeError by format
-        try:
-            return _read_with_audioread(path)
-        except AudioInputError:
-            raise
-        except Exception as audioread_error:
-            raise AudioInputError(
-                f"Cannot read audio file {str(path)!r}: soundfile says {soundfile_error}; audioread says "
-                f"{type(audioread_error).__name__}: {audioread_error}. Give a wav, flac, ogg or mp3 file, install "
-                "ffmpeg so audioread can decode other formats (m4a, aac, ...), or convert the file with ffmpeg or "
-                "sox.") from soundfile_error
+        return _read_with_librosa(path, soundfile_error)
 
 
-def _read_with_audioread(path: Path) -> tuple[np.ndarray, int]:
-    """audioread's 16-bit PCM blocks -> ``[T, C]`` float32 (x / 32768, as soundfile scales 16-bit PCM)."""
+def _read_with_librosa(path: Path, soundfile_error: Exception) -> tuple[np.ndarray, int]:
+    """Formats libsndfile cannot open (m4a/aac, some mp3): librosa decodes them through audioread, which
+    uses ffmpeg or GStreamer when one is installed. Returns ``(float32 [T, C], the file's rate)``."""
     import warnings
 
-    import audioread
+    import librosa
 
-    with warnings.catch_warnings():  # its raw reader imports aifc/audioop/sunau, deprecated in Python 3.11+
-        warnings.simplefilter("ignore", DeprecationWarning)
-        source = audioread.audio_open(str(path))
-    with source:
-        channels, rate = int(source.channels), int(source.samplerate)
-        pcm = np.frombuffer(b"".join(bytes(block) for block in source), dtype="<i2")
-    if channels < 1 or pcm.size % channels:
-        raise AudioInputError(f"Cannot read audio file {str(path)!r}: the decoder returned {pcm.size} samples for "
-                              f"{channels} channel(s). Convert the file to wav or flac with ffmpeg or sox.")
-    samples = pcm.reshape(-1, channels).astype(np.float32) / np.float32(32768.0)
-    return samples, rate
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa's FutureWarning about its audioread fallback
+            data, file_rate = librosa.load(str(path), sr=None, mono=False, dtype=np.float32)
+    except Exception as error:
+        raise AudioInputError(
+            f"Cannot read audio file {str(path)!r}: {soundfile_error}; librosa/audioread could not decode it "
+            f"either ({type(error).__name__}: {error}). Give a wav, flac, ogg or mp3 file, or install ffmpeg "
+            "so that m4a/aac files can be decoded.") from error
+    data = np.asarray(data, dtype=np.float32)
+    return (data[:, None] if data.ndim == 1 else data.T), int(file_rate)
 
 
 def load_audio(path, sample_rate: int = 16000, *, min_samples: int = 1) -> torch.Tensor:
     """Read an audio file as a mono float32 tensor ``[T]`` at ``sample_rate`` Hz.
 
     The channels are averaged and the file's own rate is resampled to ``sample_rate``
-    (soxr HQ). Raises :class:`AudioInputError` naming the file when it is missing,
+    (``librosa.resample``, soxr HQ). Raises :class:`AudioInputError` naming the file when it is missing,
     unreadable, empty, non-finite, or shorter than ``min_samples`` after resampling.
     Same result as ``prepare_waveforms(path, target_rate=sample_rate).waves[0]``.
     """
@@ -269,9 +260,10 @@ def _prepare(wav, sample_rate: int, target_rate: int, *, name: str, channel_axis
         bad = int((~torch.isfinite(wave)).sum())
         raise AudioInputError(f"{name} contains {bad} NaN or infinite sample(s); clean or re-export the audio.")
     if sample_rate != target_rate:
-        import soxr
+        import librosa
 
-        wave = torch.from_numpy(soxr.resample(wave.numpy(), sample_rate, target_rate, quality="HQ"))
+        wave = torch.from_numpy(np.ascontiguousarray(
+            librosa.resample(wave.numpy(), orig_sr=sample_rate, target_sr=target_rate, res_type="soxr_hq")))
     if wave.numel() < min_samples:
         have, need = wave.numel(), int(min_samples)
         raise AudioInputError(

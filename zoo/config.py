@@ -21,8 +21,8 @@ import yaml
 
 from zoo.errors import ConfigError
 
-__all__ = ["load_yaml", "parse_overrides", "apply_overrides", "merge", "validate", "check_paths", "get_dotted",
-           "build_config", "type_name"]
+__all__ = ["load_yaml", "parse_overrides", "apply_overrides", "merge", "sized_config", "dotted_items", "validate",
+           "check_paths", "get_dotted", "build_config", "type_name"]
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -61,7 +61,11 @@ def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str
 
 
 def merge(base: Mapping, update: Mapping) -> dict:
-    """Deep copy of ``base`` with ``update`` merged in (sections merge, other values replace)."""
+    """Deep copy of ``base`` with ``update`` merged in (sections merge, other values replace).
+
+    No key checking: use it to combine trusted layers (defaults, a size). User input goes
+    through :func:`apply_overrides` / :func:`sized_config`, which reject unknown keys.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
@@ -71,13 +75,42 @@ def merge(base: Mapping, update: Mapping) -> dict:
     return out
 
 
-def sized_config(family: str, defaults: Mapping, sizes: Mapping, size: str, overrides: Mapping) -> dict:
-    """A builder's full config: ``defaults``, then the named size, then ``overrides`` (``size`` recorded)."""
+def dotted_items(overrides: Mapping[str, Any], config: Mapping, _prefix: str = "") -> dict[str, Any]:
+    """Nested overrides as dotted keys, following ``config``'s sections.
+
+    ``{"encoder": {"hidden_size": 32}, "a.b": 1}`` -> ``{"encoder.hidden_size": 32, "a.b": 1}`` when
+    ``encoder`` is a (non-empty) section of ``config``; a mapping given for an open section (``{}``)
+    or for a plain value stays one value.
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = f"{_prefix}{key}"
+        section = get_dotted(config, dotted) if isinstance(value, Mapping) else None
+        if isinstance(section, Mapping) and section and value:
+            out.update(dotted_items(value, config, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def sized_config(family: str, defaults: Mapping, sizes: Mapping, size: str | None = None,
+                 overrides: Mapping | None = None, *, source: str = "") -> dict:
+    """A model's full config: ``defaults``, then the named size, then ``overrides`` (``size`` recorded).
+
+    ``size=None`` takes the first size. ``overrides`` may be nested (``{"encoder": {"hidden_size": 32}}``)
+    or dotted (``{"encoder.hidden_size": 32}``). Every override must name a key the config has:
+    an unknown key or a wrong type is a :class:`ConfigError` that lists the valid keys, exactly as
+    ``zoo.load(name, key=value)`` and ``zoo train`` overrides report it. Raises ``ConfigError`` for an
+    unknown size too, listing the sizes.
+    """
+    size = size if size is not None else next(iter(sizes))
     if size not in sizes:
-        raise ConfigError(f"{family} has no size {size!r}; sizes: {', '.join(sizes)}")
+        where = f" ({source})" if source else ""
+        raise ConfigError(f"{family} has no size {size!r}{where}; sizes: {', '.join(sizes)}")
     config = merge(defaults, sizes[size])
     config["size"] = size
-    return merge(config, overrides)
+    return apply_overrides(config, overrides or {}, defaults=copy.deepcopy(config),
+                           source=source or f"overrides for {family} size {size!r}")
 
 
 def _is_open(default: Any) -> bool:
@@ -97,6 +130,7 @@ def _lookup_default(defaults: Mapping, parts: list[str]) -> tuple[bool, Any]:
 
 
 def get_dotted(config: Mapping, dotted: str, default: Any = None) -> Any:
+    """The value at ``a.b.c`` in a nested mapping, or ``default`` when any part is missing."""
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -106,14 +140,28 @@ def get_dotted(config: Mapping, dotted: str, default: Any = None) -> Any:
 
 
 def apply_overrides(config: dict, overrides: Mapping[str, Any], *, defaults: Mapping | None = None,
-                    source: str = "command line") -> dict:
-    """Set each dotted key in ``config`` (in place; returns it). With ``defaults``, unknown keys raise."""
-    for dotted, value in overrides.items():
+                    source: str = "command line", types: Mapping[str, tuple[type, ...]] | None = None) -> dict:
+    """Set each (dotted or nested) override in ``config``, in place; returns ``config``.
+
+    This is the one path for user overrides: recipes on the command line, ``zoo.load(name, **overrides)``,
+    ``Family.make_config`` and the family builders' ``make_config``. With ``defaults`` (the shape the
+    config must keep), an unknown key raises :class:`ConfigError` naming the key, ``source`` and the
+    valid keys at that level, and a value of the wrong type raises ``ConfigError`` naming the expected
+    type (``"1e-3"`` and integral floats are converted as in :func:`validate`). Without ``defaults``
+    any key is set, creating sections as needed. Setting a key below a plain value is a ``ConfigError``.
+    """
+    for dotted, value in dotted_items(overrides, defaults if defaults is not None else config).items():
         parts = dotted.split(".")
         if defaults is not None:
-            known, _ = _lookup_default(defaults, parts)
+            known, default = _lookup_default(defaults, parts)
             if not known:
                 raise ConfigError(_unknown_key_message(dotted, defaults, source))
+            allowed = (types or {}).get(dotted) or _allowed_types(default)
+            if allowed is not None and value is not None:
+                ok, value = _coerce(value, allowed)
+                if not ok:
+                    raise ConfigError(f"Config key {dotted!r} in {source} must be {type_name(allowed)}, "
+                                      f"got {type(value).__name__} {value!r}.")
         node = config
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -123,7 +171,7 @@ def apply_overrides(config: dict, overrides: Mapping[str, Any], *, defaults: Map
                 raise ConfigError(f"Override {dotted}={value!r} ({source}): {'.'.join(parts[:depth + 1])} is a "
                                   f"value, not a section.")
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)
     return config
 
 
@@ -134,10 +182,18 @@ def _unknown_key_message(dotted: str, defaults: Mapping, source: str) -> str:
         if not isinstance(node, Mapping) or part not in node:
             where = ".".join(parts[:depth]) or "the top level"
             valid = ", ".join(sorted(node)) if isinstance(node, Mapping) else "(none: it is a value)"
-            return (f"Unknown config key {dotted!r} in {source}: {where} has keys {valid}. "
+            hint = _closest_hint(part, node) if isinstance(node, Mapping) else ""
+            return (f"Unknown config key {dotted!r} in {source}: {where} has keys {valid}.{hint} "
                     "Fix the spelling or remove it.")
         node = node[part]
     return f"Unknown config key {dotted!r} in {source}."
+
+
+def _closest_hint(part: str, node: Mapping) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(part, [str(k) for k in node], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def type_name(types: tuple[type, ...]) -> str:
@@ -246,6 +302,6 @@ def build_config(defaults: Mapping, recipe: Mapping | None = None, overrides: An
     validate(recipe, defaults, source=source, types=types)
     config = merge(defaults, recipe)
     parsed = parse_overrides(overrides)
-    apply_overrides(config, parsed, defaults=defaults, source="command-line overrides")
+    apply_overrides(config, parsed, defaults=defaults, source="command-line overrides", types=types)
     sources = {key: f"command-line override {key}={value!r}" for key, value in parsed.items()}
     return validate(config, defaults, source=source, types=types, sources=sources)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 import yaml
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from zoo.errors import (
     CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
-from zoo.files import swap_in_folder
+from zoo.files import copy_file, staging_folder
 from zoo.version import __version__
 
 logger = logging.getLogger("zoo")
@@ -44,21 +43,23 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
-    """Write the zoo format atomically: files go to a temp folder that is then moved into place."""
+    """Write ``model`` in zoo format to ``save_directory`` atomically; returns the folder.
+
+    The folder gets ``config.json`` (``family``, ``zoo_version``, ``config``, ``card``),
+    ``model.safetensors`` (every parameter and buffer, CPU, contiguous) and ``README.md`` (a Hub
+    model card from ``card`` or the model's card name). Files are written into a staging folder
+    next to the target, which then replaces it in one rename. Raises ``OutputExistsError`` when
+    the folder holds files and ``overwrite`` is false (nothing is touched then).
+    """
     target = Path(save_directory)
     _check_output_dir(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_folder(target) as staging:
         config = {"family": model.family, "zoo_version": __version__, "config": model.config}
         if getattr(model, "card_name", None):
             config["card"] = model.card_name
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(plain_state_dict(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt", "family": model.family})
         (staging / README_NAME).write_text(model_card_text(model, card), encoding="utf-8")
-        swap_in_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -156,36 +157,95 @@ def evict_cached_file(path: str | Path) -> None:
             pass
 
 
-def load_state_dict_strict(model, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load with every mismatch reported. Keys under ``model.head_keys`` whose shape changed
-    because of a config override are kept at their fresh init (like timm's ``num_classes``)."""
+_LEGACY_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0",
+                       "weight_v": "parametrizations.weight.original1"}
+
+
+def normalize_weight_norm_keys(state_dict: Mapping[str, Any], prefer: str = "parametrizations") -> dict:
+    """Spell weight-norm keys one way: ``X.weight_g/weight_v`` <-> ``X.parametrizations.weight.original0/1``.
+
+    ``prefer="parametrizations"`` gives ``torch.nn.utils.parametrizations.weight_norm``'s names (torch >= 2.1),
+    ``"legacy"`` (or ``"weight_g"``) the old ``torch.nn.utils.weight_norm`` names that fairseq and
+    WeSpeaker checkpoints use. Values are passed through untouched. Raises ``ValueError`` for another
+    ``prefer`` and :class:`CheckpointKeysError` when both spellings of one weight are present.
+    """
+    if prefer not in ("parametrizations", "legacy", "weight_g"):
+        raise ValueError(f"prefer must be 'parametrizations' or 'legacy', got {prefer!r}")
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for old, modern in _LEGACY_WEIGHT_NORM.items():
+            have, want = (old, modern) if prefer == "parametrizations" else (modern, old)
+            if key == have or key.endswith("." + have):
+                new = key[: -len(have)] + want
+        if new in out:
+            raise CheckpointKeysError("state dict", hint=f"  both spellings of weight norm are present for {new}.")
+        out[new] = value
+    return out
+
+
+def _weight_norm_spelling(keys) -> str | None:
+    for key in keys:
+        if ("." + key).rsplit(".", 3)[-3:-1] == ["parametrizations", "weight"]:
+            return "parametrizations"
+        if ("." + key).endswith((".weight_g", ".weight_v")):
+            return "legacy"
+    return None
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str, *,
+                           hint: str | Callable[[list[str], list[str]], str] = "",
+                           normalize_weight_norm: bool = True) -> torch.nn.Module:
+    """Load ``state_dict`` into ``model`` with every mismatch reported; the one strict loader of zoo.
+
+    - Weight-norm keys are respelled to the module's own spelling first (``weight_g/weight_v`` vs
+      ``parametrizations.weight.original0/1``), unless ``normalize_weight_norm=False``.
+    - Missing, unexpected and mis-shaped keys, and entries that are not tensors, raise
+      :class:`~zoo.errors.CheckpointKeysError` (every key in its attributes; a grouped summary with the
+      likely cause in its message). ``hint`` is the family's advice (``"  set head.enabled=false"``), or
+      a callable ``hint(missing, unexpected) -> str``.
+    - Keys under ``model.head_keys`` whose shape changed because of a config override are kept at
+      their fresh initialisation and logged (like timm's ``num_classes``).
+
+    Returns ``model``. Nothing is loaded when an error is raised.
+    """
+    if normalize_weight_norm:
+        spelling = _weight_norm_spelling(model.state_dict())
+        if spelling is not None:
+            state_dict = normalize_weight_norm_keys(state_dict, prefer=spelling)
     own = model.state_dict()
+    head_keys = tuple(getattr(model, "head_keys", ()) or ())
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
     mismatched, reinit = [], []
     for key, value in state_dict.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            if any(key.startswith(prefix) for prefix in model.head_keys):
+        if key in own and isinstance(value, torch.Tensor) and tuple(own[key].shape) != tuple(value.shape):
+            if key.startswith(head_keys) and head_keys:
                 reinit.append(key)
             else:
-                mismatched.append((key, own[key].shape, value.shape))
-    if missing or unexpected or mismatched:
-        raise CheckpointKeysError(source, missing, unexpected, mismatched)
+                mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
+    if missing or unexpected or mismatched or not_tensors:
+        advice = hint(sorted(missing), sorted(unexpected)) if callable(hint) else hint
+        if not_tensors:
+            advice = f"  entries that are not tensors: {not_tensors[:10]}" + (f"\n{advice}" if advice else "")
+        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=advice)
     if reinit:
         logger.warning("%s: re-initialised %s (shape changed by a config override)", source, ", ".join(reinit))
     filtered = {k: v for k, v in state_dict.items() if k not in reinit}
     filtered.update({k: own[k] for k in reinit})
     model.load_state_dict(filtered, strict=True)
+    return model
 
 
 def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
-    from zoo.registry import get_family, set_dotted
+    from zoo.config import apply_overrides
+    from zoo.registry import get_family
 
     meta = read_zoo_config(folder, source)
     family = get_family(meta["family"])
     config = json.loads(json.dumps(meta["config"]))
-    for key, value in (overrides or {}).items():
-        set_dotted(config, key, value, source=f"overrides for {source}")
+    apply_overrides(config, overrides or {}, defaults=json.loads(json.dumps(config)), source=f"overrides for {source}")
     model = family.build(config)
     state_dict = read_safetensors(folder / WEIGHTS_NAME, source, cached=cached)
     load_state_dict_strict(model, state_dict, source)
@@ -324,8 +384,8 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
     if to is None:
         return folder
     target = Path(to)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
-        if (folder / name).exists():
-            shutil.copyfile(folder / name, target / name)
+    with staging_folder(target) as staging:  # `--to` gets the whole repo or, on any error, nothing
+        for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
+            if (folder / name).exists():
+                copy_file(folder / name, staging / name)
     return target

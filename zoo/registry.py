@@ -14,8 +14,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from zoo.config import merge
-from zoo.errors import ConfigError, UnknownFamilyError
+from zoo.config import sized_config
+from zoo.errors import UnknownFamilyError
 
 logger = logging.getLogger("zoo")
 
@@ -46,46 +46,24 @@ class Family:
         if not self.sizes:
             raise ValueError(f"Family {self.name!r} declares no sizes")
 
-    def make_config(self, size: str | None = None, overrides: dict | None = None, *, source: str = "") -> dict:
-        """The complete config of ``size`` with ``overrides`` applied (dotted keys allowed)."""
-        size = size or next(iter(self.sizes))
-        if size not in self.sizes:
-            raise ConfigError(
-                f"Family {self.name!r} has no size {size!r}{' (' + source + ')' if source else ''}; "
-                f"sizes: {', '.join(self.sizes)}"
-            )
-        config = merge(self.defaults or {}, self.sizes[size])
-        config.setdefault("size", size)
-        for key, value in (overrides or {}).items():
-            set_dotted(config, key, value, source=source or f"family {self.name!r}")
-        return config
+    def make_config(self, size: str | None = None, overrides: dict | None = None, *, source: str = "",
+                    **kw_overrides) -> dict:
+        """The complete config of ``size`` (default: the first size) with overrides applied.
+
+        Overrides come as a dict (nested or dotted keys) and/or keywords:
+        ``make_config("tiny", {"encoder.hidden_size": 32}, norm_threshold=2.0)``. An unknown key or a
+        value of the wrong type raises :class:`~zoo.errors.ConfigError` listing the valid keys (the
+        same check and message as ``zoo.load(name, key=value)``); an unknown size raises
+        ``ConfigError`` listing the sizes.
+        """
+        return sized_config(f"Family {self.name!r}", self.defaults or {}, self.sizes, size,
+                            {**(overrides or {}), **kw_overrides}, source=source)
 
     def resolve(self, dotted: str) -> Any:
         """Import ``'package.module:attribute'`` (used for trainer, evaluate and commands)."""
         module_name, _, attr = dotted.partition(":")
         module = importlib.import_module(module_name)
         return getattr(module, attr) if attr else module
-
-
-def set_dotted(config: dict, dotted_key: str, value: Any, *, source: str = "", allow_new: bool = False) -> None:
-    """Set ``a.b.c`` in a nested config; unknown keys are a ConfigError that lists the valid ones."""
-    parts = dotted_key.split(".")
-    node = config
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if part not in node and not allow_new:
-            where = ".".join(parts[:depth]) or "the top level"
-            valid = ", ".join(sorted(node)) or "(none)"
-            raise ConfigError(f"Unknown config key {dotted_key!r} in {source}: {where} has keys {valid}")
-        if last:
-            node[part] = value
-        else:
-            if not isinstance(node.get(part), dict):
-                if allow_new and part not in node:
-                    node[part] = {}
-                else:
-                    raise ConfigError(f"Config key {'.'.join(parts[:depth + 1])!r} in {source} is not a section")
-            node = node[part]
 
 
 def register_family(family: Family) -> Family:

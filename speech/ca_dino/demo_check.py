@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     if args.in_process:
         import yaml
 
-        from zoo.registry import set_dotted
+        from zoo.config import apply_overrides
         from zoo.speech.ca_dino.trainer import CADinoTrainer
 
         config = copy.deepcopy(CADinoTrainer.config_defaults)
@@ -94,8 +94,7 @@ def main(argv=None) -> int:
                 config[section].update(values)
             else:
                 config[section] = values
-        for key, value in _parse(args.overrides).items():
-            set_dotted(config, key, value, source="command line", allow_new=True)
+        apply_overrides(config, _parse(args.overrides), source="command line")
         trained = train_in_process(config)
     else:
         from zoo.train import load_recipe, run

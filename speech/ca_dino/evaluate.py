@@ -221,7 +221,7 @@ def evaluate(model, *, data, trials=None, output=None, speakers=None, features: 
             det_path = out.with_suffix(".det.png")
             plot_det(scores_np, labels, det_path)
             metrics["det_curve"] = str(det_path)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True), encoding="utf-8")
-        tmp.replace(out)
+        from zoo.files import write_json
+
+        write_json(out, metrics)
     return metrics

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.errors import CheckpointFormatError, CheckpointKeysError
+from zoo.errors import CheckpointFormatError
 
 logger = logging.getLogger("zoo.ca_dino")
 
@@ -86,14 +86,10 @@ def normalize_weight_norm(state: dict) -> dict:
 
 
 def strict_load(model: torch.nn.Module, state: dict, source: str, hint: str = "") -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [(k, tuple(expected[k].shape), tuple(state[k].shape)) for k in expected
-                  if k in state and tuple(expected[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or mismatched:
-        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=hint or _hint(missing, unexpected))
-    model.load_state_dict(state, strict=True)
+    """``zoo.hub.load_state_dict_strict`` with WeSpeaker's hints (which option fixes a mismatch)."""
+    from zoo.hub import load_state_dict_strict
+
+    load_state_dict_strict(model, state, source, hint=hint or _hint)
 
 
 def _hint(missing, unexpected) -> str:

@@ -158,5 +158,8 @@ def plot_det(scores, labels, path, *, title: str = "DET curve") -> None:
     ax.grid(True)
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from zoo.files import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, dpi=100, format="png")
     plt.close(fig)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -156,8 +155,8 @@ def evaluate(model, *, data, output=None, labels=None, max_items: int | None = N
     if have_speakers:
         report["speakers"] = len(set(speakers))
     if output:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        from zoo.files import write_json
+
+        write_json(output, report)
     logger.info("hubertopic eval: %s", report)
     return report

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,11 @@ def assign(features, centroids) -> np.ndarray:
 
 
 def save_centroids(path, centroids) -> None:
-    """Write k-means centroids ``[K, D]`` as float32 ``.npy`` (no pickle)."""
-    np.save(Path(path), np.asarray(centroids, dtype=np.float32), allow_pickle=False)
+    """Write k-means centroids ``[K, D]`` as float32 ``.npy`` (no pickle), atomically."""
+    from zoo.files import atomic_open
+
+    with atomic_open(Path(path), "wb") as handle:
+        np.save(handle, np.asarray(centroids, dtype=np.float32), allow_pickle=False)
 
 
 def load_centroids(path) -> np.ndarray:
@@ -65,14 +67,14 @@ def load_centroids(path) -> np.ndarray:
 
 
 def write_id_file(path, ids: list[str], values: list[str]) -> None:
-    """One line per utterance, ``id<TAB>value``; written to a temporary file, then renamed."""
+    """One line per utterance, ``id<TAB>value``; written atomically (``zoo.files``)."""
     path = Path(path)
     if len(ids) != len(values):
         raise ConfigError(f"{path.name}: got {len(ids)} ids for {len(values)} values")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    from zoo.files import atomic_open
+
+    with atomic_open(path, "w") as handle:
         handle.writelines(f"{key}\t{value}\n" for key, value in zip(ids, values))
-    os.replace(tmp, path)
 
 
 def read_id_file(path, parse, expected: str) -> dict:

@@ -54,11 +54,11 @@ def load_encoder(model, path: str | Path) -> str:
     architecture must be the checkpoint's (else :class:`~zoo.errors.CheckpointKeysError` lists
     the keys). Returns the layout ("transformers" or "fairseq").
     """
-    from zoo.models.checkpoints import strict_load
+    from zoo.hub import load_state_dict_strict
     from zoo.models.hubert_checkpoints import read_hubert_checkpoint
 
     found = read_hubert_checkpoint(path)
-    strict_load(model.hubert, found.encoder, str(found.file))
+    load_state_dict_strict(model.hubert, found.encoder, str(found.file))
     return found.layout
 
 
@@ -71,7 +71,7 @@ def load(path: str, config: dict):
     :class:`~zoo.errors.CheckpointKeysError` / :class:`~zoo.errors.CheckpointFormatError` naming
     the file.
     """
-    from zoo.models.checkpoints import strict_load
+    from zoo.hub import load_state_dict_strict
     from zoo.models.hubert_checkpoints import encoder_config, read_hubert_checkpoint
     from zoo.speech.hubertopic.builder import build
 
@@ -101,7 +101,7 @@ def load(path: str, config: dict):
     model = build(config)
     state = {f"hubert.{k}": v for k, v in found.encoder.items()}
     state.update(found.heads)
-    strict_load(model, state, source)
+    load_state_dict_strict(model, state, source)
     return model
 
 

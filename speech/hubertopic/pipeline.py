@@ -1,10 +1,10 @@
 """The offline label chain as resumable steps: features -> k-means -> unit labels -> LDA topics.
 
-Every step writes into one labels folder and records the settings it ran with in
-``steps.json``. Running the chain again skips a step whose outputs exist with the same
-settings; different settings are an error (so labels are never silently mixed)
-unless ``force=True``, which redoes that step and every later one. The folder's
-``labels.json`` is the manifest of label files the trainer reads:
+The steps run on ``zoo.pipeline``: every step writes into one labels folder and records the
+settings it ran with in ``steps.json``. Running the chain again skips a step whose outputs
+exist with the same settings; different settings are an error (so labels are never silently
+mixed) unless ``force=True``, which redoes every step. The folder's ``labels.json`` is the
+manifest of label files the trainer reads:
 
     labels.json        {"units": "units.km", "topics": "topics.txt", "label_rate": 100, ...}
     kmeans_sample.npy  features of the k-means sample (fairseq: --percent 0.1 of the utterances)
@@ -19,10 +19,8 @@ features of layer 6 of the previous model at 50 Hz with K=500 (``source: layer``
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from zoo.errors import ConfigError
+from zoo.pipeline import Pipeline, Step, StepContext, settings_signature
 
 logger = logging.getLogger("zoo.hubertopic")
 
@@ -68,10 +67,6 @@ def utterance_id(row: dict, index: int) -> str:
     if "\t" in value or "\n" in value:
         raise ConfigError(f"utterance id {value!r} contains a tab or newline; give the manifest an 'id' field.")
     return value
-
-
-def _signature(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -117,7 +112,7 @@ class LabelChain:
         return FEATURE_RATES[self.labels["source"]]
 
     def _settings(self, step: str) -> dict:
-        base = {"corpus": self.corpus, "utterances": len(self.ids), "ids": _signature(self.ids),
+        base = {"corpus": self.corpus, "utterances": len(self.ids), "ids": settings_signature(self.ids),
                 "source": self.labels["source"], "sample_rate": self.sample_rate}
         if self.labels["source"] == "layer":
             base.update(teacher=str(self.labels["teacher"]), layer=int(self.labels["layer"]))
@@ -129,26 +124,17 @@ class LabelChain:
             return kmeans
         return {**kmeans, **{k: v for k, v in self.lda.items()}, "num_topics": self.num_topics}
 
-    def _read_steps(self) -> dict:
-        path = self.folder / STEPS_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-    def _record(self, step: str) -> None:
-        steps = self._read_steps()
-        steps[step] = {"signature": _signature(self._settings(step)), "settings": self._settings(step)}
-        _write_json(self.folder / STEPS_FILE, steps)
-
-    def _is_done(self, step: str, outputs: list[str], force: bool) -> bool:
-        done = self._read_steps().get(step)
-        present = all((self.folder / name).exists() for name in outputs)
-        if force or done is None or not present:
-            return False
-        if done["signature"] != _signature(self._settings(step)):
-            changed = sorted(k for k, v in self._settings(step).items() if done["settings"].get(k) != v)
-            raise ConfigError(
-                f"{self.folder} holds '{step}' outputs made with other settings (changed: {changed}). Use another "
-                "labels.dir, or labels.force=true to make them again (the old labels are replaced).")
-        return True
+    def pipeline(self) -> Pipeline:
+        """The four steps as a ``zoo.pipeline.Pipeline`` on the labels folder."""
+        return Pipeline(self.folder, [
+            Step("features", self._step_features, self._settings("features"), outputs=["kmeans_sample.npy"]),
+            Step("kmeans", self._step_kmeans, self._settings("kmeans"), inputs=["kmeans_sample.npy"],
+                 outputs=["centroids.npy"]),
+            Step("labels", self._step_labels, self._settings("labels"), inputs=["centroids.npy"],
+                 outputs=["units.km"]),
+            Step("lda", self._step_lda, self._settings("lda"), inputs=["units.km"], outputs=["topics.txt", "lda"]),
+        ], name="labels", log=logger, steps_file=STEPS_FILE,
+            hint="Use another labels.dir, or labels.force=true to make them again (the old labels are replaced).")
 
     # ------------------------------------------------------------------ features
     def teacher(self):
@@ -177,17 +163,7 @@ class LabelChain:
     def run(self, force: bool | None = None) -> dict:
         """Run every step that is not done yet; returns the labels manifest (``labels.json``)."""
         force = bool(self.labels["force"]) if force is None else force
-        self.folder.mkdir(parents=True, exist_ok=True)
-        redo = force
-        for step, outputs in (("features", ["kmeans_sample.npy"]), ("kmeans", ["centroids.npy"]),
-                              ("labels", ["units.km"]), ("lda", ["topics.txt", "lda"])):
-            if not redo and self._is_done(step, outputs, False):
-                logger.info("labels: %s already done in %s", step, self.folder)
-                continue
-            redo = True  # a step that runs invalidates every later one
-            logger.info("labels: running %s", step)
-            getattr(self, f"_step_{step}")()
-            self._record(step)
+        self.pipeline().run(force=force)
         manifest = {
             "units": "units.km", "topics": "topics.txt", "centroids": "centroids.npy", "lda": "lda",
             "label_rate": self.label_rate, "num_clusters": int(self.labels["num_clusters"]),
@@ -197,37 +173,33 @@ class LabelChain:
         _write_json(self.folder / LABELS_FILE, manifest)
         return manifest
 
-    def _step_features(self) -> None:
+    def _step_features(self, ctx: StepContext) -> None:
         from zoo.speech.hubertopic.kmeans import sample_utterances
 
         chosen = sample_utterances(len(self.ids), float(self.labels["percent"]), int(self.labels["seed"]))
         features = [self.features(self._audio(int(i))).numpy().astype(np.float32) for i in chosen]
-        _save_npy(self.folder / "kmeans_sample.npy", np.concatenate(features))
+        np.save(ctx.output("kmeans_sample.npy"), np.concatenate(features), allow_pickle=False)
 
-    def _step_kmeans(self) -> None:
+    def _step_kmeans(self, ctx: StepContext) -> None:
         from zoo.speech.hubertopic.kmeans import fit_kmeans, save_centroids
 
-        features = np.load(self.folder / "kmeans_sample.npy", allow_pickle=False)
+        features = np.load(ctx.path("kmeans_sample.npy"), allow_pickle=False)
         centroids = fit_kmeans(features, int(self.labels["num_clusters"]), seed=int(self.labels["seed"]),
                                **dict(self.labels["kmeans"]))
-        tmp = self.folder / "centroids.tmp.npy"
-        save_centroids(tmp, centroids)
-        os.replace(tmp, self.folder / "centroids.npy")
+        save_centroids(ctx.output("centroids.npy"), centroids)
 
-    def _step_labels(self) -> None:
+    def _step_labels(self, ctx: StepContext) -> None:
         from zoo.speech.hubertopic.kmeans import assign, load_centroids, write_labels
 
-        centroids = load_centroids(self.folder / "centroids.npy")
+        centroids = load_centroids(ctx.path("centroids.npy"))
         units = [assign(self.features(self._audio(i)), centroids) for i in range(len(self.ids))]
-        write_labels(self.folder / "units.km", self.ids, units)
+        write_labels(ctx.output("units.km"), self.ids, units)
 
-    def _step_lda(self) -> None:
-        import shutil
-
+    def _step_lda(self, ctx: StepContext) -> None:
         from zoo.speech.hubertopic.kmeans import read_labels
         from zoo.speech.hubertopic.topics import TopicModel, unit_documents, write_topics
 
-        units = read_labels(self.folder / "units.km")
+        units = read_labels(ctx.path("units.km"))
         missing = [i for i in self.ids if i not in units]
         if missing:
             raise ConfigError(f"{self.folder / 'units.km'} has no labels for {missing[:5]}; redo the labels step "
@@ -238,13 +210,8 @@ class LabelChain:
                                topic_word_prior=self.lda["topic_word_prior"], max_iter=int(self.lda["max_iter"]),
                                learning_method=self.lda["learning_method"], batch_size=int(self.lda["batch_size"]),
                                seed=int(self.lda["seed"]), vocabulary=vocabulary)
-        staging = self.folder / "lda.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save(staging)
-        from zoo.files import swap_in_folder
-
-        swap_in_folder(staging, self.folder / "lda")
-        write_topics(self.folder / "topics.txt", self.ids, model.hard_topics(counts))
+        model.save(ctx.output("lda"))
+        write_topics(ctx.output("topics.txt"), self.ids, model.hard_topics(counts))
 
 
 @dataclass
@@ -304,15 +271,9 @@ def load_teacher(source):
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from zoo.files import write_json
 
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+    write_json(path, value, indent=1, default=str)
 
 
 __all__ = ["LABEL_DEFAULTS", "LDA_DEFAULTS", "LabelChain", "Labels", "load_teacher", "utterance_id"]

@@ -111,9 +111,12 @@ class TopicModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.asarray(getattr(self.lda, name)) for name in _FITTED if hasattr(self.lda, name)}
-        np.savez(folder / "lda.npz", **arrays)
-        (folder / "vocabulary.json").write_text(json.dumps(self.vocabulary), encoding="utf-8")
-        (folder / "lda.json").write_text(json.dumps(self.settings, indent=1), encoding="utf-8")
+        from zoo.files import atomic_open, write_json
+
+        with atomic_open(folder / "lda.npz", "wb") as handle:
+            np.savez(handle, **arrays)
+        write_json(folder / "vocabulary.json", self.vocabulary, indent=None, sort_keys=False)
+        write_json(folder / "lda.json", self.settings, indent=1, sort_keys=False)
 
     @classmethod
     def load(cls, folder) -> "TopicModel":

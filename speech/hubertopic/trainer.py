@@ -195,7 +195,7 @@ class HubertopicTrainer(Trainer):
     def _load_init(model, init) -> None:
         """Start from another model's encoder (e.g. hubert-base); the heads stay freshly initialised."""
         import zoo
-        from zoo.models.checkpoints import strict_load
+        from zoo.hub import load_state_dict_strict
         from zoo.speech.hubertopic.loader import is_upstream_checkpoint, load_encoder
 
         path = Path(str(init)).expanduser()
@@ -206,7 +206,7 @@ class HubertopicTrainer(Trainer):
         source = zoo.load(str(init))
         if not hasattr(source, "hubert"):
             raise ConfigError(f"model.init={init!r} is a {type(source).__name__} without a HuBERT encoder.")
-        strict_load(model.hubert, source.hubert.state_dict(), f"model.init={init}")
+        load_state_dict_strict(model.hubert, source.hubert.state_dict(), f"model.init={init}")
         logger.info("encoder initialised from %s", init)
 
     # ------------------------------------------------------------------ data

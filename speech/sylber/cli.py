@@ -7,7 +7,6 @@ parallel threads (``--workers``, default every core), with the same segments as 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 # With more files than this, only one summary line per file is printed (all segments go to --json).
@@ -102,7 +101,9 @@ def segment_files(model, paths: list[str], *, norm_threshold: float | None = Non
         print(f"{indent}{len(paths)} files, {total_seconds:.1f} s, {int(total_segments)} segments "
               f"({rate:.2f} per second)")
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        from zoo.files import write_json
+
+        write_json(json_path, report, sort_keys=False)
         print(f"{indent}wrote {json_path}")
     return report
 

@@ -9,7 +9,6 @@ Manifest rows may carry
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -141,7 +140,7 @@ def evaluate(model, *, data, output=None, norm_threshold: float | None = None, m
                                  shift=None if tune_shift else float(shift or 0.0))
         report.update({f"boundary_{k}": v for k, v in scores.items()})
     if output:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        from zoo.files import write_json
+
+        write_json(output, report)
     return report

@@ -53,7 +53,7 @@ def load(path: str, config: dict):
     none), :class:`~zoo.errors.CheckpointKeysError` listing every key that does not fit, and
     :class:`~zoo.errors.CheckpointFormatError` for files that are not Sylber/HuBERT checkpoints.
     """
-    from zoo.models.checkpoints import strict_load
+    from zoo.hub import load_state_dict_strict
     from zoo.models.hubert_checkpoints import encoder_config, read_hubert_checkpoint
     from zoo.speech.sylber.builder import build
 
@@ -68,5 +68,5 @@ def load(path: str, config: dict):
             "  This is a HuBERT pretraining checkpoint: Sylber has no prediction head. Convert it with "
             "`zoo convert hubertopic`, or pass a checkpoint of the encoder alone."))
     model = build({**config, "encoder": encoder_config(found, config["encoder"], source)})
-    strict_load(model.hubert, found.encoder, source)
+    load_state_dict_strict(model.hubert, found.encoder, source)
     return model

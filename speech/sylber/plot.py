@@ -47,6 +47,8 @@ def plot_segmentation(wave, result, path: str | Path, *, sample_rate: int = 1600
     ax_norm.set_xlim(0.0, max(result.duration, seconds[-1] if seconds.size else 0.0))
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from zoo.files import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
     return path

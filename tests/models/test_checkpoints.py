@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
 from zoo.models.checkpoints import (
     ForeignObject, fairseq_hubert_to_hf, find_state_dict, hf_to_fairseq_hubert, normalize_weight_norm_keys,
-    read_checkpoint, remap_keys, strict_load,
+    read_checkpoint, remap_keys,
 )
+from zoo.hub import load_state_dict_strict as strict_load
 from zoo.models.hubert import HubertConfig, HubertModel
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=[16] * 7,
@@ -92,6 +93,49 @@ def test_fairseq_checkpoint_with_foreign_objects_loads_without_importing_them(tm
     wav = torch.randn(1, 2000)
     with torch.no_grad():
         assert torch.equal(fresh(wav).last_hidden_state, model(wav).last_hidden_state)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_lightning_checkpoint_reads_tensors_bit_identical_without_importing(tmp_path, monkeypatch, zip_format):
+    """Lightning's layout: ``state_dict`` with a ``net.`` prefix next to ``hyper_parameters`` (an
+    ``AttributeDict``, a dict subclass filled by SETITEMS), callbacks and optimizer states."""
+    module_dir = tmp_path / "mods"
+    module_dir.mkdir()
+    (module_dir / "throwaway_lightning.py").write_text(textwrap.dedent("""
+        class AttributeDict(dict):
+            def __getattr__(self, key):
+                return self[key]
+    """))
+    monkeypatch.syspath_prepend(str(module_dir))
+    import throwaway_lightning
+
+    torch.manual_seed(0)
+    base = torch.randn(6, 8)
+    weights = collections.OrderedDict([
+        ("net.w", torch.randn(4, 3)), ("net.view", base[1:4, ::2]), ("net.base", base),
+        ("net.bf16", torch.randn(5).to(torch.bfloat16)), ("net.steps", torch.arange(7)),
+        ("net.param", torch.nn.Parameter(torch.randn(3))), ("net.empty", torch.zeros(0, 4))])
+    checkpoint = {"state_dict": weights, "epoch": 4, "global_step": 1000, "pytorch-lightning_version": "2.0.1",
+                  "hyper_parameters": throwaway_lightning.AttributeDict(lr=1e-4, sizes=[1, 2]),
+                  "optimizer_states": [{"state": {0: {"exp_avg": torch.randn(4, 3)}}}]}
+    path = tmp_path / "synthesis_sylber.ckpt"
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+    del sys.modules["throwaway_lightning"]
+    (module_dir / "throwaway_lightning.py").unlink()
+
+    loaded = read_checkpoint(path)
+    assert "throwaway_lightning" not in sys.modules
+    assert isinstance(loaded["hyper_parameters"], ForeignObject)
+    assert loaded["hyper_parameters"].items == {"lr": 1e-4, "sizes": [1, 2]}
+    state = find_state_dict(loaded, str(path))
+    assert list(state) == list(weights)
+    for key, value in weights.items():
+        assert state[key].dtype == value.dtype and state[key].stride() == value.stride()
+        assert torch.equal(state[key], value), key
+    # views keep sharing their storage, as torch.load gives them
+    assert state["net.view"].untyped_storage().data_ptr() == state["net.base"].untyped_storage().data_ptr()
+    assert torch.equal(loaded["optimizer_states"][0]["state"][0]["exp_avg"],
+                       checkpoint["optimizer_states"][0]["state"][0]["exp_avg"])
 
 
 def test_wrong_fairseq_key_is_listed():

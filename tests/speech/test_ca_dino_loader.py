@@ -69,12 +69,14 @@ def test_wrong_layouts_fail_with_key_lists(tmp_path):
     with pytest.raises(CheckpointKeysError) as info:
         load(str(tmp_path / "bad.pt"), config)
     message = str(info.value)
-    assert "projection_head.mlp.0.weight" in message and "bn2.running_mean" in message
-    assert "extra.weight" in message and "head.enabled=false" in message
+    assert "projection_head.mlp.0.weight" in info.value.missing and "bn2.running_mean" in info.value.missing
+    assert "bn2.*: 5 keys" in message and "projection_head.mlp.{0,3,6}.*: 2 keys each" in message
+    assert info.value.unexpected == ["extra.weight"] and "head.enabled=false" in message
     # wrong size: ecapa shapes differ
     other = _random_state(make_config("tiny", encoder={"channels": 64}))
     torch.save(other, tmp_path / "wide.pt")
-    with pytest.raises(CheckpointKeysError, match="shape mismatch for layer1.conv.weight"):
+    with pytest.raises(CheckpointKeysError, match=r"model \(32, 80, 5\), checkpoint \(64, 80, 5\): 1 key, "
+                                                  r"e.g. layer1.conv.weight"):
         load(str(tmp_path / "wide.pt"), config)
 
 

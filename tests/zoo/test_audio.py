@@ -150,28 +150,31 @@ def test_input_mistakes_are_named(inputs, kwargs, needle):
         prepare_waveforms(inputs, **kwargs)
 
 
-def test_formats_libsndfile_cannot_read_go_through_audioread(tmp_path, monkeypatch):
-    """mp3 through soundfile (libsndfile >= 1.1); anything else through audioread (ffmpeg/GStreamer)."""
+def test_mp3_is_read_by_soundfile_where_libsndfile_has_it(tmp_path):
     import soundfile
 
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no MP3 support (libsndfile < 1.1)")
     pcm = (np.sin(np.arange(8000) / 5) * 12000).astype(np.int16)
-    sf.write(tmp_path / "x.wav", pcm, 8000, subtype="PCM_16")
-    direct = load_audio(tmp_path / "x.wav")
-    real_read = soundfile.read
+    sf.write(tmp_path / "x.mp3", pcm, 8000, format="MP3")
+    wave = load_audio(tmp_path / "x.mp3")
+    assert wave.shape[0] >= 16000 and float(wave.abs().max()) > 0.2
+
+
+def test_files_soundfile_cannot_open_are_decoded_by_librosa(tmp_path, monkeypatch):
+    """The fallback for m4a/aac (libsndfile has no decoder): same samples as soundfile would give."""
+    pcm = (np.sin(np.arange(1600) / 7.0) * 12000).astype(np.int16)
+    sf.write(tmp_path / "clip.wav", np.stack([pcm, pcm // 2], axis=1), 8000, subtype="PCM_16")
+    reference = load_audio(tmp_path / "clip.wav", 16000)
 
     def refuse(*args, **kwargs):
-        raise soundfile.LibsndfileError(1, "Format not recognised.")
+        raise RuntimeError("Format not recognised.")
 
-    monkeypatch.setattr(soundfile, "read", refuse)
-    assert torch.equal(load_audio(tmp_path / "x.wav"), direct)  # audioread's raw wav reader, same samples
-    (tmp_path / "y.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A garbage")
-    with pytest.raises(AudioInputError, match="y.m4a.*install ffmpeg"):
-        load_audio(tmp_path / "y.m4a")
-    monkeypatch.setattr(soundfile, "read", real_read)
-    if "MP3" in soundfile.available_formats():
-        sf.write(tmp_path / "x.mp3", pcm, 8000, format="MP3")
-        wave = load_audio(tmp_path / "x.mp3")
-        assert wave.shape[0] >= 16000 and float(wave.abs().max()) > 0.2
+    monkeypatch.setattr(sf, "read", refuse)
+    assert torch.equal(load_audio(tmp_path / "clip.wav", 16000), reference)
+    (tmp_path / "garbage.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A not really")
+    with pytest.raises(AudioInputError, match="garbage.m4a.*Format not recognised.*install ffmpeg"):
+        load_audio(tmp_path / "garbage.m4a")
 
 
 def test_pad_batch_keeps_true_lengths():

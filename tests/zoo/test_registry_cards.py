@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 import zoo
-from zoo.cards import add_card, get_card, parse_card, remove_card
+from zoo.cards import add_card, parse_card, remove_card
 from zoo.errors import CardError, ConfigError, UnknownFamilyError, UnknownModelError
 from zoo.testing.toy_family import register
 
@@ -25,6 +25,36 @@ def test_family_config_merges_size_and_dotted_overrides():
         family.make_config("tiny", {"nclasses": 7})
     with pytest.raises(ConfigError, match="no size 'huge'.*tiny, small"):
         family.make_config("huge")
+
+
+def test_make_config_and_load_reject_an_unknown_key_the_same_way(toy_card):
+    family = register()
+    assert family.make_config("tiny", num_classes=7) == {"dim": 8, "hidden": 16, "num_classes": 7, "size": "tiny"}
+    assert family.make_config("tiny", {"hidden": 4}, num_classes=2)["hidden"] == 4
+    with pytest.raises(ConfigError) as by_family:
+        family.make_config("tiny", num_clases=7)
+    with pytest.raises(ConfigError) as by_load:
+        zoo.load("toy-tiny", pretrained=False, num_clases=7)
+    expected = ("Unknown config key 'num_clases' in {}: the top level has keys dim, hidden, num_classes, size. "
+                "Did you mean 'num_classes'? Fix the spelling or remove it.")
+    assert str(by_family.value) == expected.format("overrides for Family 'toy' size 'tiny'")
+    assert str(by_load.value) == expected.format("overrides for 'toy-tiny'")
+    with pytest.raises(ConfigError, match="'hidden' in .* must be int, got str 'wide'"):
+        family.make_config("tiny", hidden="wide")
+    with pytest.raises(ConfigError, match="'hidden' in .* must be int, got str 'wide'"):
+        zoo.load("toy-tiny", pretrained=False, hidden="wide")
+
+
+def test_family_builders_use_the_same_strict_path():
+    from zoo.speech.sylber.builder import make_config
+
+    assert make_config("tiny", norm_threshold=9)["norm_threshold"] == 9.0
+    assert make_config("tiny", encoder={"num_hidden_layers": 3})["encoder"]["num_hidden_layers"] == 3
+    for bad in ({"norm_treshold": 9.0}, {"encoder": {"num_hidden_layer": 3}}):
+        with pytest.raises(ConfigError, match="Unknown config key '(norm_treshold|encoder.num_hidden_layer)'"):
+            make_config("tiny", **bad)
+    with pytest.raises(ConfigError, match="Unknown config key 'norm_treshold'.*Did you mean 'norm_threshold'"):
+        zoo.get_family("sylber").make_config("tiny", norm_treshold=9.0)
 
 
 def test_unknown_family_lists_known():

@@ -55,8 +55,12 @@ def test_missing_and_unexpected_keys_are_listed(toy, tmp_path):
 
 def test_shape_mismatch_outside_head_is_an_error(toy, tmp_path):
     folder = toy.save_pretrained(tmp_path / "out")
-    with pytest.raises(CheckpointKeysError, match="shape mismatch for encoder.weight"):
+    with pytest.raises(CheckpointKeysError) as err:
         zoo.load(str(folder), hidden=4)
+    assert err.value.mismatched == [("codebook", (2, 4), (2, 16)), ("encoder.bias", (4,), (16,)),
+                                    ("encoder.weight", (4, 8), (16, 8))]
+    assert "encoder.weight: model (4, 8), checkpoint (16, 8)" in str(err.value)
+    assert "probably another size" in str(err.value)
 
 
 def test_head_override_reinitialises_only_the_head(toy, tmp_path):

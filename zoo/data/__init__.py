@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from zoo.errors import ConfigError
+from zoo.files import write_text
 
 __all__ = ["read_manifest", "write_manifest", "audio_folder", "demo_corpus", "demo_images", "DEMO_ROOT"]
 
@@ -56,7 +56,7 @@ def read_manifest(path) -> list[dict]:
 
 
 def write_manifest(rows: Iterable[dict], path) -> Path:
-    """Write rows as JSONL atomically (temp file in the same folder, then ``os.replace``).
+    """Write rows as JSONL atomically (``zoo.files.write_text``: temp file, then ``os.replace``).
 
     Paths are written as given; pass paths relative to the manifest's folder to keep the
     corpus relocatable. Every row must be JSON-serialisable and have a ``"path"``.
@@ -71,18 +71,7 @@ def write_manifest(rows: Iterable[dict], path) -> Path:
             lines.append(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
         except (TypeError, ValueError) as error:
             raise ConfigError(f"write_manifest: row {index} is not JSON-serialisable ({error}).") from error
-    handle, temp_name = tempfile.mkstemp(prefix=f".{manifest.name}.", suffix=".tmp", dir=manifest.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            temp.writelines(lines)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(temp_name, manifest)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    write_text(manifest, "".join(lines))
     return manifest
 
 
@@ -113,12 +102,6 @@ def demo_corpus() -> Path:
 def demo_images() -> Path:
     """The bundled image folder: small procedural PNGs, one sub-folder per label, plus manifest.jsonl."""
     return DEMO_ROOT / "images"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _json_default(value):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.files import atomic_open
+
 SAMPLE_RATE = 16000
 SEED = 1234
 UTTERANCES_PER_VOICE = 26
@@ -206,7 +208,8 @@ def make_speech(out: Path) -> list[dict]:
                 wave = synthesize(text, voice, pitch + rng.randint(-4, 4), speed + rng.randint(-10, 10), Path(work))
                 utterance_id = f"{slug}-{index:03d}"
                 path = folder / f"{utterance_id}.ogg"
-                soundfile.write(str(path), wave, SAMPLE_RATE, format="OGG", subtype="VORBIS")
+                with atomic_open(path, "wb") as handle:
+                    soundfile.write(handle, wave, SAMPLE_RATE, format="OGG", subtype="VORBIS")
                 frames = soundfile.info(str(path)).frames
                 rows.append({"id": utterance_id, "path": path.relative_to(speech).as_posix(), "speaker": voice,
                              "gender": voice_gender(voice), "text": text, "duration": round(frames / SAMPLE_RATE, 4),
@@ -254,7 +257,8 @@ def make_images(out: Path, size: int = 64) -> list[dict]:
         pixels[mask] = np.clip(np.array(colours[colour]) + rng.normal(0, 6, size=(int(mask.sum()), 3)), 0, 255)
         path = images / kind / f"{kind}_{colour}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels.astype(np.uint8), "RGB").save(path, optimize=True)
+        with atomic_open(path, "wb") as handle:
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(handle, format="PNG", optimize=True)
         rows.append({"path": path.relative_to(images).as_posix(), "label": kind, "colour": colour})
     write_manifest(rows, images / "manifest.jsonl")
     return rows

@@ -176,7 +176,14 @@ def _math(q, k, v, *, mask, dropout, scale):
     logits = torch.einsum("bmhk,bnhk->bhmn", q * scale, k)
     if mask is not None:
         logits = logits + mask
+    # A query whose keys are all masked (left padding) gets a zero output, as SDPA gives; the
+    # zeroed logits keep softmax (and its gradient) free of NaN.
+    empty = torch.isneginf(logits).all(dim=-1, keepdim=True) if mask is not None else None
+    if empty is not None:
+        logits = logits.masked_fill(empty, 0.0)
     weights = logits.softmax(dim=-1)
+    if empty is not None:
+        weights = weights.masked_fill(empty, 0.0)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout)
     return torch.einsum("bhmn,bnhk->bmhk", weights, v)
@@ -244,5 +251,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, seqlens: Seq
         return _sdpa_packed(q, k, v, lengths, causal=causal, dropout=dropout, scale=scale)
     if bias is None:
         return _sdpa(q, k, v, causal=causal, dropout=dropout, scale=scale)
+    if lengths is None and not causal and isinstance(bias, torch.Tensor) and bias.dtype in (torch.bool, q.dtype):
+        return _sdpa(q, k, v, mask=bias.to(q.device), dropout=dropout, scale=scale)  # SDPA takes it as it is
     mask = _dense_mask(q, k, lengths=lengths, causal=causal, bias=bias)
     return _sdpa(q, k, v, mask=mask, dropout=dropout, scale=scale)

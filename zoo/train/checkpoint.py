@@ -6,13 +6,11 @@ Layout (under the run's output_dir)::
                                           data position (epoch, batches done), step
     checkpoints/step-00000010/meta.json   step, epoch, batches_done, world_size, time (for people)
 
-A checkpoint is written into ``checkpoints/.tmp-...`` and moved into place with ``os.replace``,
-so a crash never leaves a half-written ``step-*`` folder.
+A checkpoint is written into a staging folder next to it and moved into place with a rename
+(``zoo.files.staging_folder``), so a crash never leaves a half-written ``step-*`` folder.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
 import shutil
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from zoo.errors import CheckpointFormatError
-from zoo.files import swap_in_folder
+from zoo.files import atomic_open, staging_folder, write_json
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -77,21 +75,13 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
                     meta: dict | None = None) -> Path:
     """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``."""
     root = Path(output_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:08d}"
-    staging = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        with open(staging / STATE_FILE, "wb") as handle:
+    # the same step saved again (a resumed run) is swapped, never gapped
+    with staging_folder(target) as staging:
+        with atomic_open(staging / STATE_FILE, "wb") as handle:
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         info = {"step": step, "time": time.time(), **(meta or {})}
-        (staging / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        swap_in_folder(staging, target)  # the same step saved again (a resumed run) is swapped, never gapped
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_json(staging / META_FILE, info)
     if keep_last and keep_last > 0:
         for _, old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -22,6 +22,7 @@ import yaml
 
 from zoo.config import check_paths
 from zoo.errors import ConfigError, OutputExistsError, ZooError
+from zoo.files import write_json, write_text
 from zoo.train import distributed as D
 from zoo.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.train.logs import LOG_FILE, TENSORBOARD_DIR, RunLogger, truncate_log
@@ -158,9 +159,7 @@ def _prepare_output(output_dir: Path, config: dict) -> dict:
 
 def _write_run_file(output_dir: Path, config: dict, status: str, step: int) -> None:
     record = {"status": status, "step": step, "final": FINAL_DIR, "config": json.loads(json.dumps(config, default=str))}
-    tmp = output_dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(output_dir / RUN_FILE)
+    write_json(output_dir / RUN_FILE, record)
 
 
 # ---------------------------------------------------------------------------- data stream
@@ -313,7 +312,7 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
             truncate_log(output_dir / LOG_FILE, step)
         else:
             (output_dir / LOG_FILE).unlink(missing_ok=True)
-        (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        write_text(output_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
         _write_run_file(output_dir, config, "running", step)
     from zoo.nn import attention_backend
 

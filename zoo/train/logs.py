@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+from zoo.files import write_text
+
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -22,7 +24,7 @@ def truncate_log(path: Path, last_step: int) -> None:
             continue  # a line cut by a crash
         if record.get("step", 0) <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 class RunLogger:
