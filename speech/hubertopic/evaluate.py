@@ -42,16 +42,15 @@ class _OnTheFlyLabels:
         self.documents, self.ngram = settings["documents"], int(settings["ngram"])
         self.layer = settings.get("layer")
 
-    def units(self, wave: torch.Tensor) -> np.ndarray:
-        from zoo.speech.hubertopic.features import layer_features, mfcc_features
+    def units(self, wave: torch.Tensor, sample_rate: int) -> np.ndarray:
+        from zoo.speech.hubertopic.features import unit_features
         from zoo.speech.hubertopic.kmeans import assign
 
-        if self.source == "mfcc":
-            return assign(mfcc_features(wave), self.centroids)
-        if self.teacher is None:
+        if self.source == "layer" and self.teacher is None:
             raise ConfigError("These labels come from layer features; pass teacher=<the model that made them> to label "
                               "utterances the labels folder does not cover.")
-        return assign(layer_features(self.teacher.hubert, wave, int(self.layer)), self.centroids)
+        features = unit_features(self.source, wave, sample_rate, teacher=self.teacher, layer=self.layer)
+        return assign(features, self.centroids)
 
     def topic(self, units: np.ndarray) -> int:
         from zoo.speech.hubertopic.topics import unit_documents
@@ -122,7 +121,7 @@ def evaluate(model, *, data, output=None, labels=None, max_items: int | None = N
             else:
                 if fallback is None:
                     fallback = _OnTheFlyLabels(label_set, load_teacher(teacher) if teacher else None)
-                units = fallback.units(wave)
+                units = fallback.units(wave, model.sample_rate)
                 topic = fallback.topic(units)
         if model.topic_head is not None:
             predicted.append(int(model.predict_topic(wave, model.sample_rate).argmax()))

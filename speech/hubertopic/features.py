@@ -27,10 +27,11 @@ def mfcc_frame_count(num_samples: int) -> int:
     return num_frames(num_samples, MFCC_WINDOW, MFCC_SHIFT)
 
 
-def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
-    """``[T]`` waveform (values in [-1, 1]) -> ``[N, 39]`` float32: 13 MFCC (``use_energy=False``), deltas, delta-deltas.
+def mfcc_features(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """``[T]`` waveform (values in [-1, 1]) at ``sample_rate`` Hz -> ``[N, 39]`` float32: 13 MFCC
+    (``use_energy=False``), deltas, delta-deltas.
 
-    ``N`` = :func:`mfcc_frame_count` (25 ms window, 10 ms shift). Raises
+    ``N`` = :func:`mfcc_frame_count` at 16 kHz (25 ms window, 10 ms shift). Raises
     :class:`~zoo.errors.AudioInputError` for a waveform shorter than one window.
     """
     import torchaudio
@@ -48,7 +49,7 @@ def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
 
 
 @inference
-def layer_features(model, wav: torch.Tensor, layer: int, sample_rate: int = 16000) -> torch.Tensor:
+def layer_features(model, wav: torch.Tensor, layer: int, sample_rate: int) -> torch.Tensor:
     """``[T]`` waveform -> ``[N, D]`` float32: output of layer ``layer`` (1-based) of a ``HubertModel``, unmasked.
 
     Runs in eval mode without gradients; ``N`` frames at 50 Hz. ``sample_rate`` is checked, not
@@ -62,4 +63,24 @@ def layer_features(model, wav: torch.Tensor, layer: int, sample_rate: int = 1600
     return out.last_hidden_state[0].float()
 
 
-__all__ = ["FEATURE_RATES", "layer_features", "mfcc_features", "mfcc_frame_count"]
+def unit_features(source: str, wave: torch.Tensor, sample_rate: int, *, teacher=None, layer: int | None = None):
+    """The features one utterance's unit labels are made from: ``[N, 39]`` MFCC at 100 Hz (``source="mfcc"``)
+    or ``[N, D]`` output of ``layer`` of ``teacher`` at 50 Hz (``source="layer"``; the teacher's own
+    waveform normalisation applied first), float32 on the CPU.
+
+    The one definition for the label chain and for labelling utterances a labels folder lacks.
+    Raises :class:`~zoo.errors.ConfigError` for layer features without a teacher.
+    """
+    from zoo.errors import ConfigError
+
+    if source == "mfcc":
+        return mfcc_features(wave, sample_rate)
+    if teacher is None or layer is None:
+        raise ConfigError("These labels come from layer features: give the teacher model that made them "
+                          "(and its layer) to label other utterances.")
+    if getattr(teacher, "normalize", False):
+        wave = teacher.normalize_waveform(wave)
+    return layer_features(teacher.hubert, wave.to(teacher.device), int(layer), sample_rate).cpu()
+
+
+__all__ = ["FEATURE_RATES", "layer_features", "mfcc_features", "mfcc_frame_count", "unit_features"]

@@ -145,14 +145,11 @@ class LabelChain:
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Features of one raw waveform at the label rate: [N, 39] MFCC or [N, D] layer output."""
-        from zoo.speech.hubertopic.features import layer_features, mfcc_features
+        from zoo.speech.hubertopic.features import unit_features
 
-        if self.labels["source"] == "mfcc":
-            return mfcc_features(wave, self.sample_rate)
-        teacher = self.teacher()
-        if getattr(teacher, "normalize", False):
-            wave = teacher.normalize_waveform(wave)
-        return layer_features(teacher.hubert, wave.to(teacher.device), int(self.labels["layer"]), self.sample_rate).cpu()
+        source = self.labels["source"]
+        return unit_features(source, wave, self.sample_rate, teacher=self.teacher() if source == "layer" else None,
+                             layer=int(self.labels["layer"]))
 
     def _audio(self, index: int) -> torch.Tensor:
         from zoo.audio import load_audio

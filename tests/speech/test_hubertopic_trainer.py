@@ -240,5 +240,5 @@ def test_iteration_two_labels_come_from_a_teacher_layer_at_50_hz(subset, tmp_pat
     from zoo.speech.hubertopic.features import layer_features
     from zoo.speech.hubertopic.kmeans import assign, load_centroids
 
-    features = layer_features(zoo.load(str(folder)).hubert, load_audio(rows[0]["path"]), 1)
+    features = layer_features(zoo.load(str(folder)).hubert, load_audio(rows[0]["path"]), 1, 16000)
     assert np.array_equal(assign(features, load_centroids(tmp_path / "labels" / "centroids.npy")), units[rows[0]["id"]])

@@ -285,8 +285,10 @@ def test_config_errors(corpus):
         trainer.build_datasets()
 
 
-def test_demo_recipe_runs_through_the_engine(tmp_path):
-    """`zoo train sylber --config demo.yaml` on the bundled corpus, shortened; the codebook is fitted and saved."""
+def test_demo_recipe_runs_through_the_engine_and_prints_its_result(tmp_path, capsys):
+    """`zoo train sylber --config demo.yaml` on the bundled corpus, shortened: the codebook is fitted and saved,
+    and the run ends by printing the segment rate against the text's syllable rate, the silence check, and
+    `zoo segment` of a bundled clip with its PNG, then where the model, picture and logs are."""
     from importlib import resources
 
     from safetensors.torch import load_file
@@ -297,10 +299,26 @@ def test_demo_recipe_runs_through_the_engine(tmp_path):
     config = load_recipe(str(recipe), [
         "train.max_steps=6", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=1000",
         "train.eval_every=1000", f"train.output_dir={tmp_path / 'run'}", "data.max_len=16000",
-        "data.eval=null", "tokenizer.num_tokens=4", "tokenizer.max_items=8",
+        "tokenizer.num_tokens=4", "tokenizer.max_items=8", "report.items=4",
     ])
+    assert config["report"]["clip"] == "demo" and config["data"]["eval"] == "demo"
     final = run(config)
     weights = load_file(str(final / "model.safetensors"))
     assert weights["codebook"].shape == (4, 64)
     model = zoo.load(str(final))
     assert model.num_tokens == 4 and model.config["num_tokens"] == 4
+    out = capsys.readouterr().out
+    from zoo.data import demo_corpus, read_manifest
+    from zoo.speech.sylber.evaluate import evaluate
+
+    rows = read_manifest(demo_corpus())[:4]
+    figures = evaluate(model, data=rows)
+    assert (f"{figures['segments_per_second_model']:.2f} segments per second against "
+            f"{figures['syllables_per_second_text']:.2f} syllables per second in the text (4 clips") in out
+    assert "segments in the 0.5 s of silence added before and after each of those clips" in out
+    clip = rows[0]["path"]
+    result = model.segment(clip)
+    assert f"{clip}: {len(result)} segments in {result.duration:.2f} s" in out
+    png = tmp_path / "run" / "segments.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"model:    {final}" in out and f"picture:  {png}" in out and str(tmp_path / "run" / "log.jsonl") in out
