@@ -267,11 +267,11 @@ def test_energy_bootstrap_segments_by_hand():
     t = torch.arange(3200) / 16000
     tone = torch.sin(2 * torch.pi * 200 * t)
     wave = torch.cat([torch.zeros(160 + 1600), tone, torch.zeros(1600), tone, torch.zeros(1600 + 160)])
-    segments = energy_syllables(wave, smooth_frames=1)
-    assert segments.shape == (2, 2)
-    # tone 1 covers samples [1760, 4960) of the padded crop -> frames 4..14 overlap it.
-    assert abs(segments[0, 0] - 5) <= 1 and abs(segments[0, 1] - 15) <= 1
-    assert abs(segments[1, 0] - 20) <= 1 and abs(segments[1, 1] - 30) <= 1
+    # tone 1 covers samples [1760, 4960) of the padded crop and frame i covers [320 i, 320 i + 400):
+    # frames 5 (240 samples of tone) to 15 (160 samples) hear it; tone 2, [6560, 9760), frames 20 to 30.
+    assert energy_syllables(wave, smooth_frames=1).tolist() == [[5, 16], [20, 31]]
+    # a 5-frame moving average (edges repeated, not zero-padded) drops the frames only partly covered
+    assert energy_syllables(wave).tolist() == [[6, 15], [21, 30]]
 
 
 def test_config_errors(corpus):
