@@ -246,3 +246,35 @@ def test_cpu_by_default_and_config_errors():
         zoo.load("sylber-tiny", pretrained=False, num_tokens=-1)
     with pytest.raises(zoo.errors.WeightsNotAvailableError):
         zoo.load("sylber-tiny")
+
+
+DEMO_MODEL = __import__("pathlib").Path(__file__).parent / "data" / "sylber-demo"
+
+
+def test_the_demo_model_gives_no_segment_in_silence_around_a_real_clip():
+    """tests/speech/data/sylber-demo is what `zoo train sylber --config speech/sylber/recipes/demo.yaml`
+    writes to runs/sylber-demo/final (config.json and model.safetensors). With its stored thresholds, half
+    a second of silence (digital, or a -60 dBFS noise floor) before and after a bundled clip gets no segment,
+    the clip gets about its syllables, and a 50 ms near-silent clip gets none (and no rate)."""
+    from zoo.audio import load_audio
+    from zoo.data import demo_corpus, read_manifest
+
+    model = zoo.load(str(DEMO_MODEL))
+    assert (model.config["norm_threshold"], model.config["merge_threshold"]) == (1.5, 0.9)
+    rows = read_manifest(demo_corpus())
+    generator = torch.Generator().manual_seed(0)
+    segments = syllables = 0
+    for row in rows[::37]:  # 8 clips, 8 voices
+        clip = load_audio(row["path"])
+        for level in (0.0, 1e-3):
+            wave = torch.nn.functional.pad(clip, (8000, 8000))
+            wave = wave + level * torch.randn(wave.shape, generator=generator)
+            result = model.segment(wave, 16000)
+            starts, ends = result.segments[:, 0], result.segments[:, 1]
+            tail = (wave.shape[0] - 8000) / 16000
+            assert len(result) >= 1, row["path"]
+            assert not ((ends <= 0.5) | (starts >= tail)).any(), (row["path"], level, result.segments.tolist())
+            segments, syllables = segments + len(result), syllables + row["syllables"]
+    assert 0.6 < segments / syllables < 1.4, (segments, syllables)  # 82 segments for 98 syllables when written
+    near_silent = model.segment(1e-3 * torch.randn(800, generator=generator), 16000)
+    assert len(near_silent) == 0 and near_silent.rate is None
