@@ -45,7 +45,8 @@ def segment_rows(model, rows: list[dict], *, batch_size: int = 8, norm_threshold
 
 
 @inference
-def silence_check(model, rows: list[dict], *, seconds: float = 0.5, noise_dbfs: float = -60.0, seed: int = 0) -> dict:
+def silence_check(model, rows: list[dict], *, seconds: float = 0.5, noise_dbfs: float = -60.0, seed: int = 0,
+                  norm_threshold: float | None = None, merge_threshold: float | None = None) -> dict:
     """Add ``seconds`` of silence before and after each row's clip and count the segments that fall in it.
 
     The silence carries Gaussian background noise at ``noise_dbfs`` dB full scale (RMS; -inf for
@@ -65,7 +66,8 @@ def silence_check(model, rows: list[dict], *, seconds: float = 0.5, noise_dbfs: 
         waves.append(wave + level * torch.randn(wave.shape, generator=generator))
     in_silence = total = 0
     lead = pad / model.sample_rate  # seconds of added silence before the clip
-    for wave, result in zip(waves, model.segment(waves, model.sample_rate)):
+    found = model.segment(waves, model.sample_rate, norm_threshold=norm_threshold, merge_threshold=merge_threshold)
+    for wave, result in zip(waves, found):
         tail = (wave.shape[0] - pad) / model.sample_rate  # where the added silence after the clip starts
         for start, end in result.segments.tolist():
             total += 1
@@ -92,7 +94,8 @@ def boundary_scores(predicted: list[np.ndarray], reference: list[np.ndarray], *,
 @inference
 def evaluate(model, *, data, output=None, norm_threshold: float | None = None, merge_threshold: float | None = None,
              tolerance: float = 0.05, shift: float | None = 0.0, tune_shift: bool = False, batch_size: int = 8,
-             max_items: int | None = None, **unknown) -> dict:
+             max_items: int | None = None, silence_seconds: float | None = None, noise_dbfs: float = -60.0,
+             **unknown) -> dict:
     """Segment every utterance of ``data`` (a JSONL manifest path or a list of rows) and score it.
 
     Always: utterances, seconds, segments, ``segments_per_second`` (over the whole corpus), the
@@ -100,12 +103,15 @@ def evaluate(model, *, data, output=None, norm_threshold: float | None = None, m
     ``syllables`` add ``syllables_per_second_text``, ``segments_per_second_model``,
     ``syllable_count_ratio`` and ``syllable_count_mae`` (segments per clip); rows with
     ``boundaries`` (seconds) add ``boundary_precision`` ... ``boundary_r_value`` (fractions).
+    ``silence_seconds``: also run :func:`silence_check` (that much silence with a ``noise_dbfs``
+    floor added before and after each clip) and report ``segments_in_silence``.
     Runs in eval mode without gradients; prints nothing; writes the dict as JSON to ``output``.
     Raises :class:`~zoo.errors.ConfigError` for unknown options or an empty manifest.
     """
     if unknown:
         raise ConfigError(f"Unknown sylber eval options: {', '.join(sorted(unknown))}. Valid: norm_threshold, "
-                          "merge_threshold, tolerance, shift, tune_shift, batch_size, max_items.")
+                          "merge_threshold, tolerance, shift, tune_shift, batch_size, max_items, silence_seconds, "
+                          "noise_dbfs.")
     rows = _rows(data, max_items)
     results = segment_rows(model, rows, batch_size=int(batch_size), norm_threshold=norm_threshold,
                            merge_threshold=merge_threshold)
@@ -139,6 +145,11 @@ def evaluate(model, *, data, output=None, norm_threshold: float | None = None, m
         scores = boundary_scores(predicted, reference, tolerance=float(tolerance),
                                  shift=None if tune_shift else float(shift or 0.0))
         report.update({f"boundary_{k}": v for k, v in scores.items()})
+    if silence_seconds:
+        silence = silence_check(model, rows, seconds=float(silence_seconds), noise_dbfs=float(noise_dbfs),
+                                norm_threshold=norm_threshold, merge_threshold=merge_threshold)
+        report.update(segments_in_silence=silence["segments_in_silence"], silence_seconds=silence["seconds"],
+                      silence_noise_dbfs=silence["noise_dbfs"])
     if output:
         from zoo.files import write_json
 

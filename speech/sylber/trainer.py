@@ -509,7 +509,7 @@ class SylberTrainer(Trainer):
         ``data.eval``, how many segments fall in added silence, and ``zoo segment`` of one clip with
         its PNG, then where the model, the picture and the logs are. Returns the figures."""
         from zoo.speech.sylber.cli import segment_files
-        from zoo.speech.sylber.evaluate import evaluate as evaluate_segments, silence_check
+        from zoo.speech.sylber.evaluate import evaluate as evaluate_segments
 
         section, data = self.config["report"], self.config["data"]
         output = Path(self.output_dir or ".")
@@ -518,7 +518,7 @@ class SylberTrainer(Trainer):
         if data["eval"]:
             rows, _ = _read_rows(data["eval"])
             rows = rows[: section["items"]] if section["items"] else rows
-            metrics = evaluate_segments(model, data=rows)
+            metrics = evaluate_segments(model, data=rows, silence_seconds=float(section["silence_seconds"]))
             figures.update(metrics)
             if "syllables_per_second_text" in metrics:
                 lines.append(f"  {metrics['segments_per_second_model']:.2f} segments per second against "
@@ -527,11 +527,9 @@ class SylberTrainer(Trainer):
                              f"{metrics['syllable_count_mae']:.2f} per clip)")
             else:
                 lines.append(f"  {metrics['segments_per_second']:.2f} segments per second ({len(rows)} clips)")
-            silence = silence_check(model, rows, seconds=float(section["silence_seconds"]))
-            figures.update({f"silence_{k}": v for k, v in silence.items()})
-            lines.append(f"  {silence['segments_in_silence']} segments in the {section['silence_seconds']:g} s of "
+            lines.append(f"  {metrics['segments_in_silence']} segments in the {metrics['silence_seconds']:g} s of "
                          f"silence added before and after each of those clips (noise floor "
-                         f"{silence['noise_dbfs']:g} dBFS)")
+                         f"{metrics['silence_noise_dbfs']:g} dBFS)")
         clip = str(demo_clip() if section["clip"] == "demo" else section["clip"])
         lines.append(f"  zoo segment {clip} --model {output / 'final'} --plot {output / 'segments.png'}:")
         print("\n".join(lines), flush=True)
