@@ -24,7 +24,7 @@ DISTRIBUTION = {
     "huggingface_hub": "huggingface_hub", "safetensors": "safetensors", "soundfile": "soundfile",
     "librosa": "librosa", "xformers": "xformers", "sklearn": "scikit-learn", "scipy": "scipy", "numba": "numba",
     "llvmlite": "llvmlite", "numpy": "numpy", "PIL": "pillow", "yaml": "PyYAML", "tqdm": "tqdm",
-    "matplotlib": "matplotlib", "tokenizers": "tokenizers",
+    "matplotlib": "matplotlib", "tokenizers": "tokenizers", "peft": "peft", "torchmetrics": "torchmetrics",
     # optional extras: imported inside the function that needs them, declared under [project.optional-dependencies]
     "segment_anything": "segment-anything",
     # `from torch.utils.tensorboard import SummaryWriter` needs the tensorboard distribution.
@@ -87,7 +87,7 @@ def test_dependencies_are_exactly_what_the_code_imports():
     assert {_requirement_name(r) for r in extras["dev"]} >= DEV_ONLY
     assert {"segment-anything"} <= {_requirement_name(r) for r in extras["sam"]}
     assert {"insightface"} <= {_requirement_name(r) for r in extras["face"]}
-    assert {"lpips", "torch-fidelity"} <= {_requirement_name(r) for r in extras["image-metrics"]}
+    assert {"torchvision", "torch-fidelity"} <= {_requirement_name(r) for r in extras["image-metrics"]}
 
 
 def test_license_is_declared_and_shipped():

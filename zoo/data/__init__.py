@@ -1,4 +1,4 @@
-"""Datasets as folders or JSONL manifests, and the bundled demo corpus (DESIGN.md "Data").
+"""Datasets as folders or JSONL manifests, and the bundled demo corpus.
 
 A manifest is a JSONL file, one object per line, each with at least a ``"path"``; other fields
 (``"speaker"``, ``"text"``, ``"label"``, ...) pass through untouched. Relative paths are
@@ -14,7 +14,7 @@ from typing import Iterable
 from zoo.errors import ConfigError
 from zoo.files import write_text
 
-__all__ = ["read_manifest", "write_manifest", "audio_folder", "demo_corpus", "demo_images", "DEMO_ROOT"]
+__all__ = ["read_manifest", "write_manifest", "resolve_path", "audio_folder", "demo_corpus", "demo_images", "DEMO_ROOT"]
 
 DEMO_ROOT = Path(__file__).resolve().parent / "demo"
 
@@ -47,12 +47,17 @@ def read_manifest(path) -> list[dict]:
             if not isinstance(row.get("path"), str) or not row["path"]:
                 raise ConfigError(f'{where}: missing "path" field (a non-empty string); every row must say '
                                   "which file it describes.")
-            file_path = Path(row["path"]).expanduser()
-            if not file_path.is_absolute():
-                file_path = base / file_path
-            row["path"] = os.path.normpath(file_path)
+            row["path"] = resolve_path(row["path"], base)
             rows.append(row)
     return rows
+
+
+def resolve_path(path, base) -> str:
+    """``path`` made absolute against the folder ``base`` (``~`` expanded, ``..`` normalised)."""
+    file_path = Path(os.fspath(path)).expanduser()
+    if not file_path.is_absolute():
+        file_path = Path(os.fspath(base)) / file_path
+    return os.path.normpath(file_path)
 
 
 def write_manifest(rows: Iterable[dict], path) -> Path:

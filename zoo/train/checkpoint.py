@@ -11,6 +11,7 @@ A checkpoint is written into a staging folder next to it and moved into place wi
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -45,6 +46,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the Python, numpy, torch (and CUDA, when present) generators from :func:`rng_state`'s dict."""
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
@@ -67,13 +69,17 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoints/step-*`` folder of a run, or None when it has none."""
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
 
 
 def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_last: int | None = None,
-                    meta: dict | None = None) -> Path:
-    """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``."""
+                    meta: dict | None = None, include: Path | None = None) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``.
+
+    ``include``: a finished folder (e.g. the FSDP shards every rank wrote) moved into the checkpoint
+    under its own name before the checkpoint appears."""
     root = Path(output_dir) / CHECKPOINTS
     target = root / f"step-{step:08d}"
     # the same step saved again (a resumed run) is swapped, never gapped
@@ -82,6 +88,8 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
             torch.save(payload, handle)
         info = {"step": step, "time": time.time(), **(meta or {})}
         write_json(staging / META_FILE, info)
+        if include is not None:
+            os.replace(include, staging / Path(include).name)
     if keep_last and keep_last > 0:
         for _, old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

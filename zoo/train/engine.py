@@ -1,4 +1,4 @@
-"""The training engine: one loop for every family (DESIGN.md "Training engine").
+"""The training engine: one loop for every family (``zoo train``, ``zoo.train.run``).
 
 ``run(config)`` seeds everything, builds the trainer's model and data, trains with gradient
 accumulation, clipping, bf16 autocast on CUDA, logs (JSONL, TensorBoard, tqdm), evaluates,
@@ -13,6 +13,9 @@ import json
 import logging
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,8 +25,9 @@ import yaml
 
 from zoo.config import check_paths
 from zoo.errors import ConfigError, OutputExistsError, ZooError
-from zoo.files import write_json, write_text
+from zoo.files import LOCK_PID_FILE, FolderLock, write_json, write_text
 from zoo.train import distributed as D
+from zoo.train import lora as LORA
 from zoo.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.train.logs import LOG_FILE, TENSORBOARD_DIR, RunLogger, truncate_log
 from zoo.train.recipe import complete_config
@@ -41,12 +45,17 @@ _RUN_ONLY_KEYS = ("resume", "overwrite", "progress", "device", "num_workers")
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch's CPU/CUDA generators with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def pick_device(choice: str, info: D.DistInfo) -> torch.device:
+    """``train.device`` (auto, cpu, cuda, cuda:N) -> a ``torch.device``; under torchrun ``cuda`` is this rank's GPU.
+
+    Raises :class:`~zoo.errors.ConfigError` when CUDA is asked for and none is visible.
+    """
     choice = str(choice or "auto").lower()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,6 +68,9 @@ def pick_device(choice: str, info: D.DistInfo) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` (auto, bf16, fp32) on ``device``: ``torch.bfloat16`` on a CUDA
+    GPU that supports it, else None (fp32). Raises ``ConfigError`` for bf16 without such a GPU.
+    """
     precision = str(precision or "auto").lower()
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
@@ -77,6 +89,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def to_device(batch, device: torch.device):
+    """Move the tensors of a batch (tensor, dict, list or tuple, nested) to ``device``; other values pass through."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
@@ -127,7 +140,7 @@ def _prepare_output(output_dir: Path, config: dict) -> dict:
             elif target.exists():
                 target.unlink()
         return {"action": "fresh"}
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+    if not output_dir.is_dir() or not any(p.name != LOCK_PID_FILE for p in output_dir.iterdir()):
         if resume is True:
             raise ConfigError(f"--resume: {output_dir} holds no checkpoint to resume from.")
         return {"action": "fresh"}
@@ -206,7 +219,15 @@ class _BatchStream:
 def run(config: dict, trainer_cls=None) -> Path:
     """Train as the recipe says; returns ``output_dir/final`` (a zoo-format folder).
 
-    Under torchrun (RANK / WORLD_SIZE set) every process calls ``run``; rank 0 writes.
+    ``config`` is a recipe dict (``zoo.train.load_recipe``); missing sections take the engine's and the
+    trainer's defaults. The run holds an OS lock on ``train.output_dir`` while it trains, resumes from the
+    folder's latest checkpoint (``train.resume=auto``), and on Ctrl-C saves a checkpoint of the last finished
+    step before raising ``KeyboardInterrupt``. Under torchrun (RANK / WORLD_SIZE set) every process calls
+    ``run``; rank 0 writes.
+
+    Raises :class:`~zoo.errors.ConfigError` (bad settings, missing data paths),
+    :class:`~zoo.errors.OutputExistsError` (a folder holding something else), :class:`~zoo.errors.OutputInUseError`
+    (another live run holds the folder), :class:`~zoo.errors.ZooError` (a non-finite loss).
     """
     config, trainer_cls = complete_config(config, trainer_cls)
     train = config["train"]
@@ -225,9 +246,15 @@ def _check_train_section(train: dict) -> None:
     for key in ("ckpt_every", "eval_every", "keep_last", "num_workers"):
         if train[key] is not None and int(train[key]) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {train[key]!r}")
+    _progress_flag(train["progress"])
 
 
 def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
+    with contextlib.ExitStack() as held:  # the output folder's lock, released however the run ends
+        return _train(config, trainer_cls, info, held)
+
+
+def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitStack) -> Path:
     train = config["train"]
     _check_train_section(train)
     device = pick_device(train["device"], info)
@@ -240,6 +267,10 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     if info.is_main:
         try:
             check_paths(config, getattr(trainer_cls, "path_keys", ()) or ())
+            if output_dir.exists() and not output_dir.is_dir():
+                raise OutputExistsError(f"train.output_dir={output_dir} is a file; choose a folder.")
+            # One run per folder: a second `zoo train` into it fails here, naming the first one's pid.
+            held.enter_context(FolderLock(output_dir, what="train.output_dir"))
             plan = _prepare_output(output_dir, config)
         except ZooError as err:
             failure, plan = err, f"{type(err).__name__}\0{err}"
@@ -269,6 +300,8 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     trainer = trainer_cls(config)
     trainer.device, trainer.rank, trainer.world_size, trainer.output_dir = device, info.rank, info.world_size, output_dir
     model = trainer.build_model()
+    if LORA.enabled(train["lora"]):  # peft LoRA layers; only they train (zoo.train.lora)
+        LORA.apply(model, train["lora"])
     model.to(device)
     train_set, _eval_set = trainer.build_datasets()
     if train_set is None:
@@ -277,7 +310,7 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     state = None
     if plan["action"] == "resume":
         state = load_checkpoint(plan["checkpoint"])
-        if train["distributed"] != "fsdp" or not info.enabled:
+        if "model" in state and (train["distributed"] != "fsdp" or not info.enabled):
             from zoo.hub import load_state_dict_strict
 
             load_state_dict_strict(model, state["model"], plan["checkpoint"])
@@ -286,7 +319,8 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     if state is not None:
         trainer.load_state_dict(state.get("trainer") or {})
 
-    wrapped = D.wrap_model(model, info, device, train["distributed"], bool(train["find_unused_parameters"]))
+    wrapped = D.wrap_model(model, info, device, train["distributed"], bool(train["find_unused_parameters"]),
+                           fsdp_options=train["fsdp"], trainer=trainer)
     optimizer = build_optimizer(trainer.param_groups(model), config["optim"])
     scheduler = build_scheduler(optimizer, config["schedule"], max_steps)
     sampler = ResumableBatchSampler(len(train_set), int(train["batch_size"]), seed=seed,
@@ -294,8 +328,8 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
                                     rank=info.rank, world_size=info.world_size)
     step, epoch, batches_done = 0, 0, 0
     if state is not None:
-        if train["distributed"] == "fsdp" and info.enabled:
-            _fsdp_load(wrapped, optimizer, state)
+        if (train["distributed"] == "fsdp" and info.enabled) or "model" not in state:
+            _fsdp_load(wrapped, optimizer, state, plan["checkpoint"])
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -320,12 +354,14 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
                 device, info.world_size, "es" if info.world_size > 1 else "", attention_backend(device),
                 "bf16 autocast" if amp_dtype else "fp32")
     run_log = RunLogger(output_dir, enabled=info.is_main, tensorboard=bool(train["tensorboard"]),
-                        progress=_progress_flag(train["progress"]), total_steps=max_steps, start_step=step)
+                        progress=_progress_flag(train["progress"]), total_steps=max_steps, start_step=step,
+                        batch_size=int(train["batch_size"]) * int(train["grad_accum"]) * info.world_size)
     stream = _BatchStream(train_set, sampler, trainer, model, num_workers=int(train["num_workers"]), seed=seed,
                           pin_memory=device.type == "cuda", epoch=epoch, batches_done=batches_done)
     try:
-        _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
-              step, output_dir)
+        with StopRequest() as stop:
+            _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
+                  step, output_dir, stop)
     finally:
         run_log.close()
 
@@ -334,7 +370,7 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     if train["distributed"] == "fsdp" and info.enabled:
         _fsdp_save_final(trainer, wrapped, final_dir, info)
     elif info.is_main:
-        model.save_pretrained(final_dir, overwrite=True)
+        LORA.final_model(model, train["lora"]).save_pretrained(final_dir, overwrite=True)
     if info.is_main:
         _write_run_file(output_dir, config, "finished", max_steps)
     D.barrier(info)
@@ -342,13 +378,47 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
 
 
 def _progress_flag(value):
+    """``train.progress``: auto (a bar on a terminal, plain lines otherwise) | bar | lines | false."""
     if isinstance(value, bool):
-        return value
-    return {"true": True, "false": False}.get(str(value).lower(), "auto")
+        return "bar" if value else "off"
+    choice = {"true": "bar", "false": "off"}.get(str(value).lower(), str(value).lower())
+    if choice not in ("auto", "bar", "lines", "off"):
+        raise ConfigError(f"train.progress must be auto, bar, lines or false, got {value!r}")
+    return choice
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: finish the current step, save a checkpoint of it, then stop.
+
+    The first SIGINT only sets ``requested`` (the loop checks it after each optimizer step); a second
+    one restores Python's handler and interrupts at once. Installed only in the main thread.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nzoo train: Ctrl-C: stopping after this step and saving a checkpoint of it "
+              "(press Ctrl-C again to quit at once, without one)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
-          step, output_dir):
+          step, output_dir, stop: StopRequest | None = None):
     train = config["train"]
     max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
     log_every, eval_every, ckpt_every = int(train["log_every"]), int(train["eval_every"] or 0), int(train["ckpt_every"] or 0)
@@ -400,6 +470,7 @@ def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, 
                       "samples_per_s": window_steps * accum * batch_size * info.world_size / elapsed,
                       "time": time.time()}
             run_log.log(record)
+            run_log.progress_line(record)
             window, window_steps, window_start = {}, 0, time.perf_counter()
 
         if eval_every and step % eval_every == 0:
@@ -412,50 +483,61 @@ def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, 
                 logger.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
                 run_log.log({"step": step, "eval": numbers})
 
-        if ckpt_every and step % ckpt_every == 0 and step < max_steps:
+        saved = ckpt_every and step % ckpt_every == 0 and step < max_steps
+        if saved:
             _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir)
+        if stop is not None and step < max_steps and D.any_across_ranks(stop.requested, info, device):
+            if not saved:
+                _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir)
+            if info.is_main:
+                print(f"zoo train: stopped at step {step}/{max_steps}; checkpoint in {output_dir / 'checkpoints'}. "
+                      "Run the same command again to resume.", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
 
 
 def _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir):
     rngs = D.gather_objects(rng_state(), info)
     fsdp = config["train"]["distributed"] == "fsdp" and info.enabled
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    shards = None
+    if fsdp:  # every rank writes its own shard of model and optimizer (torch.distributed.checkpoint)
+        from zoo.train import fsdp as FSDP
 
-        model_state, optim_state = get_state_dict(
-            wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        shards = output_dir / "checkpoints" / f".shards-step-{step:08d}"
+        if info.is_main:
+            shutil.rmtree(shards, ignore_errors=True)
+        D.barrier(info)
+        shards = FSDP.save_sharded(wrapped, optimizer, shards)
+        D.barrier(info)
     if info.is_main:
         payload = {
             "step": step, "epoch": stream.epoch, "batches_done": stream.batches_done,
-            "model": model_state if fsdp else model.state_dict(),
-            "optimizer": optim_state if fsdp else optimizer.state_dict(),
+            **({"sharded": "dcp"} if fsdp else {"model": model.state_dict(), "optimizer": optimizer.state_dict()}),
             "scheduler": scheduler.state_dict(),
             "trainer": trainer.state_dict(),
             "rng": rngs, "world_size": info.world_size,
         }
         path = save_checkpoint(output_dir, step, payload, keep_last=int(config["train"]["keep_last"] or 0),
                                meta={"epoch": stream.epoch, "batches_done": stream.batches_done,
-                                     "world_size": info.world_size})
+                                     "world_size": info.world_size}, include=shards)
+        if shards is not None:
+            shutil.rmtree(shards.parent, ignore_errors=True)
         _write_run_file(output_dir, config, "running", step)
         logger.info("saved checkpoint %s", path)
     D.barrier(info)
 
 
-def _fsdp_load(wrapped, optimizer, state) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+def _fsdp_load(wrapped, optimizer, state, checkpoint) -> None:
+    """Model and optimizer state of an FSDP checkpoint: sharded (DCP) or, from older checkpoints, full."""
+    from zoo.train import fsdp as FSDP
 
-    set_state_dict(wrapped, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(full_state_dict=True, strict=True))
+    if state.get("sharded") == "dcp":
+        FSDP.load_sharded(wrapped, optimizer, Path(checkpoint))
+    else:
+        FSDP.load_full(wrapped, optimizer, state)
 
 
 def _fsdp_save_final(trainer, wrapped, final_dir: Path, info: D.DistInfo) -> None:
-    """Gather the full weights to rank 0 and save them through a fresh, unsharded copy of the model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """Gather the full weights to rank 0 and save them through an unsharded copy of the model."""
+    from zoo.train import fsdp as FSDP
 
-    full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if info.is_main:
-        from zoo.hub import load_state_dict_strict
-
-        plain = trainer.build_model().to("cpu")
-        load_state_dict_strict(plain, full, "the FSDP-trained model")
-        plain.save_pretrained(final_dir, overwrite=True)
+    FSDP.save_final(trainer, wrapped, final_dir, info.is_main)

@@ -1,4 +1,4 @@
-"""The protocol a family implements to be trained by the engine (CONTRACTS.md "zoo.train")."""
+"""The protocol a family implements to be trained by the engine (``zoo.train.engine.run``)."""
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ class Trainer:
         raise NotImplementedError(f"{type(self).__name__} must implement build_datasets()")
 
     def collate(self, items: list) -> Any:
+        """Turn a list of dataset items into a batch (default: ``torch.utils.data.default_collate``)."""
         return torch.utils.data.default_collate(items)
 
     def training_step(self, model, batch) -> dict:
@@ -50,6 +51,12 @@ class Trainer:
         """Optimizer parameter groups; default: every trainable parameter, weight decay from ``optim``."""
         weight_decay = float((self.config.get("optim") or {}).get("weight_decay") or 0.0)
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def fsdp_layer_classes(self, model) -> list[type] | None:
+        """Module classes FSDP shards one unit each under ``train.distributed: fsdp`` (e.g. the transformer
+        layer class). ``None``: ``train.fsdp.layer_classes``, else transformers' ``_no_split_modules``, else
+        the class of every child of an ``nn.ModuleList`` (``zoo.train.fsdp``)."""
+        return None
 
     def on_train_start(self, model) -> None:
         """Once, after the model is built and moved to its device, before a checkpoint is restored."""
@@ -72,4 +79,5 @@ class Trainer:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (called on resume, after ``on_train_start``)."""
         pass
