@@ -3,9 +3,10 @@
 Every speech model in the zoo takes mono float32 waveforms at its own sample rate.
 :func:`prepare_waveforms` is the one function that turns what a user has into that: a
 file path, a list of paths, a numpy array or tensor (float or integer PCM) with its sample
-rate, a list of those, or a padded batch with its lengths. It never guesses: a 2-D array is
-either a padded batch (``lengths`` given) or one multi-channel recording (``channel_axis``
-given), and an array without its sample rate is an error. Problems raise
+rate, a list of those, or a padded batch with its lengths. The rules are fixed, not guessed per
+input: a 2-D array is a padded batch only with ``lengths``, else one multi-channel recording
+(channels on ``channel_axis``, or on the shorter axis), and an array without its sample rate is
+an error. Problems raise
 :class:`~zoo.errors.AudioInputError` naming the input and saying what to do, instead of a
 crash deep inside a convolution.
 
@@ -151,13 +152,13 @@ def prepare_waveform(wav, sample_rate: int | None, target_rate: int = 16000, *, 
 
     ``wav``: a path (``str``/``os.PathLike``; its own rate is used, and ``sample_rate``, when
     given, must equal it), or samples (numpy array, tensor or nested list) at ``sample_rate``
-    Hz: ``[T]``, ``[1, T]``/``[T, 1]``, or ``[C, T]``/``[T, C]`` with ``channel_axis`` (0 or 1)
-    saying which axis holds the channels (they are averaged). Integer samples are scaled to
+    Hz: ``[T]``, or one multi-channel recording ``[C, T]``/``[T, C]`` whose channels are averaged;
+    ``channel_axis`` (0 or 1) says which axis holds them, else it is the shorter axis. Integer samples are scaled to
     [-1, 1] (int16 / 32768, int32 / 2**31, int8 / 128, uint8 as (x - 128) / 128); float
     samples are used as they are (no clipping). Silence is valid input.
 
     Raises :class:`AudioInputError` (with ``name`` in the message) for a missing sample rate,
-    an ambiguous 2-D array, a non-audio dtype, empty or non-finite samples, and fewer than
+    a square 2-D array without ``channel_axis``, a non-audio dtype, empty or non-finite samples, and fewer than
     ``min_samples`` samples after resampling.
     """
     target_rate = _rate(target_rate, "target_rate", name)
@@ -185,7 +186,8 @@ def prepare_waveforms(inputs, sample_rate: int | None = None, target_rate: int =
     * a path (``str`` or ``os.PathLike``): one recording, read with :func:`read_audio` at
       the file's own rate;
     * one waveform (numpy array or tensor, float or integer PCM) at ``sample_rate`` Hz:
-      ``[T]``, ``[1, T]``/``[T, 1]``, or multi-channel with ``channel_axis``;
+      ``[T]``, or a multi-channel recording ``[C, T]``/``[T, C]`` (mixed down; never a batch:
+      a batch is a list, or a padded array with ``lengths``);
     * a list or tuple of paths and/or waveforms: a batch (each item as above);
     * a padded batch ``[B, T]`` with ``lengths`` ``[B]`` (samples per row): a batch of the
       rows' first ``lengths[i]`` samples.
@@ -274,7 +276,11 @@ def _prepare(wav, sample_rate: int, target_rate: int, *, name: str, channel_axis
 
 
 def _mono(wave: torch.Tensor, name: str, channel_axis: int | None) -> torch.Tensor:
-    """[T] stays; [1, T] / [T, 1] are squeezed; [C, T] / [T, C] need ``channel_axis``."""
+    """[T] stays; [C, T] / [T, C] are one recording whose channels are averaged.
+
+    The channel axis is ``channel_axis`` when given, else the shorter axis (a recording has fewer
+    channels than samples); a square array is ambiguous and raises.
+    """
     if wave.dim() == 1:
         if channel_axis is not None:
             raise AudioInputError(f"{name}: channel_axis={channel_axis} was given but the samples are 1-D (mono).")
@@ -283,12 +289,11 @@ def _mono(wave: torch.Tensor, name: str, channel_axis: int | None) -> torch.Tens
         raise AudioInputError(f"{name}: expected a waveform [T] or a recording [C, T] / [T, C], got shape "
                               f"{tuple(wave.shape)}; pass one recording at a time (use a list for a batch).")
     if channel_axis is None:
-        if wave.shape[0] == 1 or wave.shape[1] == 1:
-            return wave.reshape(-1)
-        raise AudioInputError(
-            f"{name}: a 2-D array of shape {tuple(wave.shape)} is ambiguous. For one multi-channel recording pass "
-            "channel_axis=0 ([channels, time], torchaudio's layout) or channel_axis=1 ([time, channels], "
-            "soundfile's layout); for a padded batch pass lengths=[...]; for several recordings pass a list.")
+        if wave.shape[0] == wave.shape[1]:
+            raise AudioInputError(
+                f"{name}: a 2-D array of shape {tuple(wave.shape)} has as many rows as columns, so its channel axis "
+                "is unknown; pass channel_axis=0 ([channels, time]) or channel_axis=1 ([time, channels]).")
+        channel_axis = 0 if wave.shape[0] < wave.shape[1] else 1
     if channel_axis not in (0, 1, -1, -2):
         raise AudioInputError(f"{name}: channel_axis must be 0 or 1 for 2-D samples, got {channel_axis}.")
     channels = wave if channel_axis in (0, -2) else wave.t()

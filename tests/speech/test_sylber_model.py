@@ -87,10 +87,9 @@ def test_resampling_and_stereo_mixdown(tiny):
     stereo_t = tiny(torch.stack([wave, wave]).T.numpy(), 8000, channel_axis=1)
     assert at_8k.shape == (49, 64)
     assert torch.equal(stereo, at_8k) and torch.equal(stereo_t, at_8k)
-    # [1, T] (torchaudio's mono layout) is one recording, not a guess
+    # without channel_axis: the shorter axis; [1, T] (torchaudio's mono layout) is one channel
+    assert torch.equal(tiny(torch.stack([wave, wave]), 8000), at_8k)
     assert torch.equal(tiny(wave[None], 8000), at_8k)
-    with pytest.raises(AudioInputError, match="ambiguous.*channel_axis"):
-        tiny(torch.stack([wave, wave]), 8000)
     with pytest.raises(AudioInputError, match="give the sample rate"):
         tiny(wave)
 

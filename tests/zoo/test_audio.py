@@ -26,9 +26,14 @@ def test_stereo_mixdown_is_the_channel_mean_in_either_layout():
     assert prepare_waveform(channels_first.T, 16000, channel_axis=1).numpy().tolist() == expected.tolist()
     assert prepare_waveform(torch.from_numpy(channels_first), 16000, channel_axis=0).numpy().tolist() == \
         expected.tolist()
-    # never guessed: both layouts are plausible for a 2-D array, and so is a batch
-    with pytest.raises(AudioInputError, match="ambiguous.*channel_axis=0.*lengths"):
-        prepare_waveform(channels_first, 16000)
+    # without channel_axis the channels are on the shorter axis (a recording has fewer channels than samples)
+    assert prepare_waveform(channels_first, 16000).numpy().tolist() == expected.tolist()
+    assert prepare_waveform(channels_first.T, 16000).numpy().tolist() == expected.tolist()
+    with pytest.raises(AudioInputError, match="as many rows as columns.*channel_axis"):
+        prepare_waveform(np.zeros((3, 3), np.float32), 16000)
+    # a 2-D array is a batch only with lengths
+    batch = prepare_waveforms(channels_first, 16000, lengths=[1000, 1000, 500])
+    assert batch.batched and [w.shape[0] for w in batch.waves] == [1000, 1000, 500]
     with pytest.raises(AudioInputError, match="1-D"):
         prepare_waveform(channels_first[0], 16000, channel_axis=0)
     # [1, T] and [T, 1] hold one channel: no question to ask
