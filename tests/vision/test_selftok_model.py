@@ -181,3 +181,13 @@ def test_bfloat16_weights_run(tokenizer, renderer):
     assert half.decode_latents(ids, steps=2, cfg=2.0).shape == out.shape
     rendered = copy.deepcopy(renderer).to(torch.bfloat16).render_latents(ids)
     assert torch.isfinite(rendered.float()).all()
+
+
+def test_inference_methods_run_in_eval_and_restore_the_mode():
+    model = tiny().train()
+    before = model.encoder.quantizer._codebook.cluster_size.clone()
+    ids = model.encode_latents(torch.randn(2, 16, 8, 8))
+    out = model.decode_latents(ids, steps=2)
+    assert model.training and model.encoder.quantizer.training  # the caller's mode is back
+    assert not out.requires_grad
+    assert torch.equal(model.encoder.quantizer._codebook.cluster_size, before)  # no EMA update: it ran in eval

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from zoo.errors import ConfigError
+from zoo.model import inference
 
 logger = logging.getLogger("zoo.selftok")
 
@@ -53,6 +54,7 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+@inference
 def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: float = 1.0, batch_size: int = 16,
              max_items: int | None = None, plot=None, plot_items: int = 8, keep=None, seed: int = 0,
              lpips: bool | None = None, fid: bool | None = None, **unknown) -> dict:

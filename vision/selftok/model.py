@@ -19,7 +19,6 @@ float tensors in [0, 1]); ``decode``/``render`` return float tensors [B, 3, H, W
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError, ZooError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 from zoo.models.flow import euler_step, interpolate, shift_timesteps, velocity_target
 from zoo.vision.selftok.diti import DiTi
 from zoo.vision.selftok.sampling import FlowSchedule
@@ -39,19 +38,6 @@ __all__ = ["SelftokModel", "TokenIdError"]
 
 class TokenIdError(ZooError, ValueError):
     """Token ids that are not a [B, K] batch of integers in [0, codebook size)."""
-
-
-@contextlib.contextmanager
-def _inference_mode(module: torch.nn.Module):
-    """Eval mode under ``torch.no_grad()``; restores the previous train/eval flags."""
-    flags = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
 
 
 class SelftokModel(ZooModel):
@@ -212,6 +198,7 @@ class SelftokModel(ZooModel):
                                f"[{int(ids.min())}, {int(ids.max())}]")
         return ids.to(device=self.device, dtype=torch.long)
 
+    @inference
     def tokens(self, ids) -> torch.Tensor:
         """Decoder input for ids [B, K]: the l2-normalised codes through ``final_layer_norm3``, [B, K, token_dim]."""
         return self.encoder.tokens_from_ids(self.check_ids(ids))
@@ -240,6 +227,7 @@ class SelftokModel(ZooModel):
         return self.diti.visible_count(t * 1000.0)
 
     # ------------------------------------------------------------------ inference
+    @inference
     def encode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``process_in`` VAE latents [B, C, h, w] -> token ids int64 [B, K].
 
@@ -249,14 +237,13 @@ class SelftokModel(ZooModel):
         if not isinstance(latents, torch.Tensor) or latents.dim() != 4 or latents.shape[1] != self.latent_channels:
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ConfigError(f"latents must be a tensor [B, {self.latent_channels}, h, w], got {shape}")
-        with _inference_mode(self):
-            return self.encoder(latents.to(device=self.device))[1]
+        return self.encoder(latents.to(device=self.device))[1]
 
+    @inference
     def encode(self, images) -> torch.Tensor:
         """Images -> token ids int64 [B, K] (resize + centre crop to ``image_size``, VAE mode, encoder)."""
-        with _inference_mode(self):
-            pixels = self.prepare_images(images)
-            return self.encode_latents(self.images_to_latents(pixels))
+        pixels = self.prepare_images(images)
+        return self.encode_latents(self.images_to_latents(pixels))
 
     def _noise(self, batch: int, noise, generator):
         shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
@@ -266,6 +253,7 @@ class SelftokModel(ZooModel):
             raise ConfigError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
         return noise.to(device=self.device, dtype=torch.float32)
 
+    @inference
     def decode_latents(self, ids, steps: int = 50, cfg: float = 1.0, *, noise: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, keep: int | None = None,
                        visible: torch.Tensor | None = None, cfg_context_sees_x: bool = False) -> torch.Tensor:
@@ -282,52 +270,51 @@ class SelftokModel(ZooModel):
         if self.is_renderer:
             raise ConfigError("this Selftok model has the one-step renderer; use render()/render_latents(), or load "
                               "a diffusion-decoder model (e.g. selftok-512) for decode()")
-        with _inference_mode(self):
-            ids = self.check_ids(ids)
-            batch = ids.shape[0]
-            tokens = self.encoder.tokens_from_ids(ids)
-            super_mask = self.keep_mask(keep, batch) if visible is None else visible.to(self.device, torch.bool)
-            schedule = FlowSchedule(int(steps)).to(self.device)
-            indices = schedule.token_indices(self.diti)
-            tokens = tokens * self.diti.mask(indices[0].expand(batch))[..., None].to(tokens.dtype)
-            context_mods = self.model.context_modulations()
-            x = self._noise(batch, noise, generator)
-            shift = float(self.config.get("sampling_shift") or 1.0)
-            for i in range(schedule.num_steps):
-                t = schedule.scheduled_t[i].expand(batch)
-                t = shift_timesteps(t, shift) if shift != 1.0 else t
-                mask = self.diti.mask(indices[i].expand(batch))
-                if super_mask is not None:
-                    mask = mask & super_mask
-                if float(cfg) == 1.0:
-                    v = self.model(x, t, tokens, mask, context_sees_x=self.context_sees_x, context_mods=context_mods)
-                else:
-                    v_uncond = self.model.forward_unconditional(x, t)
-                    v_cond = self.model(x, t, tokens, mask, context_sees_x=cfg_context_sees_x,
-                                        context_mods=context_mods)
-                    v = v_uncond + float(cfg) * (v_cond - v_uncond)
-                x = euler_step(x, v, schedule.scheduled_t[i], schedule.scheduled_t_prev[i])
-            return x
+        ids = self.check_ids(ids)
+        batch = ids.shape[0]
+        tokens = self.encoder.tokens_from_ids(ids)
+        super_mask = self.keep_mask(keep, batch) if visible is None else visible.to(self.device, torch.bool)
+        schedule = FlowSchedule(int(steps)).to(self.device)
+        indices = schedule.token_indices(self.diti)
+        tokens = tokens * self.diti.mask(indices[0].expand(batch))[..., None].to(tokens.dtype)
+        context_mods = self.model.context_modulations()
+        x = self._noise(batch, noise, generator)
+        shift = float(self.config.get("sampling_shift") or 1.0)
+        for i in range(schedule.num_steps):
+            t = schedule.scheduled_t[i].expand(batch)
+            t = shift_timesteps(t, shift) if shift != 1.0 else t
+            mask = self.diti.mask(indices[i].expand(batch))
+            if super_mask is not None:
+                mask = mask & super_mask
+            if float(cfg) == 1.0:
+                v = self.model(x, t, tokens, mask, context_sees_x=self.context_sees_x, context_mods=context_mods)
+            else:
+                v_uncond = self.model.forward_unconditional(x, t)
+                v_cond = self.model(x, t, tokens, mask, context_sees_x=cfg_context_sees_x,
+                                    context_mods=context_mods)
+                v = v_uncond + float(cfg) * (v_cond - v_uncond)
+            x = euler_step(x, v, schedule.scheduled_t[i], schedule.scheduled_t_prev[i])
+        return x
 
+    @inference
     def decode(self, ids, steps: int = 50, cfg: float = 1.0, **kwargs) -> torch.Tensor:
         """Token ids [B, K] -> images [B, 3, H, W] in [0, 1]; see :meth:`decode_latents` for the options."""
-        with _inference_mode(self):
-            return self.latents_to_images(self.decode_latents(ids, steps, cfg, **kwargs))
+        return self.latents_to_images(self.decode_latents(ids, steps, cfg, **kwargs))
 
+    @inference
     def render_latents(self, ids, *, keep: int | None = None, visible: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids [B, K] -> clean latents in one forward of the renderer (``keep``/``visible`` hide tokens)."""
         if not self.is_renderer:
             raise ConfigError("render() needs the one-step renderer (e.g. zoo.load('selftok-512-renderer')); this "
                               "model has the diffusion decoder: use decode()")
-        with _inference_mode(self):
-            ids = self.check_ids(ids)
-            mask = self.keep_mask(keep, ids.shape[0]) if visible is None else visible.to(self.device, torch.bool)
-            return self.model(self.encoder.tokens_from_ids(ids), mask, context_sees_x=self.context_sees_x)
+        ids = self.check_ids(ids)
+        mask = self.keep_mask(keep, ids.shape[0]) if visible is None else visible.to(self.device, torch.bool)
+        return self.model(self.encoder.tokens_from_ids(ids), mask, context_sees_x=self.context_sees_x)
 
+    @inference
     def render(self, ids, **kwargs) -> torch.Tensor:
         """Token ids [B, K] -> images [B, 3, H, W] in [0, 1] with the one-step renderer."""
-        with _inference_mode(self):
-            return self.latents_to_images(self.render_latents(ids, **kwargs))
+        return self.latents_to_images(self.render_latents(ids, **kwargs))
 
     def reconstruct_latents(self, latents: torch.Tensor, **kwargs) -> torch.Tensor:
         """Encode then decode (or render) latents: the tokenizer's reconstruction in latent space."""
