@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError, ImageInputError, ZooError
+from zoo.model import inference
 from zoo.models.mot import AttnBlock, MoTForCausalLM, Routing, packed_attention, qwen2_config, split_blocks
 
 __all__ = [
@@ -563,7 +564,7 @@ class BagelMixin:
                                   f"({self.max_latent_size * ds} pixels a side)")
         return h, w
 
-    @torch.no_grad()
+    @inference
     def encode_images(self, images: Sequence[torch.Tensor], *, mode: bool = False,
                       generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """``[3, H, W]`` images in [-1, 1] -> their latent tokens ``[h * w, p * p * C]`` (posterior samples)."""
@@ -582,7 +583,7 @@ class BagelMixin:
                 out[i] = self.latents_to_tokens(latents[row, :, :h * p, :w * p].float())
         return out
 
-    @torch.no_grad()
+    @inference
     def decode_tokens(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Latent tokens ``[B, h * w, p * p * C]`` -> images ``[B, 3, H, W]`` in [0, 1]."""
         from zoo.models.flux_vae import decode
@@ -671,7 +672,7 @@ class BagelMixin:
                 context.lengths[i] += int(n)
         return hidden
 
-    @torch.no_grad()
+    @inference
     def add_text(self, context: Context, texts: Sequence[str | Sequence[int]]) -> Context:
         """Append one text block per sample (``bos + tokens + eos``, causal) to ``context`` (in place)."""
         ids = [self.encode_text(t) if isinstance(t, str) else list(t) for t in texts]
@@ -692,7 +693,7 @@ class BagelMixin:
             context.history[i].append("text")
         return context
 
-    @torch.no_grad()
+    @inference
     def add_vit_images(self, context: Context, images: Sequence[torch.Tensor]) -> Context:
         """Append one ViT image block per sample (``[3, H, W]`` in [-1, 1], sides multiples of the ViT patch)."""
         if len(images) != context.batch:
@@ -728,7 +729,7 @@ class BagelMixin:
         return context
 
     # ------------------------------------------------------------------ inference: text
-    @torch.no_grad()
+    @inference
     def generate_text(self, context: Context, max_new_tokens: int, *, do_sample: bool = False,
                       temperature: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
         """Decode from ``bos`` after each sample's context (BAGEL's ``generate_text``), greedily by default.
@@ -807,7 +808,7 @@ class BagelMixin:
                                  causal=False, update=False)
         return self.llm2vae(hidden.index_select(0, vae_index)).float().reshape(batch, n, -1)
 
-    @torch.no_grad()
+    @inference
     def generate_latents(self, context: Context, hw: tuple[int, int], *, cfg_text_context: Context | None = None,
                          cfg_text_scale: float = 4.0, cfg_interval: tuple[float, float] = (0.4, 1.0),
                          timestep_shift: float = 3.0, num_timesteps: int = 50, cfg_renorm_min: float = 0.0,

@@ -11,7 +11,6 @@ The model is also a ``zoo.tools.VQATool`` (``answer``, ``caption``), so SRUM's s
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -21,7 +20,7 @@ from typing import Sequence
 import torch
 
 from zoo.errors import ConfigError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 from zoo.models.bagel import BagelMixin, to_pil
 
 logger = logging.getLogger("zoo.srum")
@@ -59,17 +58,6 @@ def tiny_tokenizer(special_tokens: dict, vocab_size: int = 1024):
     texts = list(TINY_TOKENIZER_TEXTS) + [read_template(n) for n in (
         "hybrid_region.txt", "global_layout.txt", "vlm_think_system.txt", "gen_think_system.txt")]
     return build_tokenizer(texts, special_tokens=list(special_tokens.values()), kind="bpe", vocab_size=vocab_size)
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
 
 
 class SrumModel(ZooModel, BagelMixin):
@@ -170,6 +158,7 @@ class SrumModel(ZooModel, BagelMixin):
         return height, width
 
     # ------------------------------------------------------------------ text -> image
+    @inference
     def generate_image(self, prompt: str | Sequence[str], *, think: bool = False, cfg_text_scale: float = 4.0,
                        cfg_img_scale: float = 1.0, cfg_interval: tuple[float, float] = (0.4, 1.0),
                        timestep_shift: float = 3.0, num_timesteps: int = 50, cfg_renorm_min: float = 0.0,
@@ -197,24 +186,23 @@ class SrumModel(ZooModel, BagelMixin):
         hw = self.latent_grid(height, width)
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
-        with _eval_mode(self):
-            batch = len(prompts)
-            context = self.new_context(batch)
-            thoughts = None
-            if think:
-                system = read_template("gen_think_system.txt")
-                self.add_text(context, [system] * batch)
-            uncond = context.copy()
-            self.add_text(context, prompts)
-            if think:
-                ids = self.generate_text(context, max(int(max_think_token_n) - 1, 0))
-                thoughts = [self.decode_text(t) for t in ids]
-                self.add_text(context, [list(t) for t in ids])
-            tokens = self.generate_latents(
-                context, hw, cfg_text_context=uncond, cfg_text_scale=cfg_text_scale, cfg_interval=cfg_interval,
-                timestep_shift=timestep_shift, num_timesteps=num_timesteps, cfg_renorm_min=cfg_renorm_min,
-                cfg_renorm_type=cfg_renorm_type, generator=generator)
-            images = self.decode_tokens(tokens, hw)
+        batch = len(prompts)
+        context = self.new_context(batch)
+        thoughts = None
+        if think:
+            system = read_template("gen_think_system.txt")
+            self.add_text(context, [system] * batch)
+        uncond = context.copy()
+        self.add_text(context, prompts)
+        if think:
+            ids = self.generate_text(context, max(int(max_think_token_n) - 1, 0))
+            thoughts = [self.decode_text(t) for t in ids]
+            self.add_text(context, [list(t) for t in ids])
+        tokens = self.generate_latents(
+            context, hw, cfg_text_context=uncond, cfg_text_scale=cfg_text_scale, cfg_interval=cfg_interval,
+            timestep_shift=timestep_shift, num_timesteps=num_timesteps, cfg_renorm_min=cfg_renorm_min,
+            cfg_renorm_type=cfg_renorm_type, generator=generator)
+        images = self.decode_tokens(tokens, hw)
         pils = [_to_uint8_pil(img) for img in images]
         out = pils[0] if single else pils
         if return_think:
@@ -229,6 +217,7 @@ class SrumModel(ZooModel, BagelMixin):
             pil = self.vae_transform().resize(pil)
         return self.vit_transform()(pil)
 
+    @inference
     def understand(self, image, prompt: str | Sequence[str], *, think: bool = False, max_new_tokens: int = 512,
                    do_sample: bool = False, temperature: float = 1.0, generator: torch.Generator | None = None):
         """Answer ``prompt`` about ``image`` (or lists of both, one answer each).
@@ -247,14 +236,13 @@ class SrumModel(ZooModel, BagelMixin):
             raise ConfigError("understand: no prompts given")
         self._check_prompts(prompts)
         tensors = [self.prepare_understanding_image(im) for im in images]
-        with _eval_mode(self):
-            context = self.new_context(len(prompts))
-            if think:
-                self.add_text(context, [read_template("vlm_think_system.txt")] * len(prompts))
-            self.add_vit_images(context, tensors)
-            self.add_text(context, prompts)
-            ids = self.generate_text(context, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                     generator=generator)
+        context = self.new_context(len(prompts))
+        if think:
+            self.add_text(context, [read_template("vlm_think_system.txt")] * len(prompts))
+        self.add_vit_images(context, tensors)
+        self.add_text(context, prompts)
+        ids = self.generate_text(context, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                 generator=generator)
         texts = [self.decode_text(t) for t in ids]
         return texts[0] if single else texts
 

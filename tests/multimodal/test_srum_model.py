@@ -122,3 +122,19 @@ def test_zoo_format_round_trip_keeps_tokenizer_and_outputs(model, tmp_path):
     a = model.generate_image("a red circle", seed=3, num_timesteps=3)
     b = again.generate_image("a red circle", seed=3, num_timesteps=3)
     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_inference_runs_in_eval_mode_and_restores_the_callers_flags(model):
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.append(m.training))
+    model.train()
+    model.vae.eval()   # a frozen part inside a training model keeps its own flag
+    try:
+        model.understand(Image.new("RGB", (64, 64), (200, 30, 30)), "What is this?", max_new_tokens=2)
+        model.generate_image("a red circle", num_timesteps=2, seed=0)
+        assert seen and not any(seen)
+        assert model.training and model.language_model.training and not model.vae.training
+        assert torch.is_grad_enabled()
+    finally:
+        hook.remove()
+        model.eval()
