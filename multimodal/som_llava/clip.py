@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from zoo.errors import ConfigError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 from zoo.train import Trainer
 
 logger = logging.getLogger("zoo.som_llava")
@@ -360,7 +360,7 @@ class ShapesClipTrainer(Trainer):
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
+@inference
 def evaluate_clip(model: ShapesClipModel, *, scenes: int = 256, group: int = 32, size: int = 128, seed: int = 1,
                   start: int = 100_000, overlap_prob: float = 0.25, min_area: int = 12, font_size: float = 9) -> dict:
     """Held-out checks of the demo CLIP, each with its chance level.
@@ -372,35 +372,30 @@ def evaluate_clip(model: ShapesClipModel, *, scenes: int = 256, group: int = 32,
     """
     from zoo.multimodal.som_llava.data import shapes_scenes, tag_scene
 
-    was_training = model.training
-    model.eval()
-    try:
-        held_out = shapes_scenes(int(scenes), size=int(size), seed=int(seed), overlap_prob=overlap_prob,
-                                 start=int(start))
-        transform = model.image_transform
-        rng = random.Random(seed)
-        hits = total = 0
-        for begin in range(0, len(held_out) - group + 1, group):
-            chunk = held_out[begin:begin + group]
-            images = model.encode_images(torch.stack([transform(s.image) for s in chunk]).to(model.device))
-            texts = model.encode_texts([s.caption for s in chunk])
-            hits += int((( images @ texts.T).argmax(1) == torch.arange(len(chunk), device=images.device)).sum())
-            total += len(chunk)
-        read = pairs = 0
-        for scene in held_out:
-            tagged = tag_scene(scene, min_area=min_area, font_size=font_size)
-            if not tagged.tags:
-                continue
-            moved = moved_tag_caption(tagged, scene, rng)
-            if moved is None:
-                continue
-            image = model.encode_images(transform(tagged.image)[None].to(model.device))
-            texts = model.encode_texts([tag_caption(tagged, scene), moved])
-            scores = (image @ texts.T)[0]
-            read += int(scores[0] > scores[1])
-            pairs += 1
-    finally:
-        model.train(was_training)
+    held_out = shapes_scenes(int(scenes), size=int(size), seed=int(seed), overlap_prob=overlap_prob,
+                             start=int(start))
+    transform = model.image_transform
+    rng = random.Random(seed)
+    hits = total = 0
+    for begin in range(0, len(held_out) - group + 1, group):
+        chunk = held_out[begin:begin + group]
+        images = model.encode_images(torch.stack([transform(s.image) for s in chunk]).to(model.device))
+        texts = model.encode_texts([s.caption for s in chunk])
+        hits += int(((images @ texts.T).argmax(1) == torch.arange(len(chunk), device=images.device)).sum())
+        total += len(chunk)
+    read = pairs = 0
+    for scene in held_out:
+        tagged = tag_scene(scene, min_area=min_area, font_size=font_size)
+        if not tagged.tags:
+            continue
+        moved = moved_tag_caption(tagged, scene, rng)
+        if moved is None:
+            continue
+        image = model.encode_images(transform(tagged.image)[None].to(model.device))
+        texts = model.encode_texts([tag_caption(tagged, scene), moved])
+        scores = (image @ texts.T)[0]
+        read += int(scores[0] > scores[1])
+        pairs += 1
     return {"retrieval_top1": hits / max(total, 1), "retrieval_chance": 1.0 / group, "retrieval_images": total,
             "tag_reading": read / max(pairs, 1), "tag_reading_chance": 0.5, "tag_reading_pairs": pairs,
             "scenes": len(held_out)}

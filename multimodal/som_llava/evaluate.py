@@ -19,6 +19,7 @@ import random
 from collections import Counter
 
 from zoo.errors import ConfigError
+from zoo.model import inference
 from zoo.multimodal.som_llava.data import SHORT_ANSWER  # LLaVA-1.5's short-answer prompt
 
 
@@ -130,6 +131,7 @@ def evaluate_shapes(model, *, scenes: int = 60, size: int = 128, seed: int = 1, 
             "scenes": len(held_out)}
 
 
+@inference
 def caption_loss_shapes(model, *, scenes: int = 60, size: int = 128, seed: int = 1, start: int = 100_000,
                         overlap_prob: float = 0.25, template: str = "plain", batch_size: int = 16) -> dict:
     """Held-out caption loss (mean cross-entropy per answer token, nats) with each scene's image and
@@ -141,27 +143,21 @@ def caption_loss_shapes(model, *, scenes: int = 60, size: int = 128, seed: int =
     from zoo.text import collate_conversations, encode_conversation
 
     held_out = shapes_scenes(int(scenes), size=int(size), seed=int(seed), overlap_prob=overlap_prob, start=int(start))
-    was_training = model.training
-    model.eval()
     totals = {"image": 0.0, "blank": 0.0}
     tokens = 0
-    try:
-        with torch.no_grad():
-            for chunk in _batched(held_out, batch_size):
-                items = [encode_conversation(model.tokenizer, record(s.id, "x.png", [(CAPTION_QUESTION, _sentence(s.caption))]),
-                                             template, image_tokens=model.num_image_tokens) for s in chunk]
-                batch = collate_conversations(items, model.pad_token_id)
-                pixels = model.preprocess_images([s.image for s in chunk]).to(model.device)
-                targets = batch["labels"][:, 1:]
-                count = int((targets != -100).sum())
-                tokens += count
-                for name, values in (("image", pixels), ("blank", torch.zeros_like(pixels))):
-                    out = model(input_ids=batch["input_ids"].to(model.device), pixel_values=values,
-                                attention_mask=batch["attention_mask"].to(model.device),
-                                labels=batch["labels"].to(model.device))
-                    totals[name] += float(out.loss) * count
-    finally:
-        model.train(was_training)
+    for chunk in _batched(held_out, batch_size):
+        items = [encode_conversation(model.tokenizer, record(s.id, "x.png", [(CAPTION_QUESTION, _sentence(s.caption))]),
+                                     template, image_tokens=model.num_image_tokens) for s in chunk]
+        batch = collate_conversations(items, model.pad_token_id)
+        pixels = model.preprocess_images([s.image for s in chunk]).to(model.device)
+        targets = batch["labels"][:, 1:]
+        count = int((targets != -100).sum())
+        tokens += count
+        for name, values in (("image", pixels), ("blank", torch.zeros_like(pixels))):
+            out = model(input_ids=batch["input_ids"].to(model.device), pixel_values=values,
+                        attention_mask=batch["attention_mask"].to(model.device),
+                        labels=batch["labels"].to(model.device))
+            totals[name] += float(out.loss) * count
     return {"caption_loss_with_image": totals["image"] / max(tokens, 1),
             "caption_loss_blank_image": totals["blank"] / max(tokens, 1), "answer_tokens": tokens,
             "scenes": len(held_out)}

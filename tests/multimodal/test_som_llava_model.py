@@ -82,6 +82,20 @@ def test_batched_generation_equals_one_at_a_time(model):
         model.generate([scene(1)], ["a", "b"])
 
 
+def test_generate_runs_in_eval_mode_and_restores_every_flag(model):
+    assert getattr(SomLlavaModel.generate, "__zoo_inference__", False)
+    image, prompt = scene(5), "What is tagged 1?"
+    expected = model.generate(image, prompt, max_new_tokens=5)
+    model.train()
+    model.vision_tower.eval()  # a frozen tower inside a training model, as the trainer leaves it
+    try:
+        assert model.generate(image, prompt, max_new_tokens=5) == expected  # dropout off, same answer
+        assert model.training and model.language_model.training and not model.vision_tower.training
+        assert not any(m.training for m in model.vision_tower.modules())
+    finally:
+        model.eval()
+
+
 def test_zoo_format_round_trip_keeps_the_tokenizer(model, tmp_path):
     folder = model.save_pretrained(tmp_path / "tiny")
     loaded = zoo.load(str(folder))
