@@ -1,6 +1,6 @@
 """EER on 1M verification trials: vectorised (sort + cumsum) vs a per-threshold loop.
 
-The reference is a speechbrain-style loop (ecosystem.md §5.2): every distinct score and
+The reference is a speechbrain-style loop (speechbrain/speechbrain:speechbrain/utils/metric_stats.py ``EER``): every distinct score and
 every midpoint is a threshold, and FRR/FAR are recounted over all trials for each one,
 O(N * thresholds). Over 1M trials that is ~2M thresholds x 1M comparisons, far too slow to
 run in full, so the loop is timed on a subset of thresholds and extrapolated linearly to

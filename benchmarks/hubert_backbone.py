@@ -1,6 +1,6 @@
 """zoo.models.hubert vs transformers.HubertModel on a variable-length batch (CPU, 2 threads).
 
-Both models are HuBERT-base truncated to 9 layers (Sylber's backbone, speech.md §1.2) with
+Both models are HuBERT-base truncated to 9 layers (Sylber's backbone, Berkeley-Speech-Group/sylber:sylber/model/sylber.py) with
 the same random weights. The batch is 4 utterances of 2-8 s at 16 kHz. transformers gets the
 zero-padded batch with an attention_mask; zoo gets the same padded batch with sample lengths
 and runs it padding-free. Timed: forward + backward of the sum of squares of the valid frames

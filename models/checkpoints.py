@@ -56,9 +56,11 @@ class ForeignObject:
         self.items[key] = value
 
     def append(self, value):
+        """Record an item a pickle appends (list subclasses)."""
         self.list.append(value)
 
     def extend(self, values):
+        """Record items a pickle appends in bulk (list subclasses)."""
         self.list.extend(values)
 
     def __getattr__(self, key):
@@ -130,6 +132,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.foreign: set[str] = set()
 
     def find_class(self, module: str, name: str):
+        """The allowed real object for ``module.name``, a torch dtype, or an inert ``ForeignObject`` subclass
+        (recorded in ``self.foreign``). Never imports ``module``.
+        """
         if (module, name) in self._allowed:
             return self._allowed[(module, name)]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -265,7 +270,8 @@ def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, s
 
 
 # --------------------------------------------------------------------------- fairseq HuBERT
-# speech.md §2.3 (fairseq -> transformers names).
+# fairseq -> transformers names, as transformers' converter maps them
+# (huggingface/transformers:src/transformers/models/hubert/convert_hubert_original_pytorch_checkpoint_to_pytorch.py).
 FAIRSEQ_HUBERT_RULES = [
     ("feature_extractor.conv_layers.{}.0.*", "feature_extractor.conv_layers.{}.conv.*"),
     ("feature_extractor.conv_layers.{}.2.1.*", "feature_extractor.conv_layers.{}.layer_norm.*"),  # "layer" mode

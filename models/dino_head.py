@@ -1,4 +1,5 @@
-"""DINO projection head with WeSpeaker's parameter names (speech.md §3.2, §3.3).
+"""DINO projection head with WeSpeaker's parameter names (Caron et al., "DINO", arXiv 2104.14294, §3.1;
+wenet-e2e/wespeaker:wespeaker/ssl/models/dino_wrapper.py ``DINOHead``).
 
 ``mlp`` is Sequential(Linear, BN, GELU, Linear, BN, GELU, Linear) for 3 layers with
 ``use_bn`` (keys ``mlp.0``, ``mlp.1``, ``mlp.3``, ``mlp.4``, ``mlp.6``), then L2
@@ -31,13 +32,20 @@ class WeightNormLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
+        """The effective weight [out, in]: each row of ``weight_v`` scaled to norm ``weight_g``."""
         return self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
 
     def forward(self, x):
+        """``x`` [..., in] -> [..., out] (no bias)."""
         return F.linear(x, self.weight)
 
 
 class DINOHead(nn.Module):
+    """DINO projection head: MLP ``in_dim -> hidden_dim (x nlayers-1) -> bottleneck_dim``, L2 normalisation, then
+    a weight-normalised ``last_layer`` to ``out_dim`` prototypes (65536 in WeSpeaker's recipe).
+
+    ``norm_last_layer`` fixes ``weight_g`` at 1 (not trained). Raises ``ValueError`` for ``nlayers < 1``.
+    """
     def __init__(self, in_dim: int = 192, out_dim: int = 65536, *, use_bn: bool = True, norm_last_layer: bool = True,
                  nlayers: int = 3, hidden_dim: int = 2048, bottleneck_dim: int = 256):
         super().__init__()
@@ -65,6 +73,9 @@ class DINOHead(nn.Module):
         self.last_layer.weight_g.requires_grad_(not norm_last_layer)
 
     def forward(self, x, return_mlp: bool = False):
+        """Embeddings [B, in_dim] -> prototype logits [B, out_dim] (before the DINO temperature), or the MLP
+        output [B, bottleneck_dim] with ``return_mlp=True``.
+        """
         x = self.mlp(x)
         if return_mlp:
             return x

@@ -1,4 +1,4 @@
-"""ECAPA-TDNN with WeSpeaker's module and parameter names (speech.md §3.2).
+"""ECAPA-TDNN (Desplanques et al., arXiv 2005.07143) with WeSpeaker's module and parameter names.
 
 The names mirror ``wenet-e2e/wespeaker:wespeaker/models/ecapa_tdnn.py`` and
 ``pooling_layers.py`` exactly (``layer1.conv``, ``layer2.se_res2block.1.convs.0``,
@@ -20,25 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# speech.md §3.2: WeSpeaker's DINO recipes use the GLOB variants with emb_bn=True.
-ECAPA_SIZES = {
-    "ecapa512": {"channels": 512},
-    "ecapa1024": {"channels": 1024},
-    "tiny": {"channels": 32, "cat_out_channels": 96, "pool_bottleneck": 32, "se_bottleneck": 16},
-}
-
-ECAPA_DEFAULTS = {
-    "channels": 512,
-    "feat_dim": 80,
-    "embed_dim": 192,
-    "global_context_att": True,
-    "emb_bn": True,
-    "scale": 8,
-    "se_bottleneck": 128,
-    "pool_bottleneck": 128,
-    # WeSpeaker hard-codes 512 * 3 for the 1x1 conv after the concatenation, whatever `channels` is.
-    "cat_out_channels": 1536,
-}
+from zoo.models.configs import ECAPA_DEFAULTS, ECAPA_SIZES  # torch-free; re-exported
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -54,6 +36,7 @@ class Conv1dReluBn(nn.Module):
         self.bn = nn.BatchNorm1d(out_channels)
 
     def forward(self, x, mask=None):
+        """[B, C_in, T] (+ frame mask [B, 1, T]) -> [B, C_out, T]; padded frames are zero afterwards."""
         return _masked(self.bn(F.relu(self.conv(x))), mask)
 
 
@@ -72,6 +55,7 @@ class Res2Conv1dReluBn(nn.Module):
         self.bns = nn.ModuleList(nn.BatchNorm1d(self.width) for _ in range(self.nums))
 
     def forward(self, x, mask=None):
+        """[B, C, T] -> [B, C, T]: ``scale`` channel groups, each conv fed the previous group's output."""
         splits = torch.split(x, self.width, dim=1)
         outputs = []
         running = splits[0]
@@ -94,6 +78,7 @@ class SEConnect(nn.Module):
         self.linear2 = nn.Linear(bottleneck, channels)
 
     def forward(self, x, mask=None):
+        """[B, C, T] -> [B, C, T] scaled per channel by a gate from the mean over valid frames."""
         if mask is None:
             squeezed = x.mean(dim=2)
         else:
@@ -115,6 +100,7 @@ class SERes2Block(nn.Module):
         )
 
     def forward(self, x, mask=None):
+        """[B, C, T] -> [B, C, T]: 1x1 conv, Res2 conv, 1x1 conv, squeeze-excitation, plus the input."""
         out = x
         for block in self.se_res2block:
             out = block(out, mask)
@@ -133,9 +119,11 @@ class AttentiveStatsPool(nn.Module):
 
     @property
     def out_dim(self) -> int:
+        """Output width: attentive mean and standard deviation, ``2 * in_dim``."""
         return 2 * self.in_dim
 
     def forward(self, x, mask=None):
+        """Frame features [B, C, T] -> [B, 2C] (attentive mean ‖ std over the valid frames)."""
         if self.global_context_att:
             if mask is None:
                 context_mean = x.mean(dim=-1, keepdim=True)
@@ -165,6 +153,11 @@ class ECAPALayers:
 
     def build_ecapa(self, *, channels=512, feat_dim=80, embed_dim=192, global_context_att=True, emb_bn=True,
                     scale=8, se_bottleneck=128, pool_bottleneck=128, cat_out_channels=1536) -> None:
+        """Create the layers (``layer1``..``layer4``, ``conv``, ``pool``, ``bn``, ``linear``, ``bn2``) on ``self``.
+
+        Sizes are WeSpeaker's arguments: ``channels`` C of the TDNN blocks, ``feat_dim`` input fbank bins,
+        ``embed_dim`` output size, ``scale`` Res2 groups, bottlenecks of SE and pooling, ``cat_out_channels``.
+        """
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
         self.layer1 = Conv1dReluBn(feat_dim, channels, kernel_size=5, padding=2)
@@ -212,10 +205,15 @@ class ECAPATDNN(ECAPALayers, nn.Module):
         self.build_ecapa(**{**ECAPA_DEFAULTS, **config})
 
     def forward(self, feats, lengths=None):
+        """Fbank ``feats`` [B, T, feat_dim] (+ valid frame counts [B]) -> (layer4 output [B, C, T], embedding [B, embed_dim]).
+        """
         return self.ecapa_forward(feats, lengths)
 
 
 def ecapa_config(size: str = "ecapa512", **overrides) -> dict:
+    """``ECAPA_DEFAULTS`` with the named size (``ecapa512``, ``ecapa1024``, ``tiny``) and ``overrides``; ``ValueError``
+    for an unknown size.
+    """
     if size not in ECAPA_SIZES:
         raise ValueError(f"unknown ECAPA size {size!r}; sizes: {', '.join(ECAPA_SIZES)}")
     return {**ECAPA_DEFAULTS, **ECAPA_SIZES[size], **overrides}

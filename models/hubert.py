@@ -1,7 +1,7 @@
 """A lean HuBERT encoder with transformers' ``HubertModel`` parameter names.
 
 A ``transformers.HubertModel`` state dict loads into ``HubertModel`` here with
-``strict=True`` and no renaming (speech.md §1.3 lists the keys), and the outputs
+``strict=True`` and no renaming (the keys of huggingface/transformers:src/transformers/models/hubert/modeling_hubert.py), and the outputs
 match it (eval mode) to float32 rounding. What differs is how batches run:
 
 * Variable-length batches are padding-free. The conv front end runs on all
@@ -27,11 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import AudioInputError, ConfigError
+from zoo.models.configs import HUBERT_BASE_ENCODER  # noqa: F401  (torch-free; re-exported)
 
 
 @dataclass
 class HubertConfig:
-    """transformers' ``HubertConfig`` field names; defaults are ``facebook/hubert-base-ls960`` (speech.md §1.2)."""
+    """transformers' ``HubertConfig`` field names; defaults are ``facebook/hubert-base-ls960`` (its config.json on the Hub).
+
+    Raises :class:`~zoo.errors.ConfigError` for inconsistent conv lists or an unknown ``feat_extract_norm``.
+    """
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -88,14 +92,17 @@ class HubertConfig:
 
     @property
     def num_feat_extract_layers(self) -> int:
+        """Number of conv layers in the feature encoder (``len(conv_dim)``)."""
         return len(self.conv_dim)
 
     @property
     def total_stride(self) -> int:
+        """Samples per output frame: the product of ``conv_stride`` (320 for HuBERT-base, 50 Hz at 16 kHz)."""
         return math.prod(self.conv_stride)
 
     @property
     def receptive_field(self) -> int:
+        """Samples that one output frame sees (400 for HuBERT-base, 25 ms at 16 kHz)."""
         field_, jump = 1, 1
         for kernel, stride in zip(self.conv_kernel, self.conv_stride):
             field_ += (kernel - 1) * jump
@@ -103,6 +110,7 @@ class HubertConfig:
         return field_
 
     def to_dict(self) -> dict:
+        """The config as a plain dict of transformers' field names (JSON-able; ``HubertConfig(**d)`` rebuilds it)."""
         return asdict(self)
 
     @classmethod
@@ -115,31 +123,6 @@ class HubertConfig:
         return cls(**{k: v for k, v in config.items() if k in known})
 
 
-# facebook/hubert-base-ls960 as transformers writes it (speech.md §1.2, §2.3): the encoder of the
-# speech families' base sizes, hard-coded so that building one never downloads a config.
-HUBERT_BASE_ENCODER = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "conv_dim": [512] * 7,
-    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
-    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
-    "conv_bias": False,
-    "feat_extract_norm": "group",
-    "feat_proj_layer_norm": True,
-    "num_conv_pos_embeddings": 128,
-    "num_conv_pos_embedding_groups": 16,
-    "layer_norm_eps": 1e-5,
-    "do_stable_layer_norm": False,
-    "mask_time_prob": 0.05,
-    "layerdrop": 0.1,
-    "hidden_dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.1,
-    "feat_proj_dropout": 0.1,
-}
 
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -148,6 +131,9 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, a
 
 @dataclass
 class HubertOutput:
+    """Output of ``HubertModel.forward``: padded ``last_hidden_state`` [B, L, D] (zeros past each utterance), optional
+    ``hidden_states`` (embeddings, then each layer run), and ``frame_lengths`` [B] int64.
+    """
     last_hidden_state: torch.Tensor                 # [B, L, D], zeros after each utterance's frames
     hidden_states: tuple[torch.Tensor, ...] | None  # embeddings, then each layer run ([B, L, D] each)
     frame_lengths: torch.Tensor                     # [B] int64 valid frames per utterance
@@ -226,6 +212,7 @@ class ConvLayer(nn.Module):
 
 
 class FeatureEncoder(nn.Module):
+    """The 7-layer conv front end (``feature_extractor.conv_layers.N``); waveform samples -> 512-d frames."""
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.conv_layers = nn.ModuleList(ConvLayer(config, i) for i in range(config.num_feat_extract_layers))
@@ -275,6 +262,7 @@ def _segment_group_norm(x: torch.Tensor, starts: list[int], layer: ConvLayer, va
 
 
 class FeatureProjection(nn.Module):
+    """LayerNorm (``feat_proj_layer_norm``) and Linear from the conv width to ``hidden_size``, then dropout."""
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.feat_proj_layer_norm = config.feat_proj_layer_norm
@@ -284,6 +272,7 @@ class FeatureProjection(nn.Module):
         self.dropout = nn.Dropout(config.feat_proj_dropout)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Conv features [..., conv_dim[-1]] -> [..., hidden_size]."""
         if self.feat_proj_layer_norm:
             features = self.layer_norm(features)
         return self.dropout(self.projection(features))
@@ -371,6 +360,9 @@ def _gapped_positions(lengths: list[int], gap: int, device) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with transformers' ``q_proj``/``k_proj``/``v_proj``/``out_proj`` names; runs through
+    ``zoo.nn.attention`` on packed variable-length sequences.
+    """
     def __init__(self, config: HubertConfig):
         super().__init__()
         dim = config.hidden_size
@@ -383,6 +375,9 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Packed ``x`` [N, D] (utterances of ``lengths`` frames, laid end to end) -> [N, D]; no token
+        attends across utterances.
+        """
         from zoo.nn import attention
 
         # One matmul for q, k and v.
@@ -402,6 +397,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """``intermediate_dense`` -> activation -> ``output_dense`` with transformers' dropouts."""
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(config.activation_dropout)
@@ -411,11 +407,13 @@ class FeedForward(nn.Module):
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., hidden_size] -> [..., hidden_size]."""
         x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
         return self.output_dropout(self.output_dense(x))
 
 
 class EncoderLayer(nn.Module):
+    """One transformer block: post-LN (HuBERT-base) or pre-LN (``do_stable_layer_norm``, HuBERT-large)."""
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.pre_norm = config.do_stable_layer_norm
@@ -426,6 +424,7 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Packed ``x`` [N, D] with utterance ``lengths`` (frames) -> [N, D]."""
         if self.pre_norm:  # do_stable_layer_norm (large variants)
             x = x + self.dropout(self.attention(self.layer_norm(x), lengths))
             return x + self.feed_forward(self.final_layer_norm(x))
@@ -434,6 +433,7 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Positional conv embedding, LayerNorm and the transformer stack, with layer drop in training."""
     def __init__(self, config: HubertConfig):
         super().__init__()
         self.stable_layer_norm = config.do_stable_layer_norm
@@ -470,7 +470,13 @@ class Encoder(nn.Module):
 
 # --------------------------------------------------------------------------- model
 class HubertModel(nn.Module):
-    """HuBERT encoder; ``state_dict()`` keys equal ``transformers.HubertModel``'s."""
+    """HuBERT encoder (Hsu et al., arXiv 2106.07447); ``state_dict()`` keys equal ``transformers.HubertModel``'s.
+
+    Input: 16 kHz mono waveforms [B, T] float32 (the caller normalises them as its checkpoint expects),
+    zero-padded, with true sample ``lengths`` [B]. Output: 50 Hz frames (``config.total_stride`` = 320
+    samples, receptive field 400) of ``hidden_size`` features, zeros past each utterance's frames.
+    ``config`` is a :class:`HubertConfig` or a dict of its fields (unknown keys: ``ConfigError``).
+    """
 
     def __init__(self, config: HubertConfig | dict | None = None):
         super().__init__()
@@ -481,7 +487,7 @@ class HubertModel(nn.Module):
         self.config = config
         self.feature_extractor = FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
-        # transformers: only present when some masking is configured (speech.md §1.3).
+        # transformers' HubertModel has it only when some masking is configured (modeling_hubert.py).
         if config.mask_time_prob > 0.0 or config.mask_feature_prob > 0.0:
             self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = Encoder(config)
@@ -574,7 +580,14 @@ class HubertModel(nn.Module):
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 mask_time_indices: torch.Tensor | None = None, output_hidden_states: bool = False,
                 output_layer: int | None = None) -> HubertOutput:
-        """``input_values`` [B, T] (zero-padded) with sample ``lengths`` [B] -> ``HubertOutput``."""
+        """``input_values`` [B, T] float (zero-padded) with sample ``lengths`` [B] -> :class:`HubertOutput`.
+
+        ``last_hidden_state`` is [B, L, hidden_size] with L = frames of T samples; frames past an utterance's
+        ``frame_lengths`` are zero. ``mask_time_indices`` [B, L] bool replaces those frames by the mask
+        embedding (training); ``output_layer`` stops after that layer; ``output_hidden_states`` also returns the
+        embeddings and every layer run. Raises :class:`~zoo.errors.AudioInputError` for a 1-D input or
+        lengths that do not fit the batch.
+        """
         features, frames = self.extract_features(input_values, lengths)
         hidden = self.feature_projection(features)
         hidden = self.mask_features(hidden, frames, mask_time_indices)

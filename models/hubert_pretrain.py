@@ -1,4 +1,7 @@
-"""HuBERT masked-prediction pretraining on top of ``zoo.models.hubert.HubertModel`` (speech.md §2.3).
+"""HuBERT masked-prediction pretraining on top of ``zoo.models.hubert.HubertModel``.
+
+The objective of Hsu et al., "HuBERT" (arXiv 2106.07447, §II-B and §IV-C) as fairseq implements it
+(facebookresearch/fairseq:fairseq/models/hubert/hubert.py, examples/hubert/config/pretrain/hubert_base_librispeech.yaml).
 
 fairseq's recipe, written anew: span masking (mask_prob 0.8, span 10), the mask
 embedding at masked frames, conv features whose gradient is scaled by
@@ -46,11 +49,13 @@ class GradMultiply(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale: float):
+        """Identity on ``x``; remembers ``scale`` for the backward pass."""
         ctx.scale = scale
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
+        """The incoming gradient times ``scale`` (fairseq's ``GradMultiply``, used for ``feature_grad_mult``)."""
         return grad * ctx.scale, None
 
 

@@ -6,9 +6,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
-from zoo import hub
 from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
@@ -24,12 +21,22 @@ def _looks_like_path(name: str) -> bool:
 
 def load(name_or_path: str, pretrained: bool = True, revision: str | None = None, device=None, dtype=None,
          cache_dir=None, local_files_only: bool | None = None, token=None, **overrides):
-    """Load a model by card name, ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
+    """Load a model by card name (``zoo list``), ``hf-hub:org/name[@rev]``, or a local zoo-format folder.
 
-    ``pretrained=False`` builds the card's config with random weights. Keyword
-    ``overrides`` change config values (dotted keys allowed); an override that
-    changes a head's shape re-initialises that head, like timm's ``num_classes``.
+    Returns the family's ``ZooModel`` in eval mode, on ``device`` (default CPU) and in ``dtype`` (a
+    ``torch.dtype`` or its name, default float32). ``pretrained=False`` builds the card's config with random
+    weights. Keyword ``overrides`` change config values (nested keys as ``section.key``); an override that
+    changes a head's shape re-initialises that head, like timm's ``num_classes``. ``revision``,
+    ``cache_dir``, ``local_files_only`` and ``token`` go to huggingface_hub.
+
+    Raises :class:`~zoo.errors.UnknownModelError` (no such card; the closest names are listed),
+    :class:`~zoo.errors.ConfigError` (an unknown override key or a wrong type, a malformed Hub name),
+    :class:`~zoo.errors.WeightsNotAvailableError` (no released weights, offline with a cold cache, a missing or
+    gated repo), :class:`~zoo.errors.CheckpointFormatError` / ``CheckpointKeysError`` (a corrupt or
+    mismatched file).
     """
+    from zoo import hub
+
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
@@ -50,6 +57,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
         model = _load_card(name, pretrained=pretrained, revision=revision, cache_dir=cache_dir,
                            local_files_only=local_files_only, token=token, overrides=overrides)
     if dtype is not None:
+        import torch
+
         model = model.to(dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype)))
     if device is not None:
         model = model.to(device)
@@ -58,6 +67,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
 
 
 def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, token, overrides):
+    from zoo import hub
+
     card = get_card(name)
     family = get_family(card.family)
     config = family.make_config(card.size, card.config, source=card.source)
@@ -66,9 +77,8 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
         model = family.build(config)
     elif card.weights is None:
         raise WeightsNotAvailableError(
-            f"{name!r} has no released weights; pass pretrained=False to build it with random weights, "
-            "or train it with `zoo train`."
-        )
+            f"{name!r} has no released weights; train it with `zoo train`, or build it with random weights.",
+            python_hint="Pass pretrained=False for random weights.")
     else:
         weights = card.weights
         path = hub.download_file(weights.repo_id, weights.filename, revision=revision or weights.revision,

@@ -1,4 +1,4 @@
-"""Audio input: read, mix down, scale, resample and check waveforms (DESIGN.md "Data").
+"""Audio input: read, mix down, scale, resample and check waveforms.
 
 Every model in the zoo takes mono float waveforms at its own sample rate. These helpers turn
 whatever the user has (a file, a numpy array, an int16 buffer, a stereo recording) into that,

@@ -32,6 +32,10 @@ _WEIGHT_FIELDS = {"repo_id": str, "filename": str, "revision": str, "format": st
 
 @dataclass(frozen=True)
 class Weights:
+    """Where a card's weights live: Hub ``repo_id`` and ``filename`` (optionally pinned to ``revision``), and their
+    ``format``: ``official`` (the upstream checkpoint, converted on load by the family's loader) or ``zoo`` (a
+    zoo-format repo).
+    """
     repo_id: str
     filename: str
     format: str = "official"
@@ -41,6 +45,9 @@ class Weights:
 
 @dataclass(frozen=True)
 class Card:
+    """One published model name (``hub_cards/<name>.yaml``): family, size, config overrides, weights and the facts a
+    user needs (license, paper, sample rate, reported metrics with their sources). Built by :func:`parse_card`.
+    """
     name: str
     family: str
     description: str
@@ -61,9 +68,11 @@ class Card:
 
     @property
     def has_weights(self) -> bool:
+        """Whether released weights exist (``zoo.load(name)`` works without ``pretrained=False``)."""
         return self.weights is not None
 
     def to_dict(self) -> dict:
+        """The card's set fields as a plain dict (what ``zoo info`` prints), weights included."""
         out = {k: getattr(self, k) for k in _FIELDS if getattr(self, k) not in (None, [], {}, "")}
         if self.weights is not None:
             out["weights"] = {k: v for k, v in vars(self.weights).items() if v not in (None, "")}
@@ -117,6 +126,10 @@ _CARDS: dict[str, Card] | None = None
 
 
 def all_cards() -> dict[str, Card]:
+    """Every card, by name: the bundled ``hub_cards/*.yaml`` (parsed once) plus cards added with :func:`add_card`.
+
+    Raises :class:`~zoo.errors.CardError` naming the file for an invalid card.
+    """
     global _CARDS
     if _CARDS is None:
         cards = {}
@@ -135,6 +148,7 @@ def all_cards() -> dict[str, Card]:
 
 
 def get_card(name: str) -> Card:
+    """The card called ``name``; :class:`~zoo.errors.UnknownModelError` (listing the closest names) otherwise."""
     cards = all_cards()
     if name in cards:
         return cards[name]
@@ -188,4 +202,5 @@ def add_card(card: "str | Path | dict") -> Card:
 
 
 def remove_card(name: str) -> None:
+    """Forget the card ``name`` (added with :func:`add_card`); no error when it is not there."""
     all_cards().pop(name, None)

@@ -1,13 +1,25 @@
-"""The ``zoo`` command line: list, info, train, eval, push, pull, convert, and family verbs."""
+"""The ``zoo`` command line: list, info, train, eval, push, pull, convert, and family verbs.
+
+Every verb that takes config overrides (``train``, ``eval``, ``convert``) accepts ``key=value`` words in
+any position, before or after its flags. ``list``, ``info`` and ``--help`` import no torch (they read
+only the cards and the registry), so they answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
 
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, WeightsNotAvailableError, ZooError
+
+# `key=value` with a dotted key (`head.enabled=false`, `optim.lr=3e-4`); a path holding '=' is not one.
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
+# Verbs whose positional `options` collect overrides (`zoo train` re-parses its own, see zoo.train.cli).
+_OVERRIDE_VERBS = ("eval", "convert")
 
 
 def _cmd_list(args) -> int:
@@ -95,17 +107,19 @@ def _cmd_convert(args) -> int:
     family = get_family(args.family)
     if family.load is None:
         raise ConfigError(f"Family {family.name!r} has no official checkpoint format to convert.")
-    if not Path(args.src).is_file():
-        raise ConfigError(f"{args.src!r} is not a file")
+    if not Path(args.src).exists():
+        raise ConfigError(f"{args.src!r} does not exist; give the official checkpoint file, or a folder "
+                          "(a Hub snapshot or a save_pretrained folder with config.json and weights).")
     _check_output_dir(Path(args.dst), args.overwrite)
-    config = family.make_config(args.size, parse_overrides(args.options), source="command line")
-    model = family.load(args.src, config)
+    config = family.make_config(args.size, parse_overrides(args.options), source="command-line overrides")
+    model = family.load(args.src, config)  # files and folders alike: the family's loader decides
     out = model.save_pretrained(args.dst, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the built-in verbs; its epilog lists the verbs families add (``zoo segment``)."""
     from zoo.version import __version__
 
     from zoo.registry import list_families
@@ -162,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_pull)
 
-    p = sub.add_parser("convert", help="official checkpoint -> zoo format")
+    p = sub.add_parser("convert", help="official checkpoint (file or folder) -> zoo format")
     p.add_argument("family")
-    p.add_argument("src")
+    p.add_argument("src", help="checkpoint file, or a folder (Hub snapshot / save_pretrained output)")
     p.add_argument("dst")
     p.add_argument("--size", help="the family's size (default: the first, see `zoo info`)")
     p.add_argument("--overwrite", action="store_true")
@@ -185,7 +199,65 @@ def _family_command(argv: list[str]):
     return None
 
 
+def split_overrides(words: list[str], switches: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """``(other words, key=value overrides)``: overrides may stand anywhere among a verb's arguments.
+
+    A word is an override when it looks like ``dotted.key=value`` and is not an existing path, and it is
+    not the value of an option (``--data x=y.jsonl``); ``switches`` are the options that take no value
+    (``--overwrite``), after which an override may follow.
+    """
+    rest, overrides = [], []
+    for index, word in enumerate(words):
+        previous = words[index - 1] if index else ""
+        after_option = previous.startswith("-") and "=" not in previous and previous not in switches
+        if _OVERRIDE.match(word) and not after_option and not os.path.exists(word):
+            overrides.append(word)
+        else:
+            rest.append(word)
+    return rest, overrides
+
+
+def _switches(parser: argparse.ArgumentParser, verb: str) -> set[str]:
+    """The options of ``verb`` that take no value (``--overwrite``, ``--random-init``)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        sub = action.choices.get(verb) if isinstance(action.choices, dict) else None
+        if sub is not None:
+            return {option for act in sub._actions if act.nargs == 0 for option in act.option_strings}
+    return set()
+
+
+def _cli_hint(argv: list[str]) -> str:
+    """How to get a model without a download, in the flags of the verb that was run."""
+    verb = argv[0] if argv else ""
+    options: set[str] = set()
+    if verb == "eval":
+        return "Give a local zoo folder as NAME, or add --random-init for random weights."
+    command = None
+    try:
+        command = _family_command(argv)
+    except ZooError:
+        pass
+    if command is not None:
+        module = sys.modules.get(getattr(command, "__module__", ""), None)
+        parser = getattr(module, "build_parser", None)
+        if callable(parser):
+            options = {option for action in parser()._actions for option in action.option_strings}
+    ways = []
+    if "--model" in options:
+        ways.append("give a local zoo folder with --model DIR")
+    if "--random-init" in options:
+        ways.append("add --random-init for random weights")
+    if not ways:
+        return ""
+    return ways[0][0].upper() + ways[0][1:] + (f", or {ways[1]}" if len(ways) > 1 else "") + "."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``zoo`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    User errors (any :class:`~zoo.errors.ZooError`) print one ``error: ...`` line and return 2
+    (``--debug`` adds the traceback); Ctrl-C returns 130.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
@@ -195,16 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         if verb is not None:
             return int(verb(argv[1:]) or 0)
         parser = build_parser()
+        overrides: list[str] = []
+        if argv and argv[0] in _OVERRIDE_VERBS:
+            rest, overrides = split_overrides(argv[1:], _switches(parser, argv[0]))
+            argv = [argv[0], *rest]
         args, extra = parser.parse_known_args(argv)
-        # `zoo eval NAME --data X key=value`: options may follow the flags.
-        if getattr(args, "command", None) == "eval" and all("=" in item for item in extra):
-            args.options = list(args.options) + extra
-        elif extra:
+        if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if overrides:
+            args.options = list(getattr(args, "options", None) or []) + overrides
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
         return int(args.func(args) or 0)
+    except WeightsNotAvailableError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {err.with_hint(_cli_hint(argv)) if err.python_hint else err}", file=sys.stderr)
+        return 2
     except ZooError as err:
         if debug:
             traceback.print_exc()

@@ -1,4 +1,4 @@
-"""Recipe configs: YAML files, ``a.b.c=value`` overrides, validation against defaults (DESIGN.md "Training engine").
+"""Configs: YAML recipes, ``a.b.c=value`` overrides, validation against defaults, model sizes.
 
 A recipe is a nested dict. Its shape is given by a *defaults* dict (the engine's sections plus
 the trainer's ``config_defaults``): every key of a recipe must exist in the defaults, and its value
@@ -197,6 +197,7 @@ def _closest_hint(part: str, node: Mapping) -> str:
 
 
 def type_name(types: tuple[type, ...]) -> str:
+    """Readable names of ``types`` for error messages (``int or float (a number)``)."""
     names = {bool: "bool", int: "int", float: "float (a number)", str: "str", list: "list", dict: "mapping"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 

@@ -7,6 +7,7 @@ class ZooError(Exception):
 
 
 class UnknownModelError(ZooError, KeyError):
+    """A model name that is no card (``zoo list`` shows them all); ``candidates`` holds the closest names."""
     def __init__(self, name: str, candidates: list[str] | None = None):
         self.name = name
         self.candidates = list(candidates or [])
@@ -21,6 +22,7 @@ class UnknownModelError(ZooError, KeyError):
 
 
 class UnknownFamilyError(ZooError, KeyError):
+    """A family name that is not registered; the message lists the known families."""
     def __init__(self, name: str, known: list[str]):
         super().__init__(f"Unknown model family {name!r}. Known families: {', '.join(sorted(known))}.")
 
@@ -29,7 +31,21 @@ class UnknownFamilyError(ZooError, KeyError):
 
 
 class WeightsNotAvailableError(ZooError):
-    """Weights are not in the local cache and cannot be downloaded (offline, no access)."""
+    """Weights are not in the local cache and cannot be downloaded (offline, no access, no release).
+
+    ``reason`` says what is missing; ``python_hint`` is the Python API's way around it (for example
+    ``pretrained=False``). The command line prints ``reason`` with its own flags instead
+    (:meth:`with_hint`), so a CLI user is never told about a Python argument.
+    """
+
+    def __init__(self, reason: str, *, python_hint: str = ""):
+        self.reason = reason
+        self.python_hint = python_hint
+        super().__init__(self.with_hint(python_hint))
+
+    def with_hint(self, hint: str) -> str:
+        """The message with ``hint`` (a sentence) as the way around it."""
+        return f"{self.reason} {hint}".strip()
 
 
 class CheckpointFormatError(ZooError):
@@ -226,6 +242,10 @@ class CardError(ConfigError):
 
 class HubError(ZooError):
     """A Hub operation failed (push, pull, repo not found, no permission)."""
+
+
+class OutputInUseError(ZooError):
+    """Another live process is training into the same output folder (it holds the folder's lock)."""
 
 
 class ToolError(ZooError):

@@ -118,6 +118,11 @@ def model_card_text(model, card: Any = None) -> str:
 # ----------------------------------------------------------------------------- loading
 
 def read_zoo_config(folder: Path, source: str) -> dict:
+    """The parsed ``config.json`` of a zoo-format ``folder`` (``family``, ``config``, ``zoo_version``, ``card``).
+
+    Raises :class:`~zoo.errors.CheckpointFormatError` naming ``source`` when the file is missing, not JSON, or
+    not written by zoo (then it says to run ``zoo convert``).
+    """
     path = folder / CONFIG_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -239,6 +244,12 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any]
 
 
 def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
+    """Build the model a zoo-format ``folder`` describes and load its weights strictly.
+
+    ``overrides`` (dotted keys) change the stored config first; an unknown key is a ``ConfigError``, and an
+    override that changes a head's shape re-initialises that head. Raises ``CheckpointFormatError`` /
+    ``CheckpointKeysError`` for bad files; ``cached=True`` evicts a corrupt cached weights file.
+    """
     from zoo.config import apply_overrides
     from zoo.registry import get_family
 
@@ -262,24 +273,69 @@ def _hf():
 
 
 def split_revision(repo: str) -> tuple[str, str | None]:
+    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> ``(repo, None)``."""
     repo_id, _, revision = repo.partition("@")
     return repo_id, (revision or None)
 
 
-def _offline_help(what: str) -> str:
-    return (
-        f"{what} is not in the local cache and cannot be downloaded (offline mode or no connection). "
-        "Run once with network access (e.g. `zoo pull` or `zoo.load(...)`), unset HF_HUB_OFFLINE / "
-        "local_files_only, point HF_ENDPOINT at a reachable Hub, or pass pretrained=False for random weights."
-    )
+def _offline_error(what: str, why: str = "offline mode or no connection") -> WeightsNotAvailableError:
+    return WeightsNotAvailableError(
+        f"{what} is not in the local cache and cannot be downloaded ({why}). Run once with network access "
+        "(e.g. `zoo pull`), unset HF_HUB_OFFLINE / local_files_only, or point HF_ENDPOINT at a reachable Hub.",
+        python_hint="Or pass pretrained=False for random weights, or a local folder to zoo.load.")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The connection-level errors huggingface_hub retries on (timeouts, refused or reset connections)."""
+    try:
+        from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_EXCEPTIONS
+
+        return tuple(_DEFAULT_RETRY_ON_EXCEPTIONS) + (ConnectionError, TimeoutError)
+    except ImportError:  # another huggingface_hub layout: plain socket errors still count
+        return (ConnectionError, TimeoutError)
+
+
+def _check_reachable(repo_id: str, filename: str, *, revision, cache_dir, token) -> None:
+    """Fail fast when a file must be downloaded and the Hub cannot be reached.
+
+    huggingface_hub retries a failed metadata request of an uncached file five times with growing
+    sleeps (ten "Retrying in Ns" lines, about 30 s). One request without retries tells the same.
+    """
+    hf = _hf()
+    from huggingface_hub import constants  # not an attribute of the package until imported
+
+    if constants.HF_HUB_OFFLINE:
+        return  # hf_hub_download fails at once in offline mode
+    cached = hf.try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    if isinstance(cached, str):
+        return  # a cached copy: hf_hub_download falls back to it without retrying
+    from huggingface_hub import errors as hf_errors
+
+    url = hf.hf_hub_url(repo_id, filename, revision=revision)
+    try:
+        hf.get_hf_file_metadata(url, token=token, timeout=10)
+    except hf_errors.HfHubHTTPError:  # the Hub answered (404, 401, gated): hf_hub_download reports it
+        return
+    except _network_errors() as err:
+        raise _offline_error(f"{repo_id}/{filename}", f"no connection to {constants.ENDPOINT}: "
+                             f"{type(err).__name__}") from err
+    except Exception:  # HTTP errors (404, 401, gated): hf_hub_download reports them properly
+        return
 
 
 def download_file(repo_id: str, filename: str, *, revision: str | None = None, cache_dir=None,
                   local_files_only: bool | None = None, token=None, force_download: bool = False) -> str:
-    """``hf_hub_download`` with its errors mapped to zoo errors that say what to do."""
+    """``hf_hub_download`` with its errors mapped to zoo errors that say what to do; returns the local path.
+
+    Raises :class:`~zoo.errors.WeightsNotAvailableError` (offline or unreachable Hub with no cached copy,
+    gated or missing repo, revision or file) or :class:`~zoo.errors.HubError` (other HTTP failures).
+    Without a connection it fails after one request instead of huggingface_hub's retries.
+    """
     hf = _hf()
     from huggingface_hub import errors as hf_errors
 
+    if not local_files_only:
+        _check_reachable(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
     try:
         return hf.hf_hub_download(
             repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
@@ -298,16 +354,23 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None, c
         raise WeightsNotAvailableError(f"Revision {revision!r} not found in {repo_id!r}.") from err
     except hf_errors.EntryNotFoundError as err:
         if isinstance(err, hf_errors.LocalEntryNotFoundError):
-            raise WeightsNotAvailableError(_offline_help(f"{repo_id}/{filename}")) from err
+            raise _offline_error(f"{repo_id}/{filename}") from err
         raise WeightsNotAvailableError(f"{repo_id!r} has no file {filename!r} at revision {revision or 'main'}.") from err
     except (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as err:
-        raise WeightsNotAvailableError(_offline_help(f"{repo_id}/{filename}")) from err
+        raise _offline_error(f"{repo_id}/{filename}") from err
     except hf_errors.HfHubHTTPError as err:
         raise HubError(f"Hub request for {repo_id}/{filename} failed: {err}") from err
 
 
 def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=None, token=None,
                   overrides: dict | None = None):
+    """Load a zoo-format Hub repo (``"org/name"`` or ``"org/name@revision"``) through the huggingface_hub cache.
+
+    Downloads ``config.json`` and ``model.safetensors`` from one snapshot and builds the model as
+    :func:`build_from_zoo_folder` does (``overrides`` as there). Raises
+    :class:`~zoo.errors.WeightsNotAvailableError` (offline or unreachable with a cold cache, missing or gated
+    repo, unknown revision), :class:`~zoo.errors.HubError`, or the loading errors of a bad file.
+    """
     repo_id, pinned = split_revision(repo)
     revision = revision or pinned
     kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
@@ -352,6 +415,10 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
 
 
 def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None) -> str:
+    """Save ``model`` to a temporary zoo-format folder and upload it to ``repo_id``; returns the commit id.
+
+    Raises :class:`~zoo.errors.HubError` when the Hub refuses (no token, no permission).
+    """
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
         folder = save_pretrained(model, Path(tmp) / "model")
         return push_folder(folder, repo_id, revision=revision, private=private, token=token,
@@ -378,7 +445,7 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
     except hf_errors.RevisionNotFoundError as err:
         raise HubError(f"Revision {revision!r} not found in {repo_id!r}.") from err
     except (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as err:
-        raise WeightsNotAvailableError(_offline_help(repo_id)) from err
+        raise _offline_error(repo_id) from err
     folder = Path(folder)
     read_zoo_config(folder, f"hf-hub:{repo_id}")
     if to is None:

@@ -29,6 +29,7 @@ class ZooModel(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter (or buffer); CPU for a model with neither."""
         for tensor in self.parameters():
             return tensor.device
         for tensor in self.buffers():
@@ -36,7 +37,10 @@ class ZooModel(torch.nn.Module):
         return torch.device("cpu")
 
     def save_pretrained(self, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and a README model card."""
+        """Write ``config.json``, ``model.safetensors`` and a README model card atomically; returns the folder.
+
+        Raises :class:`~zoo.errors.OutputExistsError` when the folder holds files and ``overwrite`` is false.
+        """
         from zoo import hub
 
         return hub.save_pretrained(self, save_directory, card=card, overwrite=overwrite)

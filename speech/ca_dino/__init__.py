@@ -11,8 +11,6 @@ Public pieces: CADinoModel (model.py: ``embed``, ``score``), ``eer`` / ``min_dcf
 """
 from zoo.registry import Family, register_family
 from zoo.speech.ca_dino.builder import DEFAULT_CONFIG, SIZES, build, make_config
-from zoo.speech.ca_dino.loader import load
-from zoo.speech.ca_dino.scoring import eer, min_dcf
 
 FAMILY = register_family(Family(
     name="ca-dino",
@@ -21,10 +19,26 @@ FAMILY = register_family(Family(
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.speech.ca_dino.trainer:CADinoTrainer",
-    load=load,
+    load="zoo.speech.ca_dino.loader:load",
     evaluate="zoo.speech.ca_dino.evaluate:evaluate",
     description="CA-DINO: self-supervised speaker embeddings (WeSpeaker ECAPA-TDNN, DINO + cluster-aware "
                 "DINO + DLG-LC pseudo-label training; arXiv 2304.05754). Loads WeSpeaker checkpoints.",
 ))
 
 __all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "make_config", "load", "eer", "min_dcf"]
+
+
+# Loaded on first use: importing the family (``zoo list``) must not import torch (see zoo.registry).
+_LAZY = {
+    "load": "zoo.speech.ca_dino.loader",
+    "eer": "zoo.speech.ca_dino.scoring",
+    "min_dcf": "zoo.speech.ca_dino.scoring",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from zoo.config import merge, sized_config
 
-from zoo.models.ecapa_tdnn import ECAPA_DEFAULTS, ECAPA_SIZES
+from zoo.models.configs import ECAPA_DEFAULTS, ECAPA_SIZES
 
 DEFAULT_CONFIG = {
     "encoder": dict(ECAPA_DEFAULTS),

@@ -11,7 +11,6 @@ the label pipeline (features.py, kmeans.py, topics.py, pipeline.py), the trainer
 """
 from zoo.registry import Family, register_family
 from zoo.speech.hubertopic.builder import DEFAULT_CONFIG, SIZES, build, make_config
-from zoo.speech.hubertopic.loader import load
 
 FAMILY = register_family(Family(
     name="hubertopic",
@@ -20,10 +19,24 @@ FAMILY = register_family(Family(
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.speech.hubertopic.trainer:HubertopicTrainer",
-    load=load,
+    load="zoo.speech.hubertopic.loader:load",
     evaluate="zoo.speech.hubertopic.evaluate:evaluate",
     description="HuBERTopic: HuBERT pretraining with an auxiliary utterance topic task from LDA on k-means "
                 "units (arXiv 2310.03975). Also loads upstream HuBERT (transformers or fairseq checkpoints).",
 ))
 
 __all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "make_config", "load"]
+
+
+# Loaded on first use: importing the family (``zoo list``) must not import torch (see zoo.registry).
+_LAZY = {
+    "load": "zoo.speech.hubertopic.loader",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

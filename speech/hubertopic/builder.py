@@ -9,7 +9,7 @@ our defaults are marked "ours" and listed in README.md here.
 from __future__ import annotations
 
 from zoo.config import merge, sized_config
-from zoo.models.hubert import HUBERT_BASE_ENCODER
+from zoo.models.configs import HUBERT_BASE_ENCODER
 
 # speech.md §2.3: HuBERT Base; fairseq's pretraining uses encoder_layerdrop 0.05 and activation_dropout 0.0.
 # transformers keeps masked_spec_embed only when mask_time_prob > 0; pretraining masks with `pretrain`.

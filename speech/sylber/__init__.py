@@ -6,7 +6,6 @@ NoiseMixer (noise.py), fit_tokenizer (tokenizer.py), evaluate (evaluate.py).
 """
 from zoo.registry import Family, register_family
 from zoo.speech.sylber.builder import DEFAULT_CONFIG, SIZES, build
-from zoo.speech.sylber.loader import load
 
 FAMILY = register_family(Family(
     name="sylber",
@@ -15,7 +14,7 @@ FAMILY = register_family(Family(
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.speech.sylber.trainer:SylberTrainer",
-    load=load,
+    load="zoo.speech.sylber.loader:load",
     evaluate="zoo.speech.sylber.evaluate:evaluate",
     commands={"segment": "zoo.speech.sylber.cli:segment_main"},
     description="Sylber: syllable segments and embeddings from a 9-layer HuBERT encoder "
@@ -23,3 +22,17 @@ FAMILY = register_family(Family(
 ))
 
 __all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "load"]
+
+
+# Loaded on first use: importing the family (``zoo list``) must not import torch (see zoo.registry).
+_LAZY = {
+    "load": "zoo.speech.sylber.loader",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ never downloads anything. ``encoder`` holds the arguments of
 from __future__ import annotations
 
 from zoo.config import merge, sized_config
-from zoo.models.hubert import HUBERT_BASE_ENCODER
+from zoo.models.configs import HUBERT_BASE_ENCODER
 
 # speech.md §1.2: facebook/hubert-base-ls960 with num_hidden_layers=9.
 BASE_ENCODER = {**HUBERT_BASE_ENCODER, "num_hidden_layers": 9}

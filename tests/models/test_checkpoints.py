@@ -18,7 +18,7 @@ from zoo.models.hubert import HubertConfig, HubertModel
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=[16] * 7,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
 
-# Real fairseq HuBERT key names for a 2-layer model (speech.md §2.3).
+# Real fairseq HuBERT key names for a 2-layer model (facebookresearch/fairseq:fairseq/models/hubert/hubert.py).
 FAIRSEQ_KEYS = {
     "feature_extractor.conv_layers.0.0.weight", "feature_extractor.conv_layers.0.2.weight",
     "feature_extractor.conv_layers.0.2.bias", "layer_norm.weight", "layer_norm.bias", "post_extract_proj.weight",

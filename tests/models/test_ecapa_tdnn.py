@@ -1,4 +1,4 @@
-"""WeSpeaker-named ECAPA-TDNN and DINO head (speech.md §3.2)."""
+"""WeSpeaker-named ECAPA-TDNN and DINO head (wenet-e2e/wespeaker:wespeaker/models/ecapa_tdnn.py)."""
 import pytest
 import torch
 
@@ -11,7 +11,7 @@ def _count(module):
 
 
 def test_parameter_counts_match_wespeaker():
-    # speech.md §3.2 / WeSpeaker v3 README: ECAPA_TDNN_GLOB_c512 6.19M, c1024 14.65M.
+    # wenet-e2e/wespeaker:examples/voxceleb/v3/dino/README.md: ECAPA_TDNN_GLOB_c512 6.19M, c1024 14.65M.
     assert _count(ECAPATDNN(**ecapa_config("ecapa512"))) == pytest.approx(6.19e6, rel=0.01)
     assert _count(ECAPATDNN(**ecapa_config("ecapa1024"))) == pytest.approx(14.65e6, rel=0.01)
 

@@ -199,7 +199,12 @@ def test_span_mask_and_pack_helpers():
     mask = compute_span_mask(torch.tensor([50, 20, 5]), 0.5, 4, min_masks=1, generator=gen, max_length=60)
     assert mask.shape == (3, 60)
     assert not mask[0, 50:].any() and not mask[1, 20:].any() and not mask[2, 5:].any()
-    assert all(mask[i].any() for i in range(3))
+    # 5 frames, spans of 4, min_masks 1: exactly one span, at start 0 or 1
+    assert mask[2, :5].tolist() in ([True] * 4 + [False], [False] + [True] * 4)
+    # spans of 1 frame: int(0.5 * 100 / 1 + u) = 50 distinct frames, whatever u is
+    assert int(compute_span_mask(torch.tensor([100]), 0.5, 1, generator=gen).sum()) == 50
+    # an utterance shorter than one span is masked whole (the span is cut to fit)
+    assert compute_span_mask(torch.tensor([7]), 0.5, 10, min_masks=1, generator=gen).tolist() == [[True] * 7]
     x = torch.arange(12.0).reshape(2, 3, 2)
     packed = pack(x, [3, 1])
     assert packed.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]

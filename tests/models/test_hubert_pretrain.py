@@ -58,6 +58,9 @@ def test_span_mask_fairseq_counts_and_valid_frames_only():
     assert not mask[1, 60:].any() and not mask[2, 12:].any()
     # 8 spans of 10 on 100 frames (int(0.8 * 100 / 10 + u) = 8): at most 80 frames, at least one span.
     assert 10 <= int(mask[0].sum()) <= 80
+    # the count rule on spans of one frame, where overlaps cannot hide it: int(0.8 * 100 + u) = 80
+    single = compute_span_mask(torch.tensor([100, 5]), mask_length=1, generator=gen, require_same_masks=False)
+    assert single.sum(1).tolist() == [80, 4]  # 5 frames: int(4.0 + u) = 4
     assert int(mask[2].sum()) >= 3  # min_masks = 2 spans on a short utterance, capped to what fits
     same = compute_span_mask(torch.tensor([100, 60, 30]), generator=gen)
     assert len(set(same.sum(1).tolist())) == 1  # require_same_masks: equal counts per row

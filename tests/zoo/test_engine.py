@@ -1,9 +1,11 @@
 """zoo.train engine on the toy trainer: falling loss, logs, checkpoints, exact resume after SIGKILL, output rules."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,6 @@ import zoo
 from zoo.errors import CheckpointFormatError, ConfigError, OutputExistsError
 from zoo.train import ResumableBatchSampler, list_checkpoints, load_checkpoint, load_recipe, run
 from zoo.train.schedule import build_optimizer, lr_factor
-from zoo.train.toy import ToyTrainer
 
 TOY = "trainer=zoo.train.toy:ToyTrainer"
 
@@ -147,8 +148,9 @@ def test_paths_checked_before_training(tmp_path):
 
 
 def test_grad_accumulation_matches_a_larger_batch(tmp_path):
+    # fp32: on a GPU, bf16 autocast (precision=auto) rounds the two batchings differently
     common = ["model.dropout=0.0", "data.augment=0.0", "train.max_steps=4", "train.tensorboard=false",
-              "optim.name=sgd", "optim.lr=0.1"]
+              "optim.name=sgd", "optim.lr=0.1", "train.precision=fp32"]
     big = run(_config(tmp_path / "big", "train.batch_size=8", *common))
     small = run(_config(tmp_path / "small", "train.batch_size=4", "train.grad_accum=2", *common))
     a, b = load_file(str(big / "model.safetensors")), load_file(str(small / "model.safetensors"))
@@ -211,3 +213,86 @@ def test_cli_trains_and_reports_errors(tmp_path, capsys):
                  "train.max_steps=4", "--overwrite"]) == 0
     assert main(["train", "toy-regression", "--config", str(recipe), "train.max_stepz=4"]) == 2
     assert "Unknown config key 'train.max_stepz'" in capsys.readouterr().err
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    from zoo.train.logs import format_progress
+
+    assert format_progress({"step": 40, "loss": 2.31415}, 500, 0, 4.0, batch_size=8) == \
+        "step 40/500 (8%) | loss 2.314 | 10 steps/s, 80 samples/s | ETA 0:00:46"
+    assert format_progress({"step": 30, "loss": 1.0}, 40, 20, 5.0) == "step 30/40 (75%) | loss 1 | 2 steps/s | ETA 0:00:05"
+    run(_config(tmp_path / "run", "train.progress=auto", "train.log_every=4", "train.tensorboard=false"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in lines] == ["step 4/12 (33%)", "step 8/12 (66%)", "step 12/12 (100%)"]
+    assert all(" steps/s, " in line and " samples/s | ETA " in line for line in lines)
+    with pytest.raises(ConfigError, match="train.progress must be auto, bar, lines or false"):
+        run(_config(tmp_path / "other", "train.progress=sometimes"))
+
+
+def _cli_train(out, *overrides):
+    """`zoo train` of the toy trainer as a real process, slowed down so that tests can act on it."""
+    command = [sys.executable, "-m", "zoo.cli", "train", "zoo.train.toy:ToyTrainer", f"train.output_dir={out}",
+               "train.max_steps=30", "train.batch_size=8", "train.log_every=1", "train.tensorboard=false",
+               "train.progress=false", "optim.lr=0.02", "toy.step_seconds=0.05", *overrides]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(condition, process, seconds=90):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the training process did not get there in time"
+        time.sleep(0.05)
+
+
+def test_one_run_per_folder_and_resume_after_kill(tmp_path, capsys):
+    from zoo.cli import main
+    from zoo.errors import OutputInUseError
+
+    out = tmp_path / "run"
+    first = _cli_train(out, "train.ckpt_every=3")
+    try:
+        _wait_for(lambda: (out / "checkpoints" / "step-00000003").is_dir(), first)
+        overrides = [f"train.output_dir={out}", "train.max_steps=30", "train.batch_size=8", "train.log_every=1",
+                     "train.tensorboard=false", "train.progress=false", "optim.lr=0.02", "toy.step_seconds=0.05",
+                     "train.ckpt_every=3"]
+        with pytest.raises(OutputInUseError, match=f"train.output_dir {out} is in use by another process "
+                                                   f"\\(pid {first.pid}\\)"):
+            run(load_recipe(None, [TOY, *overrides]))
+        assert main(["train", "zoo.train.toy:ToyTrainer", *overrides]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"(pid {first.pid})" in err
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        first.kill()  # SIGKILL: the kernel drops its lock
+        first.wait()
+    done = run(load_recipe(None, [TOY, *overrides]))  # resumes from its last checkpoint
+    steps = [line["step"] for line in _train_lines(out)[0]]
+    assert steps[-1] == 30 and steps == list(range(1, 31)) and (done / "model.safetensors").is_file()
+
+
+def test_ctrl_c_saves_the_last_finished_step_and_resume_is_exact(tmp_path):
+    out, straight = tmp_path / "interrupted", tmp_path / "straight"
+    common = ["train.max_steps=30", "train.batch_size=8", "train.log_every=1", "train.tensorboard=false",
+              "train.progress=false", "optim.lr=0.02", "train.ckpt_every=0", "toy.jitter=0.1"]
+    process = _cli_train(out, "train.ckpt_every=0", "toy.jitter=0.1")
+    _wait_for(lambda: (out / "log.jsonl").is_file() and len((out / "log.jsonl").read_text().splitlines()) >= 5,
+              process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    stopped = int(err.split("stopped at step ")[1].split("/")[0])
+    assert stopped >= 5 and "Run the same command again to resume" in err
+    assert [step for step, _ in list_checkpoints(out)] == [stopped]  # ckpt_every=0: only the Ctrl-C one
+    assert [line["step"] for line in _train_lines(out)[0]] == list(range(1, stopped + 1))
+
+    run(load_recipe(None, [TOY, f"train.output_dir={out}", "toy.step_seconds=0.05", *common]))
+    run(load_recipe(None, [TOY, f"train.output_dir={straight}", "toy.step_seconds=0.05", *common]))
+
+    def fields(folder):
+        return [{k: line[k] for k in ("step", "loss", "lr", "mae")} for line in _train_lines(folder)[0]]
+
+    assert fields(out) == fields(straight) and len(fields(out)) == 30
+    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

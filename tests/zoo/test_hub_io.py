@@ -1,6 +1,7 @@
 """Push, pull, revisions, offline mode and corrupt downloads, through the loopback Hub."""
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import zoo
 from zoo.cards import add_card, remove_card
 from zoo.cli import main
+from zoo.data import read_manifest
 from zoo.errors import CheckpointFormatError, HubError, WeightsNotAvailableError
 from zoo.testing.toy_family import ToyModel, register
 
@@ -110,3 +112,43 @@ def test_cli_push_and_pull(loopback_hub, tmp_path, capsys):
     assert main(["pull", "alice/cli-toy", "--to", str(tmp_path / "pulled")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["pull", "alice/missing"]) == 2
+
+
+def test_unreachable_hub_fails_at_once_without_retries(hf_sandbox, caplog, tmp_path):
+    """hf_sandbox points the client at a closed port: a cold cache must fail after one request, not
+    after huggingface_hub's five retries ("Retrying in 1s ... 8s")."""
+    register()
+    add_card({"name": "toy-upstream", "family": "toy", "size": "tiny", "description": "toy",
+              "weights": {"repo_id": "upstream/toy-weights", "filename": "toy.pt", "format": "official"}})
+    try:
+        with caplog.at_level("INFO"):
+            with pytest.raises(WeightsNotAvailableError) as info:
+                zoo.load("toy-upstream")
+            assert "no connection to http://127.0.0.1:9" in str(info.value)
+            assert "pretrained=False" in str(info.value)  # the Python API names its own argument
+            with pytest.raises(WeightsNotAvailableError, match="no connection"):
+                zoo.load("hf-hub:alice/toy")
+        assert "Retrying" not in caplog.text
+    finally:
+        remove_card("toy-upstream")
+
+
+def test_cli_hint_names_the_verbs_flags_not_python_arguments(tmp_path):
+    """A fresh `zoo segment` process (nothing of huggingface_hub imported beforehand) with no connection."""
+    import subprocess
+    import sys
+
+    from zoo.data import demo_corpus
+
+    clip = read_manifest(demo_corpus())[0]["path"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1")
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", "segment", clip, "--model", "sylber-base"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr
+    assert err.startswith("error: cheoljun95/sylber/sylber.ckpt is not in the local cache") and err.count("\n") == 1
+    assert "no connection to http://127.0.0.1:9" in err
+    assert "--model DIR" in err and "--random-init" in err and "pretrained=False" not in err
+    assert "Retrying" not in err

@@ -1,4 +1,4 @@
-"""Datasets as folders or JSONL manifests, and the bundled demo corpus (DESIGN.md "Data").
+"""Datasets as folders or JSONL manifests, and the bundled demo corpus.
 
 A manifest is a JSONL file, one object per line, each with at least a ``"path"``; other fields
 (``"speaker"``, ``"text"``, ``"label"``, ...) pass through untouched. Relative paths are

@@ -187,6 +187,10 @@ def synthesize(text: str, voice: str, pitch: int, speed: int, workdir: Path) -> 
 
 
 def make_speech(out: Path) -> list[dict]:
+    """Synthesise the speech demo corpus into ``out/speech`` with espeak-ng (needs the ``espeak-ng`` program):
+    the voices of ``VOICES`` reading ``UTTERANCES_PER_VOICE`` seeded sentences each, 16 kHz mono OGG, plus
+    ``manifest.jsonl``. Returns the manifest rows.
+    """
     import soundfile
 
     from zoo.data import write_manifest
@@ -237,6 +241,9 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_images(out: Path, size: int = 64) -> list[dict]:
+    """Draw the image demo set into ``out/images``: eight ``size``-pixel PNGs (four shapes in two colours each,
+    on a noisy background), a sub-folder per shape, plus ``manifest.jsonl``. Returns the manifest rows.
+    """
     from PIL import Image
 
     from zoo.data import write_manifest
@@ -265,6 +272,8 @@ def make_images(out: Path, size: int = 64) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m zoo.data.make_demo_corpus [--out DIR] [--only speech|images]``: regenerate the bundled demo data.
+    """
     from zoo.data import DEMO_ROOT
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

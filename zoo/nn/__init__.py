@@ -1,4 +1,4 @@
-"""Neural-network building blocks shared by every family (DESIGN.md "Attention")."""
+"""Neural-network building blocks shared by every family: the one attention function (``zoo.nn.attention``)."""
 from zoo.nn.attention import BACKENDS, attention, attention_backend
 
 HF_ATTENTION_NAME = "zoo"

@@ -1,4 +1,4 @@
-"""One attention function for the whole zoo (DESIGN.md "Attention", ecosystem.md §7).
+"""One attention function for the whole zoo (every family's attention goes through ``attention``).
 
 Layout is xformers' ``[B, M, H, K]`` (batch, tokens, heads, head dim). Backends:
 
@@ -37,7 +37,9 @@ _logged_backends: set[tuple[str, str]] = set()
 def _xformers_ops():
     """``xformers.ops`` when it imports with working CUDA kernels, else None (checked once)."""
     if not torch.cuda.is_available():
-        return None  # ecosystem.md §7.2: no CPU kernels; don't even import it (it warns loudly)
+        # xformers 0.0.3x has no CPU kernels (every fmha op declares SUPPORTED_DEVICES = {"cuda"},
+        # facebookresearch/xformers:xformers/ops/fmha/); don't even import it (it warns loudly).
+        return None
     try:
         import xformers.ops as xops
         from xformers.ops import fmha  # noqa: F401

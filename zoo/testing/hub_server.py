@@ -12,7 +12,7 @@ through Xet on the client side alone (``hf_xet`` importable and ``HF_HUB_DISABLE
 client must run with Xet disabled; the fixtures do that, and the Xet token routes answer 501 saying so.
 
 Protocol facts used here come from reading ``huggingface_hub`` 2.4.0 (hf_api.py, _commit_api.py, lfs.py,
-file_download.py, utils/_http.py) and specs/ecosystem.md §3.5.
+file_download.py, utils/_http.py; huggingface/huggingface_hub:src/huggingface_hub/).
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def git_blob_oid(data: bytes) -> str:
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The git-lfs pointer file (spec v1) for content of this sha256 and size."""
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
 
 
@@ -83,21 +84,25 @@ class Blob:
 
     @classmethod
     def of(cls, data: bytes, *, lfs: bool) -> "Blob":
+        """A blob of ``data`` with its sha256, size and the git oid the Hub reports (of the pointer for LFS files)."""
         sha = hashlib.sha256(data).hexdigest()
         oid = git_blob_oid(lfs_pointer(sha, len(data))) if lfs else git_blob_oid(data)
         return cls(data=bytes(data), sha256=sha, git_oid=oid, size=len(data), lfs=lfs)
 
     @property
     def etag(self) -> str:
+        """The ETag a download reports: the sha256 for LFS files, the git blob oid otherwise."""
         return self.sha256 if self.lfs else self.git_oid
 
     @property
     def pointer_size(self) -> int:
+        """Size in bytes of the LFS pointer file that stands for this blob in git."""
         return len(lfs_pointer(self.sha256, self.size))
 
 
 @dataclass
 class Commit:
+    """One commit of a repo: its oid, parent, the files it holds (path -> Blob) and its message."""
     oid: str
     parent: str | None
     files: dict[str, Blob]
@@ -109,6 +114,7 @@ class Commit:
 
 @dataclass
 class Repo:
+    """A repo held in memory: commits by oid, branches, tags, pull-request refs and uploaded LFS objects."""
     repo_type: str
     repo_id: str
     private: bool
@@ -120,11 +126,13 @@ class Repo:
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content uploaded via LFS
 
     def head(self, branch: str = "main") -> Commit:
+        """The commit ``branch`` points at (``KeyError`` for an unknown branch)."""
         return self.commits[self.branches[branch]]
 
 
 @dataclass(frozen=True)
 class LoggedRequest:
+    """One request the hub answered: method, raw path (query included) and status code."""
     method: str
     path: str  # raw request target, query included
     status: int
@@ -181,6 +189,7 @@ class LoopbackHub:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "LoopbackHub":
+        """Start serving on a free loopback port in a daemon thread (idempotent); returns ``self``."""
         if self._server is not None:
             return self
         if self.tmp_dir is None:
@@ -195,6 +204,7 @@ class LoopbackHub:
         return self
 
     def stop(self) -> None:
+        """Stop the server and delete its scratch folder."""
         if self._server is None:
             return
         self._server.shutdown()
@@ -212,26 +222,31 @@ class LoopbackHub:
 
     @property
     def port(self) -> int:
+        """The TCP port the server listens on (after :meth:`start`)."""
         if self._server is None:
             raise RuntimeError("LoopbackHub is not started; call start() or use it as a context manager.")
         return self._server.server_address[1]
 
     @property
     def endpoint(self) -> str:
+        """``http://127.0.0.1:PORT``: what ``HF_ENDPOINT`` should be."""
         return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------------ request log
     @property
     def requests(self) -> list[LoggedRequest]:
+        """A copy of the request log, oldest first."""
         with self._lock:
             return list(self._log)
 
     @property
     def request_count(self) -> int:
+        """How many requests the hub has answered since the last :meth:`reset_requests`."""
         with self._lock:
             return len(self._log)
 
     def reset_requests(self) -> None:
+        """Clear the request log."""
         with self._lock:
             self._log.clear()
 
@@ -259,10 +274,12 @@ class LoopbackHub:
             return repo
 
     def delete_repo(self, repo_id: str, *, repo_type: str = "model") -> None:
+        """Remove a repo and all its commits (``KeyError`` when it does not exist)."""
         with self._lock:
             self._repos.pop((repo_type, repo_id), None)
 
     def repo(self, repo_id: str, *, repo_type: str = "model") -> Repo:
+        """The in-memory :class:`Repo` (``KeyError`` when it does not exist)."""
         with self._lock:
             try:
                 return self._repos[(repo_type, repo_id)]
@@ -305,11 +322,13 @@ class LoopbackHub:
 
     def file_bytes(self, repo_id: str, path_in_repo: str, *, revision: str = "main",
                    repo_type: str = "model") -> bytes:
+        """The bytes a download of ``path_in_repo`` at ``revision`` serves."""
         with self._lock:
             repo = self.repo(repo_id, repo_type=repo_type)
             return repo.commits[self._resolve(repo, revision)].files[path_in_repo].data
 
     def list_files(self, repo_id: str, *, revision: str = "main", repo_type: str = "model") -> list[str]:
+        """Sorted paths of the files at ``revision``."""
         with self._lock:
             repo = self.repo(repo_id, repo_type=repo_type)
             return sorted(repo.commits[self._resolve(repo, revision)].files)
@@ -320,6 +339,7 @@ class LoopbackHub:
             return self._resolve(self.repo(repo_id, repo_type=repo_type), revision)
 
     def is_lfs(self, repo_id: str, path_in_repo: str, *, revision: str = "main", repo_type: str = "model") -> bool:
+        """Whether ``path_in_repo`` at ``revision`` was committed through LFS."""
         with self._lock:
             repo = self.repo(repo_id, repo_type=repo_type)
             return repo.commits[self._resolve(repo, revision)].files[path_in_repo].lfs

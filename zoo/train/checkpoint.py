@@ -45,6 +45,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the Python, numpy, torch (and CUDA, when present) generators from :func:`rng_state`'s dict."""
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
@@ -67,6 +68,7 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoints/step-*`` folder of a run, or None when it has none."""
     found = list_checkpoints(output_dir)
     return found[-1][1] if found else None
 

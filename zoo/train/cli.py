@@ -1,6 +1,6 @@
 """``zoo train FAMILY|NAME --config FILE [key=value ...] [torchrun options] [--overwrite] [--resume]``.
 
-Like torchtune's ``tune run`` (ecosystem.md §4): with ``--nproc-per-node N > 1`` or ``--nnodes``
+Like torchtune's ``tune run`` (pytorch/torchtune:torchtune/_cli/run.py): with ``--nproc-per-node N > 1`` or ``--nnodes``
 it re-launches itself through ``torch.distributed.run`` (torchrun), and every process runs the
 recipe; otherwise it trains in this process.
 """
@@ -31,6 +31,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``zoo train``'s arguments to ``parser``: the target, ``key=value`` overrides (anywhere), ``--config``,
+    ``--overwrite``, ``--resume`` and the torchrun options.
+    """
     parser.add_argument("target", metavar="FAMILY|NAME",
                         help="family to train (see `zoo list`), a model name to fine-tune (sets model.init), "
                              "or a trainer class as package.module:Class")
@@ -90,6 +93,10 @@ def torchrun_argv(args, overrides: list[str]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``zoo train`` for parsed ``args``: validate the recipe first, then train here or relaunch through torchrun
+    (``--nproc-per-node > 1`` or ``--nnodes``). Prints the final folder; returns the exit status. Raises
+    :class:`~zoo.errors.ZooError` for user errors and ``KeyboardInterrupt`` after Ctrl-C (a checkpoint is saved).
+    """
     from zoo.train import distributed, load_recipe, run
 
     _setup_logging()

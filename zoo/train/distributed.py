@@ -13,6 +13,9 @@ from zoo.errors import ConfigError
 
 @dataclass
 class DistInfo:
+    """This process's place in a torchrun job: ``rank``, ``local_rank``, ``world_size`` and the ``backend``
+    (``gloo`` on CPU, ``nccl`` on CUDA); a single process is rank 0 of 1.
+    """
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -21,14 +24,17 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process trains (collectives are needed)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes logs, checkpoints and the final model."""
         return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (``RANK`` and ``WORLD_SIZE`` are set)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
@@ -49,11 +55,13 @@ def init_distributed(use_cuda: bool) -> DistInfo:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group if :func:`init_distributed` created it."""
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if info.enabled:
         dist.barrier()
 
@@ -68,6 +76,7 @@ def broadcast_object(obj, info: DistInfo):
 
 
 def gather_objects(obj, info: DistInfo) -> list:
+    """``obj`` of every rank, as a list indexed by rank (``[obj]`` in a single process)."""
     if not info.enabled:
         return [obj]
     out = [None] * info.world_size
@@ -76,11 +85,21 @@ def gather_objects(obj, info: DistInfo) -> list:
 
 
 def mean_across_ranks(values: list[float], info: DistInfo, device) -> list[float]:
+    """Element-wise mean of ``values`` over all ranks (float64 all-reduce); unchanged in a single process."""
     if not info.enabled or not values:
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return (tensor / info.world_size).tolist()
+
+
+def any_across_ranks(flag: bool, info: DistInfo, device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce; free without torchrun)."""
+    if not info.enabled:
+        return bool(flag)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, mode: str,
@@ -106,6 +125,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, mod
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (the model itself otherwise)."""
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model

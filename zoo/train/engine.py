@@ -1,4 +1,4 @@
-"""The training engine: one loop for every family (DESIGN.md "Training engine").
+"""The training engine: one loop for every family (``zoo train``, ``zoo.train.run``).
 
 ``run(config)`` seeds everything, builds the trainer's model and data, trains with gradient
 accumulation, clipping, bf16 autocast on CUDA, logs (JSONL, TensorBoard, tqdm), evaluates,
@@ -13,6 +13,9 @@ import json
 import logging
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import yaml
 
 from zoo.config import check_paths
 from zoo.errors import ConfigError, OutputExistsError, ZooError
-from zoo.files import write_json, write_text
+from zoo.files import LOCK_PID_FILE, FolderLock, write_json, write_text
 from zoo.train import distributed as D
 from zoo.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.train.logs import LOG_FILE, TENSORBOARD_DIR, RunLogger, truncate_log
@@ -41,12 +44,17 @@ _RUN_ONLY_KEYS = ("resume", "overwrite", "progress", "device", "num_workers")
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch's CPU/CUDA generators with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def pick_device(choice: str, info: D.DistInfo) -> torch.device:
+    """``train.device`` (auto, cpu, cuda, cuda:N) -> a ``torch.device``; under torchrun ``cuda`` is this rank's GPU.
+
+    Raises :class:`~zoo.errors.ConfigError` when CUDA is asked for and none is visible.
+    """
     choice = str(choice or "auto").lower()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,6 +67,9 @@ def pick_device(choice: str, info: D.DistInfo) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` (auto, bf16, fp32) on ``device``: ``torch.bfloat16`` on a CUDA
+    GPU that supports it, else None (fp32). Raises ``ConfigError`` for bf16 without such a GPU.
+    """
     precision = str(precision or "auto").lower()
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
@@ -77,6 +88,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def to_device(batch, device: torch.device):
+    """Move the tensors of a batch (tensor, dict, list or tuple, nested) to ``device``; other values pass through."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
@@ -127,7 +139,7 @@ def _prepare_output(output_dir: Path, config: dict) -> dict:
             elif target.exists():
                 target.unlink()
         return {"action": "fresh"}
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+    if not output_dir.is_dir() or not any(p.name != LOCK_PID_FILE for p in output_dir.iterdir()):
         if resume is True:
             raise ConfigError(f"--resume: {output_dir} holds no checkpoint to resume from.")
         return {"action": "fresh"}
@@ -206,7 +218,15 @@ class _BatchStream:
 def run(config: dict, trainer_cls=None) -> Path:
     """Train as the recipe says; returns ``output_dir/final`` (a zoo-format folder).
 
-    Under torchrun (RANK / WORLD_SIZE set) every process calls ``run``; rank 0 writes.
+    ``config`` is a recipe dict (``zoo.train.load_recipe``); missing sections take the engine's and the
+    trainer's defaults. The run holds an OS lock on ``train.output_dir`` while it trains, resumes from the
+    folder's latest checkpoint (``train.resume=auto``), and on Ctrl-C saves a checkpoint of the last finished
+    step before raising ``KeyboardInterrupt``. Under torchrun (RANK / WORLD_SIZE set) every process calls
+    ``run``; rank 0 writes.
+
+    Raises :class:`~zoo.errors.ConfigError` (bad settings, missing data paths),
+    :class:`~zoo.errors.OutputExistsError` (a folder holding something else), :class:`~zoo.errors.OutputInUseError`
+    (another live run holds the folder), :class:`~zoo.errors.ZooError` (a non-finite loss).
     """
     config, trainer_cls = complete_config(config, trainer_cls)
     train = config["train"]
@@ -225,9 +245,15 @@ def _check_train_section(train: dict) -> None:
     for key in ("ckpt_every", "eval_every", "keep_last", "num_workers"):
         if train[key] is not None and int(train[key]) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {train[key]!r}")
+    _progress_flag(train["progress"])
 
 
 def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
+    with contextlib.ExitStack() as held:  # the output folder's lock, released however the run ends
+        return _train(config, trainer_cls, info, held)
+
+
+def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitStack) -> Path:
     train = config["train"]
     _check_train_section(train)
     device = pick_device(train["device"], info)
@@ -240,6 +266,10 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
     if info.is_main:
         try:
             check_paths(config, getattr(trainer_cls, "path_keys", ()) or ())
+            if output_dir.exists() and not output_dir.is_dir():
+                raise OutputExistsError(f"train.output_dir={output_dir} is a file; choose a folder.")
+            # One run per folder: a second `zoo train` into it fails here, naming the first one's pid.
+            held.enter_context(FolderLock(output_dir, what="train.output_dir"))
             plan = _prepare_output(output_dir, config)
         except ZooError as err:
             failure, plan = err, f"{type(err).__name__}\0{err}"
@@ -320,12 +350,14 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
                 device, info.world_size, "es" if info.world_size > 1 else "", attention_backend(device),
                 "bf16 autocast" if amp_dtype else "fp32")
     run_log = RunLogger(output_dir, enabled=info.is_main, tensorboard=bool(train["tensorboard"]),
-                        progress=_progress_flag(train["progress"]), total_steps=max_steps, start_step=step)
+                        progress=_progress_flag(train["progress"]), total_steps=max_steps, start_step=step,
+                        batch_size=int(train["batch_size"]) * int(train["grad_accum"]) * info.world_size)
     stream = _BatchStream(train_set, sampler, trainer, model, num_workers=int(train["num_workers"]), seed=seed,
                           pin_memory=device.type == "cuda", epoch=epoch, batches_done=batches_done)
     try:
-        _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
-              step, output_dir)
+        with StopRequest() as stop:
+            _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
+                  step, output_dir, stop)
     finally:
         run_log.close()
 
@@ -342,13 +374,47 @@ def _run(config: dict, trainer_cls, info: D.DistInfo) -> Path:
 
 
 def _progress_flag(value):
+    """``train.progress``: auto (a bar on a terminal, plain lines otherwise) | bar | lines | false."""
     if isinstance(value, bool):
-        return value
-    return {"true": True, "false": False}.get(str(value).lower(), "auto")
+        return "bar" if value else "off"
+    choice = {"true": "bar", "false": "off"}.get(str(value).lower(), str(value).lower())
+    if choice not in ("auto", "bar", "lines", "off"):
+        raise ConfigError(f"train.progress must be auto, bar, lines or false, got {value!r}")
+    return choice
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: finish the current step, save a checkpoint of it, then stop.
+
+    The first SIGINT only sets ``requested`` (the loop checks it after each optimizer step); a second
+    one restores Python's handler and interrupts at once. Installed only in the main thread.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nzoo train: Ctrl-C: stopping after this step and saving a checkpoint of it "
+              "(press Ctrl-C again to quit at once, without one)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, device, amp_dtype, config,
-          step, output_dir):
+          step, output_dir, stop: StopRequest | None = None):
     train = config["train"]
     max_steps, accum = int(train["max_steps"]), int(train["grad_accum"])
     log_every, eval_every, ckpt_every = int(train["log_every"]), int(train["eval_every"] or 0), int(train["ckpt_every"] or 0)
@@ -400,6 +466,7 @@ def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, 
                       "samples_per_s": window_steps * accum * batch_size * info.world_size / elapsed,
                       "time": time.time()}
             run_log.log(record)
+            run_log.progress_line(record)
             window, window_steps, window_start = {}, 0, time.perf_counter()
 
         if eval_every and step % eval_every == 0:
@@ -412,8 +479,16 @@ def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, 
                 logger.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
                 run_log.log({"step": step, "eval": numbers})
 
-        if ckpt_every and step % ckpt_every == 0 and step < max_steps:
+        saved = ckpt_every and step % ckpt_every == 0 and step < max_steps
+        if saved:
             _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir)
+        if stop is not None and step < max_steps and D.any_across_ranks(stop.requested, info, device):
+            if not saved:
+                _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir)
+            if info.is_main:
+                print(f"zoo train: stopped at step {step}/{max_steps}; checkpoint in {output_dir / 'checkpoints'}. "
+                      "Run the same command again to resume.", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
 
 
 def _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir):

@@ -36,7 +36,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "clip_grad_norm": None,  # global grad-norm clipping; null = off
         "seed": 0,
         "log_every": 10,
-        "ckpt_every": 500,     # 0 = no intermediate checkpoints
+        "ckpt_every": 500,     # 0 = no intermediate checkpoints (Ctrl-C still saves the last finished step)
         "keep_last": 2,
         "eval_every": 0,       # 0 = never
         "output_dir": "runs/zoo",
@@ -49,7 +49,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "drop_last": True,
         "resume": "auto",      # auto | true | false | path to checkpoints/step-*
         "overwrite": False,
-        "progress": "auto",    # auto (only on a tty) | true | false
+        "progress": "auto",    # auto (a bar on a terminal, plain lines otherwise) | bar | lines | false
         "tensorboard": True,
     },
 }

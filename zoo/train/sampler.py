@@ -39,10 +39,14 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
                 f"(train.batch_size={self.batch_size} x {world_size} processes); lower train.batch_size.")
 
     def set_position(self, epoch: int, batches_done: int = 0) -> None:
+        """Start the next iteration at ``batches_done`` batches into ``epoch`` (exact resume)."""
         self.epoch = int(epoch)
         self.start_batch = int(batches_done)
 
     def permutation(self, epoch: int) -> list[int]:
+        """This rank's item order for ``epoch``: a seeded permutation (same on every rank), padded by
+        wrapping around to a multiple of the world size, then every ``world_size``-th item from ``rank``.
+        """
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.dataset_size, generator=generator).tolist()

@@ -12,6 +12,11 @@ SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 
 
 def build_optimizer(param_groups, optim: dict) -> torch.optim.Optimizer:
+    """The optimizer the ``optim`` section names (adamw, adam or sgd) over ``param_groups``, with its ``lr``,
+    ``betas``/``eps``, ``momentum``/``nesterov`` and ``weight_decay`` (a group's own ``weight_decay`` wins).
+
+    Raises :class:`~zoo.errors.ConfigError` for another name or malformed betas.
+    """
     name = str(optim.get("name") or "adamw").lower()
     lr = float(optim["lr"])
     weight_decay = float(optim.get("weight_decay") or 0.0)
@@ -48,6 +53,10 @@ def lr_factor(step: int, *, name: str, warmup_steps: int, total_steps: int, min_
 
 
 def build_scheduler(optimizer, schedule: dict, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` following :func:`lr_factor` for the ``schedule`` section (warmup then constant,
+    linear, cosine or polynomial decay over ``total_steps``, default ``max_steps``). ``ConfigError`` for another
+    name.
+    """
     name = str(schedule.get("name") or "constant").lower()
     if name not in SCHEDULES:
         raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {name!r}")

@@ -1,4 +1,4 @@
-"""The protocol a family implements to be trained by the engine (CONTRACTS.md "zoo.train")."""
+"""The protocol a family implements to be trained by the engine (``zoo.train.engine.run``)."""
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ class Trainer:
         raise NotImplementedError(f"{type(self).__name__} must implement build_datasets()")
 
     def collate(self, items: list) -> Any:
+        """Turn a list of dataset items into a batch (default: ``torch.utils.data.default_collate``)."""
         return torch.utils.data.default_collate(items)
 
     def training_step(self, model, batch) -> dict:
@@ -72,4 +73,5 @@ class Trainer:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (called on resume, after ``on_train_start``)."""
         pass

@@ -1,0 +1,56 @@
+"""Architecture constants of the shared blocks, importable without torch.
+
+Family builders take their default configs from here, so that ``zoo list``, ``zoo info`` and
+``zoo --help`` (which read the families' sizes) never import torch.
+"""
+
+# facebook/hubert-base-ls960 as transformers writes it (its config.json on the Hub; transformers'
+# HubertConfig field names): the encoder of the speech families' base sizes, hard-coded so that
+# building one never downloads a config.
+HUBERT_BASE_ENCODER = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "conv_dim": [512] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "group",
+    "feat_proj_layer_norm": True,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "layer_norm_eps": 1e-5,
+    "do_stable_layer_norm": False,
+    "mask_time_prob": 0.05,
+    "layerdrop": 0.1,
+    "hidden_dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.1,
+    "feat_proj_dropout": 0.1,
+}
+
+
+# WeSpeaker's ECAPA-TDNN (wenet-e2e/wespeaker:wespeaker/models/ecapa_tdnn.py): the DINO recipes use the
+# GLOB variants (global context attention) with emb_bn=True. ``tiny`` is a CPU-test width.
+ECAPA_SIZES = {
+    "ecapa512": {"channels": 512},
+    "ecapa1024": {"channels": 1024},
+    "tiny": {"channels": 32, "cat_out_channels": 96, "pool_bottleneck": 32, "se_bottleneck": 16},
+}
+
+ECAPA_DEFAULTS = {
+    "channels": 512,
+    "feat_dim": 80,
+    "embed_dim": 192,
+    "global_context_att": True,
+    "emb_bn": True,
+    "scale": 8,
+    "se_bottleneck": 128,
+    "pool_bottleneck": 128,
+    # WeSpeaker hard-codes 512 * 3 for the 1x1 conv after the concatenation, whatever `channels` is.
+    "cat_out_channels": 1536,
+}
+
+__all__ = ["ECAPA_DEFAULTS", "ECAPA_SIZES", "HUBERT_BASE_ENCODER"]
