@@ -32,21 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError, ImageInputError
+from zoo.models.configs import MAGVITV2_CONFIG as _CONFIG
 from zoo.nn.attention import attention
 
-#: The official configuration (the constructor defaults of the official VQGANEncoder/VQGANDecoder/LFQuantizer).
-MAGVITV2_CONFIG: dict[str, Any] = {
-    "encoder": {"ch": 128, "ch_mult": [1, 2, 2, 4, 4], "num_res_blocks": [4, 3, 4, 3, 4], "attn_resolutions": [5],
-                "resolution": 256, "in_channels": 3, "z_channels": 13, "dropout": 0.0},
-    "decoder": {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": [4, 4, 3, 4, 3], "attn_resolutions": [5],
-                "resolution": 256, "out_channels": 3, "z_channels": 13, "dropout": 0.0},
-    "codebook_dim": 13,
-    "norm_groups": 32,
-    # LFQ training losses (only used when training a tokenizer): commitment beta and the multipliers.
-    "beta": 0.25,
-    "commit_loss_multiplier": 0.1,
-    "entropy_multiplier": 0.1,
-}
+#: The official configuration (torch-free copy in zoo.models.configs).
+MAGVITV2_CONFIG: dict[str, Any] = _CONFIG
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:

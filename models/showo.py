@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
+from zoo.models.configs import PHI_1_5 as _PHI
 
 IGNORE_INDEX = -100
 
@@ -44,13 +45,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "
 PAD_TOKEN = "[PAD]"
 NUM_SPECIAL = 1 + len(SPECIAL_TOKENS)
 
-#: microsoft/phi-1_5's architecture (its config.json), the LLM of Show-o.
-PHI_1_5: dict = {
-    "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32, "intermediate_size": 8192,
-    "hidden_act": "gelu_new", "max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "partial_rotary_factor": 0.5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0,
-    "qk_layernorm": False, "tie_word_embeddings": False, "initializer_range": 0.02,
-}
+#: microsoft/phi-1_5's architecture (torch-free copy in zoo.models.configs).
+PHI_1_5: dict = _PHI
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ the concept rows (concept_tokens.py), the stage initialisations and diff masks (
 concept folder (data.py), evaluation (evaluate.py).
 """
 from zoo.multimodal.unictokens.builder import DEFAULT_CONFIG, SIZES, build
-from zoo.multimodal.unictokens.loader import load
 from zoo.registry import Family, register_family
 
 FAMILY = register_family(Family(
@@ -18,10 +17,19 @@ FAMILY = register_family(Family(
     sizes=SIZES,
     defaults=DEFAULT_CONFIG,
     trainer="zoo.multimodal.unictokens.trainer:UniCTokensTrainer",
-    load=load,
+    load="zoo.multimodal.unictokens.loader:load",
     evaluate="zoo.multimodal.unictokens.evaluate:evaluate",
     description="UniCTokens: personal concepts as unified tokens of a Show-o model (understanding and "
                 "generation; arXiv 2505.14671).",
 ))
 
 __all__ = ["FAMILY", "DEFAULT_CONFIG", "SIZES", "build", "load"]
+
+
+def __getattr__(name: str):
+    # loaded on first use: importing the family (``zoo list``) must not import torch
+    if name == "load":
+        from zoo.multimodal.unictokens.loader import load
+
+        return load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

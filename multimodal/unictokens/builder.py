@@ -21,8 +21,7 @@ from __future__ import annotations
 import copy
 
 from zoo.config import merge
-from zoo.models.magvitv2 import MAGVITV2_CONFIG
-from zoo.models.showo import PHI_1_5
+from zoo.models.configs import MAGVITV2_CONFIG, PHI_1_5
 
 #: The concept a model carries (empty name = none). ``tokens``: ``<token_i>`` rows added by each
 #: stage so far (official: [16], [16, 8], [16, 8, 8]); ``trainable``: indices into the concept rows
@@ -30,21 +29,21 @@ from zoo.models.showo import PHI_1_5
 NO_CONCEPT = {"name": "", "class_word": "", "tokens": [], "trainable": None, "kind": "object"}
 
 
-def _shapes_words() -> list[str]:
-    """The tiny/shapes text vocabulary: shapes-world words, the chat template and the answers."""
-    from zoo.data.shapes import BACKGROUNDS, COLORS, CONCEPTS, SHAPES, TEXTURES
-
-    words = set(COLORS) | set(SHAPES) | set(TEXTURES) | set(BACKGROUNDS)
-    words |= {"crosses" if s == "cross" else s + "s" for s in SHAPES}
-    words |= {c.class_word for c in CONCEPTS.values()}
-    words |= set("""a an the of and is are there what which how many color colour shape texture pattern does do have
-        has in on this that it to left right above below under top bigger smaller larger than with without dot
-        outline mark photo image picture scene middle object objects thing things one two three four five six none
-        yes no Yes No not describe see can you me tell about where who its background face detail striped dotted
-        checkered spotted stripes dots plain USER ASSISTANT A An The Is Are What How Describe Does""".split())
-    words |= {str(i) for i in range(10)}
-    words |= set(". , ? ! : ; ' \" - ( ) < > _ |".split())
-    return sorted(words)
+#: The tiny/shapes text vocabulary: shapes-world words (colours, shapes, textures, backgrounds, plurals,
+#: class words), the chat template's words and the answers; ids follow this order after <|endoftext|> and <unk>.
+SHAPES_WORDS: tuple[str, ...] = (
+    '!', '"', "'", '(', ')', ',', '-', '.', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', ':', ';', '<', '>',
+    '?', 'A', 'ASSISTANT', 'An', 'Are', 'Describe', 'Does', 'How', 'Is', 'No', 'The', 'USER', 'What', 'Yes', '_',
+    'a', 'about', 'above', 'an', 'and', 'are', 'background', 'beige', 'below', 'bigger', 'blue', 'can', 'charcoal',
+    'checkered', 'circle', 'circles', 'color', 'colour', 'cross', 'crosses', 'cyan', 'describe', 'detail',
+    'diamond', 'diamonds', 'do', 'does', 'dot', 'dots', 'dotted', 'face', 'five', 'four', 'gray', 'green', 'has',
+    'have', 'how', 'image', 'in', 'is', 'it', 'its', 'larger', 'left', 'many', 'mark', 'me', 'middle', 'no', 'none',
+    'not', 'object', 'objects', 'of', 'on', 'one', 'orange', 'outline', 'pattern', 'photo', 'picture', 'pink',
+    'plain', 'purple', 'red', 'right', 'ring', 'rings', 'scene', 'see', 'shape', 'six', 'smaller', 'spotted',
+    'square', 'squares', 'star', 'stars', 'striped', 'stripes', 'tell', 'texture', 'than', 'that', 'the', 'there',
+    'thing', 'things', 'this', 'three', 'to', 'top', 'triangle', 'triangles', 'two', 'under', 'what', 'where',
+    'which', 'white', 'who', 'with', 'without', 'yellow', 'yes', 'you', '|',
+)
 
 
 DEFAULT_CONFIG: dict = {
@@ -68,7 +67,7 @@ DEFAULT_CONFIG: dict = {
     "lora": {"r": 0, "alpha": 16, "dropout": 0.0, "target_modules": ["fc1", "k_proj", "v_proj", "q_proj", "fc2"]},
 }
 
-_WORDS = _shapes_words()
+_WORDS = list(SHAPES_WORDS)
 
 SIZES: dict[str, dict] = {
     "show-o-512": {},
@@ -116,4 +115,4 @@ def build(config: dict):
     return UniCTokensModel.from_config(merge(DEFAULT_CONFIG, config))
 
 
-__all__ = ["DEFAULT_CONFIG", "SIZES", "NO_CONCEPT", "build"]
+__all__ = ["DEFAULT_CONFIG", "SIZES", "NO_CONCEPT", "SHAPES_WORDS", "build"]

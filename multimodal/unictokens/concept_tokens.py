@@ -14,7 +14,7 @@ stay frozen and the rows that train are separate small parameters spliced in:
 * :class:`SplicedEmbedding` looks ids up in the frozen table and takes the trainable rows from
   ``row_weight``; the gradient reaches only ``row_weight``.
 * :class:`SplicedLinear` computes the logits with the frozen weight (kept equal to the trainable
-  rows, copied in after every optimiser step) and, in backward, gives ``row_weight``/``row_bias``
+  rows: a global optimiser post-step hook copies them in after every step, and forward checks) and, in backward, gives ``row_weight``/``row_bias``
   the gradient of their logit columns only; no ``[V, D]`` gradient is ever formed.
 
 Optimiser state then exists only for the trainable rows. Because Adam, AdamW and SGD update
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,13 +69,34 @@ class VocabLayout:
 
 # ---------------------------------------------------------------------------- spliced modules
 
+_LIVE = weakref.WeakSet()
+_HOOKED = False
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    """Global optimiser post-step hook: copy freshly stepped rows into their frozen tables at once, so
+    ``weight`` is current when read directly (forward would otherwise do it lazily)."""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for module in list(_LIVE):
+        if any(id(p) in stepped for p in (getattr(module, "row_weight", None), getattr(module, "row_bias", None))
+               if p is not None):
+            module.sync_()
+
+
 class _RowSplice(nn.Module):
     """Shared bookkeeping: which vocabulary rows train (``row_ids``) and a lookup id -> slot."""
 
     def _init_rows(self, vocab_size: int) -> None:
+        global _HOOKED
         self.register_buffer("row_ids", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("row_slot", torch.full((vocab_size,), -1, dtype=torch.long), persistent=False)
         self._synced = None
+        _LIVE.add(self)
+        if not _HOOKED:
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+
+            register_optimizer_step_post_hook(_after_optimizer_step)
+            _HOOKED = True
 
     @property
     def num_rows(self) -> int:
