@@ -27,7 +27,7 @@ import numpy as np
 
 logger = logging.getLogger("zoo.unictokens")
 
-__all__ = ["evaluate", "evaluate_concept", "evaluate_base", "class_word_question", "rec_correct", "normalise"]
+__all__ = ["evaluate", "evaluate_concept", "evaluate_base", "evaluate_vq", "class_word_question", "rec_correct", "normalise"]
 
 
 def normalise(text: str) -> str:
@@ -145,6 +145,27 @@ def evaluate_base(model, manifest="heldout", *, max_items: int = 32, num_images:
             scores.append(check(image, scene.caption)["overall"])
     return {"vqa_accuracy": float(np.mean(right)), "t2i_faithfulness": float(np.mean(scores)),
             "scenes": len(scenes)}
+
+
+def evaluate_vq(model, manifest="heldout", max_items: int = 64) -> dict:
+    """The image tokenizer on held-out shapes scenes: reconstruction PSNR (dB) against a flat baseline
+    (each image replaced by its mean colour), and how many codes the images use."""
+    import torch
+
+    from zoo.data.shapes import read_manifest
+    from zoo.metrics import psnr
+    from zoo.multimodal.unictokens.pretrain import _manifest
+
+    scenes = read_manifest(_manifest("heldout" if manifest in ("demo", None) else manifest))[:max_items]
+    pixels = model.prepare_images([s.image for s in scenes])
+    with torch.no_grad():
+        codes = model.vq_model.get_code(pixels)
+        recon = model.vq_model.decode_code(codes).clamp(-1, 1)
+    flat = pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels)
+    return {"psnr_db": float(psnr(recon, pixels, data_range=2.0)),
+            "psnr_flat_baseline_db": float(psnr(flat, pixels, data_range=2.0)),
+            "codes_used": int(codes.unique().numel()), "codebook_size": model.vocab.codebook_size,
+            "images": len(scenes)}
 
 
 def evaluate(model, data, output=None, **options) -> dict:

@@ -60,6 +60,11 @@ class ShapesPretrainSet(torch.utils.data.Dataset):
         self.transform = model.image_transform()
         self.epoch = 0
         self._pixels = {}
+        self.codes = None
+        if with_text:  # the image tokenizer is frozen while the LLM trains: encode every image once
+            pixels = torch.stack([self._image(i) for i in range(len(self.scenes))])
+            self.codes = torch.cat([model.encode_images(chunk) for chunk in pixels.split(32)]).cpu()
+            self._pixels = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -75,9 +80,9 @@ class ShapesPretrainSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         from zoo.text import encode_conversation
 
-        item = {"pixel_values": self._image(index)}
         if not self.with_text:
-            return item
+            return {"pixel_values": self._image(index)}
+        item = {"codes": self.codes[index]}
         scene = self.scenes[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         pairs = scene_questions(scene, rng)
@@ -90,15 +95,16 @@ class ShapesPretrainSet(torch.utils.data.Dataset):
 
 
 def collate_pretrain(items: list[dict], pad_id: int) -> dict:
-    """Stack images; with text, ``{"t2i": {pixel_values, text_ids}, "mmu": {pixel_values, input_ids, labels}}``."""
-    pixels = torch.stack([item["pixel_values"] for item in items])
+    """Images: ``{"pixel_values"}``; with text, ``{"t2i": {codes, text_ids}, "mmu": {codes, input_ids, labels}}``
+    (codes: the frozen tokenizer's, computed once)."""
     if "caption" not in items[0]:
-        return {"pixel_values": pixels}
+        return {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
+    codes = torch.stack([item["codes"] for item in items])
     width = max(len(item["input_ids"]) for item in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), -100, dtype=torch.long)
     for row, item in enumerate(items):
         ids[row, :len(item["input_ids"])] = item["input_ids"]
         labels[row, :len(item["labels"])] = item["labels"]
-    return {"t2i": {"pixel_values": pixels, "text_ids": [item["caption"] for item in items]},
-            "mmu": {"pixel_values": pixels, "input_ids": ids, "labels": labels}}
+    return {"t2i": {"codes": codes, "text_ids": [item["caption"] for item in items]},
+            "mmu": {"codes": codes, "input_ids": ids, "labels": labels}}

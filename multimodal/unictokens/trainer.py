@@ -246,11 +246,27 @@ class UniCTokensTrainer(Trainer):
     def _run_earlier_stages(self) -> None:
         from zoo.train import run
 
+        if self.config["eval"].get("enabled"):
+            self._baseline_eval()
         for stage in (1, 2):
             sub = self._sub_config(stage)
             logger.info("stage all: stage %d in %s", stage, sub["train"]["output_dir"])
             run(sub)
         make_diff_masks(Path(self.output_dir) / "stage2", self.config["stage"]["diff_masks"])
+
+    def _baseline_eval(self) -> None:
+        """The base asked with the class word instead of the concept (once, ``eval_base.json``)."""
+        from zoo.files import write_json
+        from zoo.multimodal.unictokens.evaluate import evaluate_concept
+
+        target = Path(self.output_dir) / "eval_base.json"
+        if target.is_file():
+            return
+        base, _ = self._load_base()
+        section = self.config["eval"]
+        report = evaluate_concept(base, self._concept_data(), num_images=int(section["num_images"]),
+                                  steps=int(section["steps"]), guidance=float(section["guidance"]), baseline=True)
+        write_json(target, report)
 
     def _sub_config(self, stage: int) -> dict:
         from zoo.multimodal.unictokens.data import read_concept_folder
@@ -277,7 +293,6 @@ class UniCTokensTrainer(Trainer):
 
             previous = int((config["stage"].get("epochs_per_stage") or {}).get("1") or 20)
             config["stage"]["from_epoch"] = FROM_EPOCH[2] if previous >= FROM_EPOCH[2] else previous
-        config["eval"]["enabled"] = False
         return config
 
     # ------------------------------------------------------------------ data
@@ -341,13 +356,15 @@ class UniCTokensTrainer(Trainer):
         out["loss"] = total
         return out
 
-    def _codes(self, core, pixels) -> torch.Tensor:
+    def _codes(self, core, batch) -> torch.Tensor:
+        if "codes" in batch:
+            return batch["codes"]
         with torch.no_grad():
-            return core.vq_model.get_code(pixels)
+            return core.vq_model.get_code(batch["pixel_values"])
 
     def _t2i_loss(self, model, core, batch) -> torch.Tensor:
         vocab = core.vocab
-        image_tokens = self._codes(core, batch["pixel_values"]) + vocab.image_offset
+        image_tokens = self._codes(core, batch) + vocab.image_offset
         masked, labels, _ = mask_or_random_replace_tokens(image_tokens, vocab.mask_id)
         input_ids, labels = t2i_sequences(batch["text_ids"], masked, vocab, core.max_text_len, core.bos_id, core.eos_id,
                                           labels=labels, cond_dropout_prob=float(self.config["data"]["cond_dropout_prob"]))
@@ -355,7 +372,7 @@ class UniCTokensTrainer(Trainer):
 
     def _mmu_loss(self, model, core, batch) -> torch.Tensor:
         vocab = core.vocab
-        image_tokens = self._codes(core, batch["pixel_values"]) + vocab.image_offset
+        image_tokens = self._codes(core, batch) + vocab.image_offset
         prefix = mmu_prefix(image_tokens, vocab)
         input_ids = torch.cat([prefix, batch["input_ids"]], dim=1)
         labels = torch.cat([torch.full_like(prefix, -100), batch["labels"]], dim=1)
@@ -385,7 +402,7 @@ class UniCTokensTrainer(Trainer):
             save_official_rows(Path(self.output_dir) / "saves", epoch, model.concept_rows(), overwrite=True)
 
     def on_train_end(self, model) -> None:
-        if self.rank != 0 or not self.config["eval"].get("enabled") or self.stage == "vq":
+        if self.rank != 0 or not self.config["eval"].get("enabled"):
             return
         try:
             report = self.evaluate_now(model)
@@ -395,14 +412,21 @@ class UniCTokensTrainer(Trainer):
         from zoo.files import write_json
 
         write_json(Path(self.output_dir) / "eval.json", report)
-        print(json.dumps(report, indent=2))
+        if self.stage == "all":
+            print(stage_table(Path(self.output_dir)))
+        else:
+            print(json.dumps(report, indent=2))
 
     def evaluate_now(self, model) -> dict:
         from zoo.multimodal.unictokens.evaluate import evaluate_concept, evaluate_base
 
         section = self.config["eval"]
+        if self.stage == "vq":
+            from zoo.multimodal.unictokens.evaluate import evaluate_vq
+
+            return evaluate_vq(model, "heldout")
         if self.stage == "base":
-            return evaluate_base(model, self.config["data"]["manifest"], max_items=32,
+            return evaluate_base(model, "heldout", max_items=32,
                                  num_images=int(section["num_images"]), steps=int(section["steps"]),
                                  guidance=float(section["guidance"]))
         return evaluate_concept(model, self.concept, num_images=int(section["num_images"]), steps=int(section["steps"]),
@@ -459,6 +483,21 @@ class UniCTokensTrainer(Trainer):
 
     def state_dict(self) -> dict:
         return {}
+
+
+def stage_table(folder: Path) -> str:
+    """A Markdown table of the evaluations of an ``all`` run: base + class word, after stages 1, 2, 3."""
+    rows = [("base + class word", folder / "eval_base.json"), ("after stage 1", folder / "stage1/eval.json"),
+            ("after stage 2", folder / "stage2/eval.json"), ("after stage 3", folder / "eval.json")]
+    keys = ["rec_recall", "rec_no_recall", "rec_accuracy", "vqa_accuracy", "concept_present", "faithfulness"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, path in rows:
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        cells = [f"{report[k]:.3f}" if isinstance(report.get(k), (int, float)) else "-" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _stage_batches(stage: int, data, section: dict) -> int:
@@ -518,4 +557,4 @@ def make_diff_masks(stage2_folder, settings: dict, *, force: bool = False) -> Pa
     return folder / "diff_masks"
 
 
-__all__ = ["UniCTokensTrainer", "make_diff_masks", "STAGES"]
+__all__ = ["UniCTokensTrainer", "make_diff_masks", "stage_table", "STAGES"]

@@ -107,7 +107,7 @@ def test_diff_mask_is_white_where_step_tokens_differ_from_the_final_ones():
     assert picture.size == (32, 32)
     grid = region.view(4, 8, 4, 8)[:, 0, :, 0]  # 8x8 pixels per token
     assert grid.flatten().nonzero().flatten().tolist() == [0, 5]
-    pixels = torch.from_numpy(__import__("numpy").asarray(picture))
+    pixels = torch.from_numpy(__import__("numpy").array(picture))
     assert bool((pixels[region] == 255).all())  # white (1.0 in [-1, 1] -> 255)
     plain = model.decode_codes(step)[0]
     assert __import__("numpy").array_equal(__import__("numpy").asarray(plain)[~region.numpy()],
@@ -145,3 +145,26 @@ def test_stage2_with_the_wrong_token_count_names_the_file(tmp_path, concept_fold
     config = _config(tmp_path / "stage2", concept_folder, name="2", previous=str(tmp_path / "stage1"))
     with pytest.raises(CheckpointFormatError, match="epoch_15_embed.pt has 5 rows but 4"):
         run(config)
+
+
+def test_vq_and_base_pretraining_stages(tmp_path, capsys):
+    from zoo.data.shapes import generate
+    from zoo.train import run
+
+    manifest = generate(tmp_path / "shapes", 8, size=32, seed=1)
+    common = {"family": "unictokens", "data": {"manifest": str(manifest)},
+              "eval": {"enabled": False},
+              "train": {"batch_size": 4, "log_every": 2, "ckpt_every": 0, "tensorboard": False, "progress": False}}
+    vq = run({**common, "stage": {"name": "vq"}, "model": {"init": "unictokens-tiny", "pretrained": False},
+              "train": {**common["train"], "max_steps": 3, "output_dir": str(tmp_path / "vq")}})
+    base = run({**common, "stage": {"name": "base", "loss_weights": {"t2i": 1.0, "mmu": 1.0}},
+                "model": {"init": str(vq)}, "optim": {"lr": 3e-3},
+                "train": {**common["train"], "max_steps": 6, "output_dir": str(tmp_path / "base")}})
+    import zoo
+
+    trained_vq, trained = zoo.load(str(vq)), zoo.load(str(base))
+    # the LLM trained, the tokenizer did not
+    assert torch.equal(trained.vq_model.encoder.conv_in.weight, trained_vq.vq_model.encoder.conv_in.weight)
+    assert not torch.equal(trained.showo.lm_head.weight, trained_vq.showo.lm_head.weight)
+    log = [json.loads(line) for line in (tmp_path / "base/log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert log[-1]["loss"] < log[0]["loss"]
