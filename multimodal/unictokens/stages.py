@@ -108,7 +108,6 @@ def face_rows(images, num_rows: int, hidden_size: int) -> torch.Tensor | None:
     linearly interpolated to ``[num_rows, hidden_size]``. Returns None (and logs why) when
     insightface is not installed, its models cannot be loaded, or no image has a face."""
     try:
-        import cv2  # noqa: F401  (insightface needs it)
         from insightface.app import FaceAnalysis
     except ImportError:
         logger.warning("stage 2: insightface is not installed (pip install 'zoo[face]'); the new rows keep the "
