@@ -318,11 +318,19 @@ class MAGVITv2(nn.Module):
         """Codes ``LongTensor[B, h*w]`` -> images ``[B, 3, h*f, w*f]`` (about [-1, 1]; clamp before saving)."""
         return self.decoder(self.quantize.get_codebook_entry(codes, shape))
 
-    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
         """Reconstruction pass for training: ``reconstruction``, ``indices [B, h*w]``, ``quantizer_loss``,
-        ``entropy_loss``."""
+        ``entropy_loss``. ``quantize=False`` decodes ``tanh`` of the latents instead of their signs (a
+        continuous warm-up that keeps a small tokenizer from collapsing onto a few codes early on); the
+        losses are then zero and ``indices`` are still the sign codes."""
         self._check_pixels(pixel_values)
-        quantised = self.quantize(self.encoder(pixel_values))
+        latents = self.encoder(pixel_values)
+        if not quantize:
+            zero = latents.new_zeros(())
+            return {"reconstruction": self.decoder(torch.tanh(latents)),
+                    "indices": self.quantize.get_indices(latents).flatten(1), "quantizer_loss": zero,
+                    "entropy_loss": zero}
+        quantised = self.quantize(latents)
         return {"reconstruction": self.decoder(quantised["z"]), "indices": quantised["indices"].flatten(1),
                 "quantizer_loss": quantised["quantizer_loss"], "entropy_loss": quantised["entropy_loss"]}
 

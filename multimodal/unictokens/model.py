@@ -343,11 +343,12 @@ class UniCTokensModel(ZooModel):
         return [Image.fromarray(a) for a in array]
 
     # ------------------------------------------------------------------ forward pieces
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, vq: bool = False):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, vq: bool = False,
+                quantize: bool = True):
         """Logits ``[B, L, V]`` of ids ``[B, L]`` under a keep-mask ``[B, 1, L, L]`` (None = causal); with
         ``vq=True``, the image tokenizer's reconstruction pass on pixels (training the tokenizer)."""
         if vq:
-            return self.vq_model(input_ids)
+            return self.vq_model(input_ids, quantize=quantize)
         return self.logits(input_ids, attention_mask)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -63,6 +63,7 @@ class UniCTokensTrainer(Trainer):
             "epochs_per_stage": {"1": 20, "2": 20, "3": 20},   # stage "all"
             "optim_per_stage": {},   # stage "all": optimiser overrides per stage, e.g. {"1": {"weight_decay": 1e-4}}
             "data_per_stage": {},    # stage "all": data overrides per stage, e.g. {"1": {"mmu_batch_size": 4}}
+            "vq_warmup_steps": 0,    # stage "vq": steps that decode tanh(latents) before the sign quantiser
         },
         "model": {"init": "unictokens-tiny", "pretrained": True, "overrides": {}, "lora": {"r": 0}},
         "concept": {"folder": None, "shapes": None, "min_images": 3},
@@ -474,7 +475,9 @@ class UniCTokensTrainer(Trainer):
 
     def _vq_step(self, model, batch) -> dict:
         pixels = batch["pixel_values"]
-        out = model(pixels, vq=True)
+        self._vq_step_count = getattr(self, "_vq_step_count", 0) + 1
+        warm = self._vq_step_count <= int(self.config["stage"].get("vq_warmup_steps") or 0)
+        out = model(pixels, vq=True, quantize=not warm)
         recon = out["reconstruction"]
         mse = torch.mean((recon - pixels) ** 2)
         l1 = torch.mean((recon - pixels).abs())
@@ -482,7 +485,10 @@ class UniCTokensTrainer(Trainer):
         return {"loss": loss, "mse": mse.detach(), "codes_used": float(out["indices"].unique().numel())}
 
     def state_dict(self) -> dict:
-        return {}
+        return {"vq_step_count": int(getattr(self, "_vq_step_count", 0))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._vq_step_count = int(state.get("vq_step_count", 0))
 
 
 def stage_table(folder: Path) -> str:

@@ -168,3 +168,33 @@ def test_vq_and_base_pretraining_stages(tmp_path, capsys):
     assert not torch.equal(trained.showo.lm_head.weight, trained_vq.showo.lm_head.weight)
     log = [json.loads(line) for line in (tmp_path / "base/log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_people_without_insightface_keep_the_code_rows_and_say_so(caplog, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_insightface(name, *args, **kwargs):
+        if name.startswith("insightface"):
+            raise ImportError("no insightface")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_insightface)
+    model = FAMILY.build(FAMILY.make_config("tiny"))
+    model.insert_concept("ann", "woman", tokens=[3, 2], kind="human")
+    before = model.concept_rows()
+    previous = {k: v[:4].clone() + 1 for k, v in before.items()}
+    with caplog.at_level("WARNING", logger="zoo.unictokens"):
+        used = stages.init_stage2(model, previous, "human", face_images=[])
+    assert not used and "insightface is not installed" in caplog.text
+    rows = model.concept_rows()
+    assert torch.equal(rows["embed"][:4], previous["embed"]) and torch.equal(rows["embed"][4:], before["embed"][4:])
+
+
+def test_lora_option_trains_adapters_and_rows_only():
+    model = FAMILY.build(FAMILY.make_config("tiny", {"lora": {"r": 2, "alpha": 4}}))
+    model.insert_concept("bo", "star", tokens=[2])
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert any("lora_A" in n for n in trainable) and "showo.model.embed_tokens.row_weight" in trainable
+    assert not any(n.endswith("q_proj.base_layer.weight") or n.endswith("fc1.base_layer.weight") for n in trainable)
