@@ -24,7 +24,7 @@ DISTRIBUTION = {
     "huggingface_hub": "huggingface_hub", "safetensors": "safetensors", "soundfile": "soundfile",
     "librosa": "librosa", "xformers": "xformers", "sklearn": "scikit-learn", "scipy": "scipy", "numba": "numba",
     "llvmlite": "llvmlite", "numpy": "numpy", "PIL": "pillow", "yaml": "PyYAML", "tqdm": "tqdm",
-    "matplotlib": "matplotlib", "tokenizers": "tokenizers", "torchmetrics": "torchmetrics", "peft": "peft",
+    "matplotlib": "matplotlib", "tokenizers": "tokenizers", "peft": "peft", "torchmetrics": "torchmetrics",
     # optional extras: imported inside the function that needs them, declared under [project.optional-dependencies]
     "segment_anything": "segment-anything", "insightface": "insightface",
     # `from torch.utils.tensorboard import SummaryWriter` needs the tensorboard distribution.

@@ -1,7 +1,9 @@
 """Zoo format on disk and on the Hugging Face Hub.
 
 A zoo folder or Hub repo holds ``config.json`` (``family``, ``zoo_version``,
-``config``), ``model.safetensors`` and a ``README.md`` model card. Loading is strict.
+``config``), ``model.safetensors`` (or, above ``max_shard_size``, shards
+``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``) and a
+``README.md`` model card. Loading is strict and streams the weights (``zoo.weights``).
 """
 from __future__ import annotations
 
@@ -10,16 +12,17 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from zoo.errors import (
     CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
+from zoo import weights
 from zoo.files import copy_file, staging_folder
 from zoo.version import __version__
 
@@ -42,11 +45,14 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
         )
 
 
-def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
+def save_pretrained(model, save_directory: str | Path, *, card: Any = None, overwrite: bool = False,
+                    max_shard_size: int | str = weights.DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write ``model`` in zoo format to ``save_directory`` atomically; returns the folder.
 
-    The folder gets ``config.json`` (``family``, ``zoo_version``, ``config``, ``card``),
-    ``model.safetensors`` (every parameter and buffer, CPU, contiguous) and ``README.md`` (a Hub
+    The folder gets ``config.json`` (``family``, ``zoo_version``, ``config``, ``card``), the weights
+    (every parameter and buffer, CPU, contiguous: ``model.safetensors``, or above ``max_shard_size``
+    (bytes, or a string such as ``"5GB"``) shards ``model-0000i-of-0000n.safetensors`` with
+    ``model.safetensors.index.json``, one shard on the CPU at a time) and ``README.md`` (a Hub
     model card from ``card`` or the model's card name). Files are written into a staging folder
     next to the target, which then replaces it in one rename. Raises ``OutputExistsError`` when
     the folder holds files and ``overwrite`` is false (nothing is touched then).
@@ -58,20 +64,15 @@ def save_pretrained(model, save_directory: str | Path, *, card: Any = None, over
         if getattr(model, "card_name", None):
             config["card"] = model.card_name
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_file(plain_state_dict(model), str(staging / WEIGHTS_NAME), metadata={"format": "pt", "family": model.family})
+        weights.save_weights(model, staging, max_shard_size=max_shard_size,
+                             metadata={"format": "pt", "family": model.family})
         (staging / README_NAME).write_text(model_card_text(model, card), encoding="utf-8")
     return target
 
 
 def plain_state_dict(model) -> dict[str, torch.Tensor]:
     """The state dict as safetensors wants it: contiguous, CPU, no two names sharing memory."""
-    seen, out = set(), {}
-    for key, value in model.state_dict().items():
-        value = value.detach().to("cpu").contiguous()
-        pointer = (value.untyped_storage().data_ptr(), value.storage_offset())
-        out[key] = value.clone() if pointer in seen and value.numel() else value
-        seen.add(pointer)
-    return out
+    return weights.plain_tensors(model.state_dict())
 
 
 def model_card_text(model, card: Any = None) -> str:
@@ -198,6 +199,47 @@ def _weight_norm_spelling(keys) -> str | None:
     return None
 
 
+def respell_weight_norm(model: torch.nn.Module, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state_dict`` with its weight-norm keys spelled as ``model`` spells them (unchanged if it has none)."""
+    spelling = _weight_norm_spelling(model.state_dict())
+    return normalize_weight_norm_keys(state_dict, prefer=spelling) if spelling is not None else state_dict
+
+
+def check_keys(model: torch.nn.Module, shapes: Mapping[str, tuple | None], source: str, *,
+               hint: str | Callable[[list[str], list[str]], str] = "", tied: Iterable[Iterable[str]] = ()) -> list[str]:
+    """The one strict key check, on names and shapes only (``shapes``: checkpoint name -> shape, ``None``
+    for an entry that is not a tensor), so that a streaming loader can run it before reading any weight.
+
+    Raises :class:`~zoo.errors.CheckpointKeysError` for missing, unexpected and mis-shaped keys and
+    non-tensors (``hint`` as in ``load_state_dict_strict``). A name of a ``tied`` group (parameters
+    sharing one tensor, e.g. an LM head tied to its embedding) is present when any name of its group
+    is. Returns the keys under ``model.head_keys`` whose shape a config override changed.
+    """
+    own = model.state_dict()
+    head_keys = tuple(getattr(model, "head_keys", ()) or ())
+    present = set(shapes)
+    for group in tied:
+        group = list(group)
+        if any(name in shapes for name in group):
+            present.update(group)
+    missing = [k for k in own if k not in present]
+    unexpected = [k for k in shapes if k not in own]
+    not_tensors = sorted(k for k, shape in shapes.items() if shape is None)
+    mismatched, reinit = [], []
+    for key, shape in shapes.items():
+        if key in own and shape is not None and tuple(own[key].shape) != tuple(shape):
+            if key.startswith(head_keys) and head_keys:
+                reinit.append(key)
+            else:
+                mismatched.append((key, tuple(own[key].shape), tuple(shape)))
+    if missing or unexpected or mismatched or not_tensors:
+        advice = hint(sorted(missing), sorted(unexpected)) if callable(hint) else hint
+        if not_tensors:
+            advice = f"  entries that are not tensors: {not_tensors[:10]}" + (f"\n{advice}" if advice else "")
+        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=advice)
+    return reinit
+
+
 def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str, *,
                            hint: str | Callable[[list[str], list[str]], str] = "",
                            normalize_weight_norm: bool = True) -> torch.nn.Module:
@@ -215,51 +257,43 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any]
     Returns ``model``. Nothing is loaded when an error is raised.
     """
     if normalize_weight_norm:
-        spelling = _weight_norm_spelling(model.state_dict())
-        if spelling is not None:
-            state_dict = normalize_weight_norm_keys(state_dict, prefer=spelling)
+        state_dict = respell_weight_norm(model, state_dict)
     own = model.state_dict()
-    head_keys = tuple(getattr(model, "head_keys", ()) or ())
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
-    mismatched, reinit = [], []
-    for key, value in state_dict.items():
-        if key in own and isinstance(value, torch.Tensor) and tuple(own[key].shape) != tuple(value.shape):
-            if key.startswith(head_keys) and head_keys:
-                reinit.append(key)
-            else:
-                mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
-    if missing or unexpected or mismatched or not_tensors:
-        advice = hint(sorted(missing), sorted(unexpected)) if callable(hint) else hint
-        if not_tensors:
-            advice = f"  entries that are not tensors: {not_tensors[:10]}" + (f"\n{advice}" if advice else "")
-        raise CheckpointKeysError(source, missing, unexpected, mismatched, hint=advice)
+    reinit = check_keys(model, {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None
+                                for k, v in state_dict.items()}, source, hint=hint)
     if reinit:
         logger.warning("%s: re-initialised %s (shape changed by a config override)", source, ", ".join(reinit))
     filtered = {k: v for k, v in state_dict.items() if k not in reinit}
     filtered.update({k: own[k] for k in reinit})
-    model.load_state_dict(filtered, strict=True)
+    weights.load_state_dict(model, filtered, strict=True)  # also fills a model built under weights.init_empty
     return model
 
 
-def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False):
+def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False,
+                          dtype: torch.dtype | None = None, device=None):
     """Build the model a zoo-format ``folder`` describes and load its weights strictly.
 
-    ``overrides`` (dotted keys) change the stored config first; an unknown key is a ``ConfigError``, and an
-    override that changes a head's shape re-initialises that head. Raises ``CheckpointFormatError`` /
-    ``CheckpointKeysError`` for bad files; ``cached=True`` evicts a corrupt cached weights file.
+    The model is built on the meta device and its weights (``model.safetensors``, or shards with an
+    index) stream in with ``zoo.weights``, in ``dtype`` on ``device``; an adapter folder loads its base
+    and applies the LoRA adapter (``zoo.train.lora``). ``overrides`` (dotted keys) change the stored
+    config first; an unknown key is a ``ConfigError``, and an override that changes a head's shape
+    re-initialises that head. Raises ``CheckpointFormatError`` / ``CheckpointKeysError`` for bad files;
+    ``cached=True`` evicts a corrupt cached weights file.
     """
     from zoo.config import apply_overrides
     from zoo.registry import get_family
 
     meta = read_zoo_config(folder, source)
+    if "adapter" in meta:  # a LoRA adapter: its base, then the adapter on top (zoo.train.lora)
+        from zoo.train.lora import load_adapter_folder
+
+        return load_adapter_folder(folder, meta, source, cached=cached, dtype=dtype, device=device)
     family = get_family(meta["family"])
     config = json.loads(json.dumps(meta["config"]))
     apply_overrides(config, overrides or {}, defaults=json.loads(json.dumps(config)), source=f"overrides for {source}")
-    model = family.build(config)
-    state_dict = read_safetensors(folder / WEIGHTS_NAME, source, cached=cached)
-    load_state_dict_strict(model, state_dict, source)
+    files = weights.weight_files(folder)
+    model = weights.load_pretrained(family.build, config, folder / files[0], source=source, cached=cached,
+                                    dtype=dtype, device=device)
     model.card_name = meta.get("card")
     return model
 
@@ -362,12 +396,27 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None, c
         raise HubError(f"Hub request for {repo_id}/{filename} failed: {err}") from err
 
 
+def download_weights(repo_id: str, **kwargs) -> list[str]:
+    """Download a zoo repo's weights: ``model.safetensors``, else ``model.safetensors.index.json`` and every
+    shard it names. Returns the local paths (index first). ``kwargs`` as ``download_file``."""
+    try:
+        return [download_file(repo_id, WEIGHTS_NAME, **kwargs)]
+    except WeightsNotAvailableError as err:
+        first = err
+    try:
+        index = download_file(repo_id, weights.SAFE_WEIGHTS_INDEX_NAME, **kwargs)
+    except WeightsNotAvailableError:
+        raise first from None
+    return [index] + [download_file(repo_id, name, **kwargs) for name in weights.shard_names(index)]
+
+
 def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=None, token=None,
-                  overrides: dict | None = None):
+                  overrides: dict | None = None, dtype=None, device=None):
     """Load a zoo-format Hub repo (``"org/name"`` or ``"org/name@revision"``) through the huggingface_hub cache.
 
-    Downloads ``config.json`` and ``model.safetensors`` from one snapshot and builds the model as
-    :func:`build_from_zoo_folder` does (``overrides`` as there). Raises
+    Downloads ``config.json`` and the weights (``model.safetensors``, or the index and every shard; an
+    adapter repo's adapter files) from one snapshot and builds the model as :func:`build_from_zoo_folder`
+    does (``overrides``, ``dtype``, ``device`` as there). Raises
     :class:`~zoo.errors.WeightsNotAvailableError` (offline or unreachable with a cold cache, missing or gated
     repo, unknown revision), :class:`~zoo.errors.HubError`, or the loading errors of a bad file.
     """
@@ -375,15 +424,34 @@ def load_from_hub(repo: str, *, revision=None, cache_dir=None, local_files_only=
     revision = revision or pinned
     kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     config_path = download_file(repo_id, CONFIG_NAME, **kwargs)
-    weights_path = download_file(repo_id, WEIGHTS_NAME, **kwargs)
+    meta = read_zoo_config(Path(config_path).parent, f"hf-hub:{repo_id}")
+    if "adapter" in meta:
+        from zoo.train.lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+        weight_paths = [download_file(repo_id, ADAPTER_CONFIG_NAME, **kwargs),
+                        download_file(repo_id, ADAPTER_WEIGHTS_NAME, **kwargs)]
+        if not meta["adapter"].get("base"):
+            weight_paths += download_weights(repo_id, **kwargs)
+    else:
+        weight_paths = download_weights(repo_id, **kwargs)
     folder = Path(config_path).parent
-    if Path(weights_path).parent != folder:  # both files must come from the same snapshot
+    if any(Path(p).parent != folder for p in weight_paths):  # every file must come from the same snapshot
         raise HubError(f"{repo_id}: config and weights resolved to different snapshots; pin a revision.")
-    return build_from_zoo_folder(folder, f"hf-hub:{repo_id}@{revision or 'main'}", overrides=overrides, cached=True)
+    return build_from_zoo_folder(folder, f"hf-hub:{repo_id}@{revision or 'main'}", overrides=overrides, cached=True,
+                                 dtype=dtype, device=device)
 
 
 def _api(token=None):
     return _hf().HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+
+
+def _folder_files(folder: Path, meta: dict) -> list[str]:
+    """The weight files of a zoo folder (``zoo.weights.weight_files``), or of an adapter folder."""
+    if "adapter" in meta:
+        from zoo.train.lora import folder_files
+
+        return folder_files(folder, meta)
+    return weights.weight_files(folder)
 
 
 def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None, private: bool | None = None,
@@ -393,9 +461,10 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
 
     folder = Path(folder)
     meta = read_zoo_config(folder, str(folder))
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise CheckpointFormatError(f"{folder} has no {WEIGHTS_NAME}; save the model with save_pretrained first.")
-    read_safetensors(folder / WEIGHTS_NAME, str(folder))  # never push a broken file
+    files = _folder_files(folder, meta)
+    for name in files:  # never push a broken or incomplete file (headers and sizes checked)
+        if name == weights.SAFE_WEIGHTS_INDEX_NAME or (name.endswith(".safetensors") and "-of-" not in name):
+            weights.read_index(folder / name)  # an index reads every shard's header
     api = _api(token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -404,7 +473,7 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
         info = api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), revision=revision,
             commit_message=commit_message or f"Upload {meta['family']} model with zoo {__version__}",
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+            allow_patterns=[CONFIG_NAME, README_NAME, *files],
         )
     except hf_errors.HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
@@ -414,13 +483,15 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
     return info.oid
 
 
-def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None) -> str:
-    """Save ``model`` to a temporary zoo-format folder and upload it to ``repo_id``; returns the commit id.
+def push_model(model, repo_id: str, *, revision=None, private=None, token=None, commit_message=None,
+               max_shard_size: int | str = weights.DEFAULT_MAX_SHARD_SIZE) -> str:
+    """Save ``model`` to a temporary zoo-format folder (shards above ``max_shard_size``; an adapter folder for
+    a LoRA model) and upload it to ``repo_id``; returns the commit id.
 
     Raises :class:`~zoo.errors.HubError` when the Hub refuses (no token, no permission).
     """
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model")
+        folder = model.save_pretrained(Path(tmp) / "model", max_shard_size=max_shard_size)  # or a LoRA adapter
         return push_folder(folder, repo_id, revision=revision, private=private, token=token,
                            commit_message=commit_message)
 
@@ -437,7 +508,8 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
     try:
         folder = _hf().snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=bool(local_files_only),
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME, weights.SAFE_WEIGHTS_INDEX_NAME,
+                            "model-*-of-*.safetensors", "adapter_config.json", "adapter_model.safetensors"],
             library_name=LIBRARY_NAME, library_version=__version__,
         )
     except hf_errors.RepositoryNotFoundError as err:
@@ -452,7 +524,7 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
         return folder
     target = Path(to)
     with staging_folder(target) as staging:  # `--to` gets the whole repo or, on any error, nothing
-        for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
+        for name in (CONFIG_NAME, README_NAME, *_folder_files(folder, read_zoo_config(folder, str(folder)))):
             if (folder / name).exists():
                 copy_file(folder / name, staging / name)
     return target

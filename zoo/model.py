@@ -26,6 +26,8 @@ class ZooModel(torch.nn.Module):
         super().__init__()
         self.config = copy.deepcopy(dict(config))
         self.card_name: str | None = None
+        # what zoo.load was given for these weights (card, hf-hub:..., folder); None when built in code
+        self.name_or_path: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -36,22 +38,32 @@ class ZooModel(torch.nn.Module):
             return tensor.device
         return torch.device("cpu")
 
-    def save_pretrained(self, save_directory: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and a README model card atomically; returns the folder.
+    def save_pretrained(self, save_directory: str | Path, *, card: Any = None, overwrite: bool = False,
+                        max_shard_size: int | str = "5GB") -> Path:
+        """Write ``config.json``, the weights and a README model card atomically; returns the folder.
 
+        Weights up to ``max_shard_size`` (bytes or ``"500MB"``-style) go to ``model.safetensors``;
+        larger ones to ``model-0000i-of-0000n.safetensors`` shards with ``model.safetensors.index.json``.
+        A model with LoRA layers (``zoo.train.lora``) writes an adapter folder instead.
         Raises :class:`~zoo.errors.OutputExistsError` when the folder holds files and ``overwrite`` is false.
         """
         from zoo import hub
 
-        return hub.save_pretrained(self, save_directory, card=card, overwrite=overwrite)
+        if getattr(self, "lora_config", None) is not None:  # LoRA layers injected: save the adapter
+            from zoo.train.lora import save_adapter
+
+            return save_adapter(self, save_directory, card=card, overwrite=overwrite)
+        return hub.save_pretrained(self, save_directory, card=card, overwrite=overwrite, max_shard_size=max_shard_size)
 
     def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                    token: str | None = None, commit_message: str | None = None) -> str:
-        """Save to a temporary folder and upload it to ``repo_id``; returns the commit id."""
+                    token: str | None = None, commit_message: str | None = None,
+                    max_shard_size: int | str = "5GB") -> str:
+        """Save to a temporary folder (shards above ``max_shard_size``) and upload it to ``repo_id``;
+        returns the commit id."""
         from zoo import hub
 
         return hub.push_model(self, repo_id, revision=revision, private=private, token=token,
-                              commit_message=commit_message)
+                              commit_message=commit_message, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs) -> "ZooModel":

@@ -11,6 +11,7 @@ A checkpoint is written into a staging folder next to it and moved into place wi
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -74,8 +75,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_last: int | None = None,
-                    meta: dict | None = None) -> Path:
-    """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``."""
+                    meta: dict | None = None, include: Path | None = None) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX`` atomically, then drop all but the newest ``keep_last``.
+
+    ``include``: a finished folder (e.g. the FSDP shards every rank wrote) moved into the checkpoint
+    under its own name before the checkpoint appears."""
     root = Path(output_dir) / CHECKPOINTS
     target = root / f"step-{step:08d}"
     # the same step saved again (a resumed run) is swapped, never gapped
@@ -84,6 +88,8 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
             torch.save(payload, handle)
         info = {"step": step, "time": time.time(), **(meta or {})}
         write_json(staging / META_FILE, info)
+        if include is not None:
+            os.replace(include, staging / Path(include).name)
     if keep_last and keep_last > 0:
         for _, old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -103,8 +103,10 @@ def any_across_ranks(flag: bool, info: DistInfo, device) -> bool:
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, mode: str,
-               find_unused_parameters: bool = False) -> torch.nn.Module:
-    """DDP (default) or FSDP2 ``fully_shard`` around ``model``; unchanged when not distributed."""
+               find_unused_parameters: bool = False, *, fsdp_options: dict | None = None,
+               trainer=None) -> torch.nn.Module:
+    """DDP (default) or FSDP2 ``fully_shard`` per layer (``zoo.train.fsdp.shard`` with ``train.fsdp``
+    options, the trainer's ``fsdp_layer_classes`` hook) around ``model``; unchanged when not distributed."""
     if not info.enabled:
         return model
     if mode == "ddp":
@@ -113,14 +115,9 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, mod
         device_ids = [device.index if device.index is not None else info.local_rank] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from zoo.train.fsdp import shard
 
-        # shard each large child as its own unit, then the root (FSDP2: in place)
-        for child in model.children():
-            if sum(p.numel() for p in child.parameters()) >= 1_000_000:
-                fully_shard(child)
-        fully_shard(model)
-        return model
+        return shard(model, fsdp_options, trainer)
     raise ConfigError(f"train.distributed must be 'ddp' or 'fsdp', got {mode!r}")
 
 

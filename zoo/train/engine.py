@@ -27,6 +27,7 @@ from zoo.config import check_paths
 from zoo.errors import ConfigError, OutputExistsError, ZooError
 from zoo.files import LOCK_PID_FILE, FolderLock, write_json, write_text
 from zoo.train import distributed as D
+from zoo.train import lora as LORA
 from zoo.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from zoo.train.logs import LOG_FILE, TENSORBOARD_DIR, RunLogger, truncate_log
 from zoo.train.recipe import complete_config
@@ -299,6 +300,8 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
     trainer = trainer_cls(config)
     trainer.device, trainer.rank, trainer.world_size, trainer.output_dir = device, info.rank, info.world_size, output_dir
     model = trainer.build_model()
+    if LORA.enabled(train["lora"]):  # peft LoRA layers; only they train (zoo.train.lora)
+        LORA.apply(model, train["lora"])
     model.to(device)
     train_set, _eval_set = trainer.build_datasets()
     if train_set is None:
@@ -307,7 +310,7 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
     state = None
     if plan["action"] == "resume":
         state = load_checkpoint(plan["checkpoint"])
-        if train["distributed"] != "fsdp" or not info.enabled:
+        if "model" in state and (train["distributed"] != "fsdp" or not info.enabled):
             from zoo.hub import load_state_dict_strict
 
             load_state_dict_strict(model, state["model"], plan["checkpoint"])
@@ -316,7 +319,8 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
     if state is not None:
         trainer.load_state_dict(state.get("trainer") or {})
 
-    wrapped = D.wrap_model(model, info, device, train["distributed"], bool(train["find_unused_parameters"]))
+    wrapped = D.wrap_model(model, info, device, train["distributed"], bool(train["find_unused_parameters"]),
+                           fsdp_options=train["fsdp"], trainer=trainer)
     optimizer = build_optimizer(trainer.param_groups(model), config["optim"])
     scheduler = build_scheduler(optimizer, config["schedule"], max_steps)
     sampler = ResumableBatchSampler(len(train_set), int(train["batch_size"]), seed=seed,
@@ -324,8 +328,8 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
                                     rank=info.rank, world_size=info.world_size)
     step, epoch, batches_done = 0, 0, 0
     if state is not None:
-        if train["distributed"] == "fsdp" and info.enabled:
-            _fsdp_load(wrapped, optimizer, state)
+        if (train["distributed"] == "fsdp" and info.enabled) or "model" not in state:
+            _fsdp_load(wrapped, optimizer, state, plan["checkpoint"])
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -366,7 +370,7 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
     if train["distributed"] == "fsdp" and info.enabled:
         _fsdp_save_final(trainer, wrapped, final_dir, info)
     elif info.is_main:
-        model.save_pretrained(final_dir, overwrite=True)
+        LORA.final_model(model, train["lora"]).save_pretrained(final_dir, overwrite=True)
     if info.is_main:
         _write_run_file(output_dir, config, "finished", max_steps)
     D.barrier(info)
@@ -494,43 +498,46 @@ def _loop(trainer, model, wrapped, optimizer, scheduler, stream, run_log, info, 
 def _checkpoint(trainer, model, wrapped, optimizer, scheduler, stream, info, config, step, output_dir):
     rngs = D.gather_objects(rng_state(), info)
     fsdp = config["train"]["distributed"] == "fsdp" and info.enabled
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    shards = None
+    if fsdp:  # every rank writes its own shard of model and optimizer (torch.distributed.checkpoint)
+        from zoo.train import fsdp as FSDP
 
-        model_state, optim_state = get_state_dict(
-            wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        shards = output_dir / "checkpoints" / f".shards-step-{step:08d}"
+        if info.is_main:
+            shutil.rmtree(shards, ignore_errors=True)
+        D.barrier(info)
+        shards = FSDP.save_sharded(wrapped, optimizer, shards)
+        D.barrier(info)
     if info.is_main:
         payload = {
             "step": step, "epoch": stream.epoch, "batches_done": stream.batches_done,
-            "model": model_state if fsdp else model.state_dict(),
-            "optimizer": optim_state if fsdp else optimizer.state_dict(),
+            **({"sharded": "dcp"} if fsdp else {"model": model.state_dict(), "optimizer": optimizer.state_dict()}),
             "scheduler": scheduler.state_dict(),
             "trainer": trainer.state_dict(),
             "rng": rngs, "world_size": info.world_size,
         }
         path = save_checkpoint(output_dir, step, payload, keep_last=int(config["train"]["keep_last"] or 0),
                                meta={"epoch": stream.epoch, "batches_done": stream.batches_done,
-                                     "world_size": info.world_size})
+                                     "world_size": info.world_size}, include=shards)
+        if shards is not None:
+            shutil.rmtree(shards.parent, ignore_errors=True)
         _write_run_file(output_dir, config, "running", step)
         logger.info("saved checkpoint %s", path)
     D.barrier(info)
 
 
-def _fsdp_load(wrapped, optimizer, state) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+def _fsdp_load(wrapped, optimizer, state, checkpoint) -> None:
+    """Model and optimizer state of an FSDP checkpoint: sharded (DCP) or, from older checkpoints, full."""
+    from zoo.train import fsdp as FSDP
 
-    set_state_dict(wrapped, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(full_state_dict=True, strict=True))
+    if state.get("sharded") == "dcp":
+        FSDP.load_sharded(wrapped, optimizer, Path(checkpoint))
+    else:
+        FSDP.load_full(wrapped, optimizer, state)
 
 
 def _fsdp_save_final(trainer, wrapped, final_dir: Path, info: D.DistInfo) -> None:
-    """Gather the full weights to rank 0 and save them through a fresh, unsharded copy of the model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """Gather the full weights to rank 0 and save them through an unsharded copy of the model."""
+    from zoo.train import fsdp as FSDP
 
-    full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if info.is_main:
-        from zoo.hub import load_state_dict_strict
-
-        plain = trainer.build_model().to("cpu")
-        load_state_dict_strict(plain, full, "the FSDP-trained model")
-        plain.save_pretrained(final_dir, overwrite=True)
+    FSDP.save_final(trainer, wrapped, final_dir, info.is_main)

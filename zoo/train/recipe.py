@@ -8,6 +8,8 @@ from typing import Any
 
 from zoo.config import build_config, load_yaml, merge, validate
 from zoo.errors import ConfigError, UnknownFamilyError
+from zoo.train.fsdp import FSDP_DEFAULTS, FSDP_TYPES
+from zoo.train.lora import LORA_DEFAULTS, LORA_TYPES
 
 # The engine's sections. Families add their own through Trainer.config_defaults.
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -44,6 +46,8 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "precision": "auto",   # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
         "device": "auto",      # auto | cpu | cuda | cuda:N
         "distributed": "ddp",  # under torchrun: ddp | fsdp
+        "fsdp": dict(FSDP_DEFAULTS),  # train.distributed=fsdp: layer units, mixed precision, activation checkpointing
+        "lora": dict(LORA_DEFAULTS),  # r > 0: peft LoRA adapters, only they train; final/ is an adapter folder
         "find_unused_parameters": False,
         "shuffle": True,
         "drop_last": True,
@@ -61,6 +65,8 @@ ENGINE_TYPES: dict[str, tuple[type, ...]] = {
     "train.clip_grad_norm": (float, int),
     "train.resume": (str, bool),
     "train.progress": (str, bool),
+    **FSDP_TYPES,
+    **LORA_TYPES,
 }
 
 ENGINE_SECTIONS = ("optim", "schedule", "train")

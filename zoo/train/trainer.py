@@ -52,6 +52,12 @@ class Trainer:
         weight_decay = float((self.config.get("optim") or {}).get("weight_decay") or 0.0)
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
+    def fsdp_layer_classes(self, model) -> list[type] | None:
+        """Module classes FSDP shards one unit each under ``train.distributed: fsdp`` (e.g. the transformer
+        layer class). ``None``: ``train.fsdp.layer_classes``, else transformers' ``_no_split_modules``, else
+        the class of every child of an ``nn.ModuleList`` (``zoo.train.fsdp``)."""
+        return None
+
     def on_train_start(self, model) -> None:
         """Once, after the model is built and moved to its device, before a checkpoint is restored."""
 
