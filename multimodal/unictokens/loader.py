@@ -14,82 +14,75 @@ mis-shaped key is an error that lists them.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
 from zoo.errors import CheckpointFormatError, ConfigError
 
-SHOWO_FILES = ("pytorch_model.bin", "pytorch_model.safetensors", "model.safetensors")
-INDEX_FILES = ("pytorch_model.bin.index.json", "pytorch_model.safetensors.index.json", "model.safetensors.index.json")
+SHOWO_FILES = ("pytorch_model.safetensors",)  # the layouts zoo.weights does not look for by itself
 
 
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a weights file, a sharded ``*.index.json``, or a folder holding either."""
-    from zoo.models.checkpoints import read_checkpoint
-
+def _checkpoint(path) -> Path:
+    """A weights file, shard index or folder, as ``zoo.weights.read_index`` takes it (Show-o's own
+    ``ModelMixin`` names a safetensors file ``pytorch_model.safetensors``)."""
     path = Path(path)
     if path.is_dir():
-        for name in INDEX_FILES + SHOWO_FILES:
-            if (path / name).is_file():
-                return read_weights(path / name)
-        raise CheckpointFormatError(f"{path} holds none of {', '.join(INDEX_FILES + SHOWO_FILES)}.")
-    if path.name.endswith(".index.json"):
-        try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-            shards = sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise CheckpointFormatError(f"{path} is not a shard index (needs a 'weight_map'): {err}") from err
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            part = read_checkpoint(path.parent / shard)
-            wrong = sorted(k for k in part if index["weight_map"].get(k) != shard)
-            if wrong:
-                raise CheckpointFormatError(f"{path.parent / shard} holds keys its index puts elsewhere: {wrong[:5]}")
-            state.update(part)
-        absent = sorted(set(index["weight_map"]) - set(state))
-        if absent:
-            raise CheckpointFormatError(f"{path}: keys listed in the index are in no shard: {absent[:5]}")
-        return state
-    return read_checkpoint(path)
+        for name in SHOWO_FILES:
+            if (path / name).is_file() and not any((path / n).exists() for n in (
+                    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")):
+                return path / name
+    return path
 
 
-def showo_state_dict(raw: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Official Show-o keys -> the zoo model's ``showo.*`` keys (pure key map; the CLIP projector of
-    the ``w_clip_vit`` variants is refused: it has no place in this model)."""
+def showo_infos(path, source: str, *, cached: bool = False) -> dict:
+    """The tensors of a Show-o checkpoint (file, shard index or folder) under the zoo model's names
+    (``zoo.models.showo.showo_key``), without reading weights. The CLIP projector of the
+    ``w_clip_vit`` variants is refused: it has no place in this model."""
+    from zoo import weights
     from zoo.models.showo import showo_key
 
-    projector = sorted(k for k in raw if showo_key(k) is None)
+    infos = weights.read_index(_checkpoint(path), cached=cached)
+    projector = sorted(k for k in infos if showo_key(k) is None)
     if projector:
         raise CheckpointFormatError(f"{source} is a Show-o variant with a CLIP-ViT projector ({projector[0]}, ...); "
                                     "only the MAGVIT-token models (show-o-512x512, show-o) load here.")
-    return {showo_key(k): v for k, v in raw.items()}
+    return weights.map_keys(infos, showo_key, source)
 
 
-def _vq_weights(config: dict):
+def vq_infos(path, source: str, *, cached: bool = False) -> dict:
+    """The tensors of a ``showlab/magvitv2`` checkpoint under ``vq_model.`` (the names are otherwise the same)."""
+    from zoo import weights
+    from zoo.models.magvitv2 import magvitv2_key
+
+    return weights.map_keys(weights.read_index(_checkpoint(path), cached=cached),
+                            lambda key: "vq_model." + magvitv2_key(key), source)
+
+
+def _vq_path(config: dict) -> tuple[str, bool]:
     spec = config.get("vq_weights") or {}
     if spec.get("path"):
-        return read_weights(spec["path"])
+        return str(spec["path"]), False
     from zoo.hub import download_file
 
-    return read_weights(download_file(spec.get("repo_id", "showlab/magvitv2"), spec.get("filename", "pytorch_model.bin"),
-                                      revision=spec.get("revision")))
+    return download_file(spec.get("repo_id", "showlab/magvitv2"), spec.get("filename", "pytorch_model.bin"),
+                         revision=spec.get("revision")), True
 
 
-def load_showo(model, showo_path, vq_state: dict | None = None, source: str | None = None):
-    """Load an official Show-o checkpoint (and a MAGVIT-v2 state dict) into ``model`` strictly."""
-    from zoo.hub import load_state_dict_strict
+def load_showo(model, showo_path, vq_path=None, source: str | None = None, *, cached: bool = False,
+               vq_cached: bool = False):
+    """Stream an official Show-o checkpoint (and a MAGVIT-v2 one) into ``model`` strictly (``zoo.weights``:
+    keys checked before any weight is read; a model built on the meta device is filled, not re-initialised)."""
+    from zoo import weights
 
     source = source or str(showo_path)
-    state = showo_state_dict(read_weights(showo_path), source)
-    if vq_state is not None:
-        state.update({f"vq_model.{k}": v for k, v in vq_state.items()})
-    hint = ""
-    if vq_state is None:
-        hint = "  the image tokenizer's keys (vq_model.*) come from showlab/magvitv2; pass its state dict too."
-    load_state_dict_strict(model, state, source, hint=hint)
+    infos = showo_infos(showo_path, source, cached=cached)
+    if vq_path is not None:
+        infos.update(vq_infos(vq_path, str(vq_path), cached=vq_cached))
+    hint = "" if vq_path is not None else \
+        "  the image tokenizer's keys (vq_model.*) come from showlab/magvitv2; give its checkpoint too."
+    weights.load_into(model, infos, source=source, cached=cached, hint=hint)
     return model
 
 
@@ -147,8 +140,10 @@ def load(path: str, config: dict):
     if config.get("base"):
         raise ConfigError(f"base={config['base']!r} is only for concept folders (epoch_<E>_embed.pt ...); {path} "
                           "is not one.")
-    model = UniCTokensModel(config)
-    return load_showo(model, path, _vq_weights(config), source=str(path))
+    vq_path, vq_cached = _vq_path(config)
+    model = UniCTokensModel(config)  # on the meta device under zoo.load: filled below, never initialised
+    return load_showo(model, path, vq_path, source=str(path), cached="models--" in str(path),  # a Hub cache file: a corrupt copy is evicted
+                      vq_cached=vq_cached)
 
 
-__all__ = ["read_weights", "showo_state_dict", "load_showo", "load_concept", "load"]
+__all__ = ["showo_infos", "vq_infos", "load_showo", "load_concept", "load"]
