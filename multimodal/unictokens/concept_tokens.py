@@ -103,15 +103,16 @@ class _RowSplice(nn.Module):
         return int(self.row_ids.numel())
 
     def _set_ids(self, ids) -> torch.Tensor:
-        ids = torch.as_tensor(list(ids) if not isinstance(ids, torch.Tensor) else ids, dtype=torch.long,
-                              device=self.weight.device).flatten()
+        ids = torch.as_tensor(list(ids) if not isinstance(ids, torch.Tensor) else ids.cpu(), dtype=torch.long).flatten()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.weight.shape[0]):
             raise ConfigError(f"trainable rows {ids.tolist()} fall outside the {self.weight.shape[0]}-row vocabulary.")
         if ids.unique().numel() != ids.numel():
             raise ConfigError(f"trainable rows repeat an id: {ids.tolist()}.")
+        device = self.row_slot.device
+        ids = ids.to(device)
         self.row_ids = ids
-        slot = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=self.weight.device)
-        slot[ids] = torch.arange(ids.numel(), device=self.weight.device)
+        slot = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=device)
+        slot[ids] = torch.arange(ids.numel(), device=device)
         self.row_slot = slot
         self._synced = None
         return ids
