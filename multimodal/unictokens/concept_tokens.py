@@ -302,7 +302,7 @@ def insert_rows(lm, layout: VocabLayout, num_new: int) -> VocabLayout:
     The ``image_rows`` rows after the insertion point move up by ``num_new`` (embedding, head
     weight and head bias). The new rows start as copies of the old rows ``text_size ..
     text_size + num_new - 1`` (the first image codes): what the official resize-then-shift leaves
-    there before any initialisation (§2.8: the head rows of new tokens stay so). The modules
+    there before any initialisation (train_p_stage_1.py: the head rows of new tokens keep it). The modules
     become :class:`SplicedEmbedding` / :class:`SplicedLinear` with no trainable rows; call
     :func:`set_trainable_rows`. ``lm.config.vocab_size`` is updated. Returns the new layout.
     Raises ConfigError if the model's row counts disagree with ``layout``.
