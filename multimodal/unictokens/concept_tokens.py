@@ -1,6 +1,6 @@
 """Concept tokens: new text rows inserted before a vocabulary's image rows, trained alone.
 
-UniCTokens (arXiv 2505.14671, §3) personalises a unified model by adding ``<concept>`` and
+UniCTokens (arXiv 2505.14671) personalises a unified model by adding ``<concept>`` and
 ``<token_i>`` rows at the end of the *text* part of the vocabulary; the image-code rows (and
 Show-o's mask row after them) move up by the number of new rows, in the input embedding and in
 the output head (weight and bias). Only the new rows learn.
