@@ -30,7 +30,6 @@ import copy
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from zoo.errors import CheckpointFormatError, ConfigError
 
 SHOWO_FILES = ("pytorch_model.safetensors",)  # the layouts zoo.weights does not look for by itself
