@@ -81,6 +81,12 @@ class UniCTokensTrainer(Trainer):
     def __init__(self, config: dict):
         super().__init__(config)
         self.stage = _stage_name(config["stage"]["name"])
+        engine_lora = (config.get("train") or {}).get("lora") or {}
+        if int(engine_lora.get("r") or 0) > 0:
+            # the engine's LoRA trains its matrices only and saves a LoRA folder; here the concept rows
+            # must train too and travel in the concept adapter
+            raise ConfigError("UniCTokens takes LoRA as model.lora.r (with alpha, target_modules): the concept rows "
+                              "train with it and are saved with it. Set train.lora.r=0.")
         self.steps_per_epoch = 1
         self.concept = None
         self.base_reference = None
