@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import CheckpointKeysError, ConfigError, ImageInputError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 from zoo.models.magvitv2 import MAGVITv2
 from zoo.models.showo import (
     IGNORE_INDEX, ShowoVocab, add_showo_tokens, build_phi, maskgit_generate, mmu_attention_mask, mmu_prefix,
@@ -34,24 +34,6 @@ from zoo.models.showo import (
 from zoo.multimodal.unictokens.concept_tokens import (
     VocabLayout, insert_rows, read_rows, set_trainable_rows, write_rows,
 )
-
-try:
-    from zoo.model import inference
-except ImportError:  # zoo.model.inference (issue 12 contract, owner: speech) is not on main yet
-    import functools
-
-    def inference(method):
-        @functools.wraps(method)
-        def wrapper(module, *args, **kwargs):
-            flags = [(sub, sub.training) for sub in module.modules()]
-            module.eval()
-            try:
-                with torch.no_grad():
-                    return method(module, *args, **kwargs)
-            finally:
-                for sub, flag in flags:
-                    sub.training = flag
-        return wrapper
 
 logger = logging.getLogger("zoo.unictokens")
 
