@@ -305,22 +305,22 @@ class UniCTokensModel(ZooModel):
             return images.to(self.device, torch.float32)
         return prepare_images(images, self.image_transform()).to(self.device)
 
+    @inference
     def encode_images(self, images) -> torch.Tensor:
         """Images -> MAGVIT-v2 codes ``LongTensor[B, num_vq_tokens]`` in ``[0, codebook_size)``."""
-        with torch.no_grad():
-            codes = self.vq_model.get_code(self.prepare_images(images))
+        codes = self.vq_model.get_code(self.prepare_images(images))
         if codes.shape[1] != self.num_vq_tokens:
             raise ConfigError(f"the image tokenizer gave {codes.shape[1]} codes per image, the config says "
                               f"num_vq_tokens={self.num_vq_tokens}.")
         return codes
 
+    @inference
     def decode_codes(self, codes: torch.Tensor) -> list:
         """Codes ``[B, N]`` -> PIL RGB images (``(x + 1) / 2`` clamped, times 255, truncated to uint8)."""
         from PIL import Image
 
         codes = codes.clamp(0, self.base_vocab.codebook_size - 1)
-        with torch.no_grad():
-            pixels = self.vq_model.decode_code(codes.to(self.device))
+        pixels = self.vq_model.decode_code(codes.to(self.device))
         array = (torch.clamp((pixels + 1.0) / 2.0, 0.0, 1.0) * 255.0).permute(0, 2, 3, 1).cpu().numpy().astype("uint8")
         return [Image.fromarray(a) for a in array]
 
