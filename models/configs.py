@@ -78,3 +78,24 @@ MAGVITV2_CONFIG = {
     "commit_loss_multiplier": 0.1,
     "entropy_multiplier": 0.1,
 }
+
+# The FLUX.1 / BAGEL autoencoder (black-forest-labs/flux autoencoder.py ``AutoEncoderParams``: ch 128,
+# ch_mult 1-2-4-4, 2 res blocks, 16 latent channels, scale 0.3611, shift 0.1159) as diffusers'
+# ``AutoencoderKL`` arguments (zoo.models.flux_vae).
+FLUX_VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "mid_block_add_attention": True,
+}

@@ -72,10 +72,16 @@ def _cmd_eval(args) -> int:
     options = parse_overrides(args.options)
     if args.trials:
         options["trials"] = args.trials
+    if args.plot:
+        options["plot"] = args.plot
     if args.data == "demo":  # the bundled speech corpus, as in recipes
         from zoo.data import demo_corpus
 
         args.data = str(demo_corpus())
+    elif args.data in ("shapes", "shapes-heldout"):  # the bundled shapes world (train / held-out split)
+        from zoo.data.shapes import demo_manifest
+
+        args.data = str(demo_manifest("heldout" if args.data == "shapes-heldout" else "train"))
     if not Path(args.data).exists():
         raise ConfigError(f"--data {args.data!r} does not exist; give a manifest or folder, or 'demo'")
     metrics = evaluate(model, data=args.data, output=args.output, **options)
@@ -158,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a manifest")
     p.add_argument("name", help="card name, hf-hub:org/name or a local folder")
-    p.add_argument("--data", required=True, help="JSONL manifest, folder, or demo (the bundled speech corpus)")
+    p.add_argument("--data", required=True, help="JSONL manifest, folder, demo (the bundled speech corpus), "
+                   "or shapes / shapes-heldout (the bundled shapes world)")
     p.add_argument("--trials", help="trial list (speaker verification)")
+    p.add_argument("--plot", help="also draw the family's figure into this PNG (e.g. a reconstruction grid)")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")
     p.add_argument("options", nargs="*", help="family options as key=value")
