@@ -27,7 +27,7 @@ DISTRIBUTION = {
     "matplotlib": "matplotlib", "tokenizers": "tokenizers", "peft": "peft", "torchmetrics": "torchmetrics",
     "open_clip": "open_clip_torch", "diffusers": "diffusers", "timm": "timm",
     # optional extras: imported inside the function that needs them, declared under [project.optional-dependencies]
-    "segment_anything": "segment-anything",
+    "segment_anything": "segment-anything", "insightface": "insightface",
     # `from torch.utils.tensorboard import SummaryWriter` needs the tensorboard distribution.
     "torch.utils.tensorboard": "tensorboard",
 }

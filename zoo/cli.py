@@ -117,7 +117,10 @@ def _cmd_convert(args) -> int:
         raise ConfigError(f"{args.src!r} does not exist; give the official checkpoint file, or a folder "
                           "(a Hub snapshot or a save_pretrained folder with config.json and weights).")
     _check_output_dir(Path(args.dst), args.overwrite)
-    config = family.make_config(args.size, parse_overrides(args.options), source="command-line overrides")
+    overrides = parse_overrides(args.options)
+    if getattr(args, "base", None):
+        overrides["base"] = args.base  # an unknown key for families without a base: ConfigError lists the keys
+    config = family.make_config(args.size, overrides, source="command-line overrides")
     model = family.load(args.src, config)  # files and folders alike: the family's loader decides
     out = model.save_pretrained(args.dst, overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -190,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--size", help="the family's size (default: the first, see `zoo info`)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--base", help="the base model an adapter-style checkpoint applies to (card, hf-hub:org/name or "
+                                   "folder), for families whose config has a 'base' key (e.g. unictokens concepts)")
     p.add_argument("options", nargs="*", help="config overrides as key=value")
     p.set_defaults(func=_cmd_convert)
     return parser

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("zoo.text")
-pytest.importorskip("zoo.data.shapes")
 
 import zoo  # noqa: E402
 from zoo.errors import ConfigError  # noqa: E402
