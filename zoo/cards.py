@@ -156,9 +156,19 @@ def get_card(name: str) -> Card:
 
 
 def list_models(pattern: str = "*", modality: str | None = None, pretrained: bool | None = None) -> list[str]:
-    """Card names matching an fnmatch ``pattern``, optionally filtered by modality and weights."""
-    from zoo.registry import get_family
+    """Card names matching an fnmatch ``pattern`` (``*``, ``?``, ``[...]``), sorted, optionally filtered by
+    ``modality`` (``"speech"``, ``"vision"``, ``"multimodal"``, or ``"test"`` for test-only families) and by
+    ``pretrained`` (True: cards with released weights only; False: cards without).
 
+    Raises :class:`~zoo.errors.ConfigError` for an unknown ``modality`` (a misspelt one would otherwise
+    match nothing and look like an empty zoo).
+    """
+    from zoo.registry import MODALITIES, TEST_MODALITY, get_family
+
+    if modality is not None and modality not in MODALITIES + (TEST_MODALITY,):
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"Unknown modality {modality!r}; use one of {', '.join(MODALITIES + (TEST_MODALITY,))}.")
     names = []
     for name, card in sorted(all_cards().items()):
         if not fnmatch.fnmatch(name, pattern):

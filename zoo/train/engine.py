@@ -56,15 +56,18 @@ def pick_device(choice: str, info: D.DistInfo) -> torch.device:
 
     Raises :class:`~zoo.errors.ConfigError` when CUDA is asked for and none is visible.
     """
+    from zoo.api import parse_device
+
     choice = str(choice or "auto").lower()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={choice} but no CUDA GPU is visible; use train.device=cpu or auto.")
-        if choice == "cuda":
-            return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
-    return torch.device(choice)
+    try:
+        device = parse_device(choice)
+    except ConfigError as err:
+        raise ConfigError(f"train.{err}; use train.device=cpu or auto.") from None
+    if choice == "cuda":
+        return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
