@@ -89,9 +89,9 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     return model
 
 
-def parse_device(device) -> "torch.device":
+def parse_device(device, *, name: str = "device") -> "torch.device":
     """``device`` (a ``torch.device``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, an int GPU index) as a
-    ``torch.device`` that exists here.
+    ``torch.device`` that exists here. ``name`` is what the messages call the setting (``train.device``).
 
     Raises :class:`~zoo.errors.ConfigError` for a string torch cannot parse (``"gpu"``) and for a CUDA or MPS
     device on a machine without one (torch would fail later, inside ``Module.to``, with a driver message).
@@ -100,16 +100,15 @@ def parse_device(device) -> "torch.device":
 
     try:
         parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise ConfigError(f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1' "
-                          f"({err}).") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{name}={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'.") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} but no CUDA GPU is visible here; use device='cpu'.")
+            raise ConfigError(f"{name}={device!r} but no CUDA GPU is visible here; use {name}='cpu'.")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible.")
+            raise ConfigError(f"{name}={device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible.")
     if parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"device={device!r} but MPS is not available here; use device='cpu'.")
+        raise ConfigError(f"{name}={device!r} but MPS is not available here; use {name}='cpu'.")
     return parsed
 
 

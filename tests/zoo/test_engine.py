@@ -296,3 +296,11 @@ def test_ctrl_c_saves_the_last_finished_step_and_resume_is_exact(tmp_path):
     assert fields(out) == fields(straight) and len(fields(out)) == 30
     a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_train_device_is_a_config_error_before_anything_is_written(tmp_path):
+    """`train.device=gpu` used to reach torch.device and fail with torch's RuntimeError."""
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.device='gpu' is not a torch device"):
+        run(_config(out, "train.device=gpu"))
+    assert not out.exists()

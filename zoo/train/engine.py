@@ -61,10 +61,7 @@ def pick_device(choice: str, info: D.DistInfo) -> torch.device:
     choice = str(choice or "auto").lower()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = parse_device(choice)
-    except ConfigError as err:
-        raise ConfigError(f"train.{err}; use train.device=cpu or auto.") from None
+    device = parse_device(choice, name="train.device")
     if choice == "cuda":
         return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
     return device
