@@ -10,8 +10,8 @@ from zoo.errors import ConfigError, OutputExistsError
 from zoo.files import staging_folder, write_json
 
 from .world import (
-    BACKGROUND_TEXTURES, BACKGROUNDS, COLORS, CONCEPTS, SHAPES, TEXTURES, UNUSED_LOOKS, Scene, ShapeObject, caption_for,
-    layout, render, tags_for,
+    BACKGROUND_TEXTURES, BACKGROUNDS, COLORS, CONCEPTS, MAX_SIZE, SHAPES, TEXTURES, UNUSED_LOOKS, Scene, ShapeObject,
+    caption_for, layout, render, tags_for,
 )
 
 __all__ = ["generate", "sample_scene", "read_manifest", "demo_manifest", "load_masks", "FORMAT_VERSION"]
@@ -110,8 +110,8 @@ def generate(out_dir, n: int, size: int = 64, seed: int = 0, *, concept_images: 
 
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"generate: n must be a positive number of scenes, got {n!r}.")
-    if not isinstance(size, (int, np.integer)) or size < 16:
-        raise ConfigError(f"generate: size must be an integer >= 16 pixels, got {size!r}.")
+    if not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_SIZE:
+        raise ConfigError(f"generate: size must be an integer from 16 to {MAX_SIZE} pixels, got {size!r}.")
     concepts = list(CONCEPTS) if concepts is None else list(concepts)
     for name in concepts:
         if name not in CONCEPTS:

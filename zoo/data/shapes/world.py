@@ -24,6 +24,11 @@ __all__ = [
 
 #: Object colours: name -> RGB. Hues are at least 20 degrees apart and saturation >= 0.5, so a
 #: pixel's hue names its colour; backgrounds are all below saturation 0.2.
+MIN_RENDER_SIZE = 8
+# Rendering works in float64 planes of size x size (a 100000 px side asked numpy for 75 GiB); 4096 px
+# scenes take about 130 MB per plane, well past any use of a synthetic corpus.
+MAX_SIZE = 4096
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (245, 140, 30),
@@ -458,8 +463,9 @@ def render(scene_or_spec, size: int | None = None):
     if size is None:
         size = scene_or_spec.size if isinstance(scene_or_spec, Scene) else int((scene_or_spec or {}).get("size", 64)) \
             if isinstance(scene_or_spec, dict) else 64
-    if not isinstance(size, (int, np.integer)) or size < 8:
-        raise ConfigError(f"render: size must be an integer >= 8 pixels, got {size!r}.")
+    if not isinstance(size, (int, np.integer)) or not MIN_RENDER_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"render: size must be an integer from {MIN_RENDER_SIZE} to {MAX_SIZE} pixels, "
+                          f"got {size!r}.")
     spec = as_spec(scene_or_spec)
     spec = layout(spec, np.random.default_rng(int(spec.get("seed", 0))))
     image = _background(spec["background"], int(size))
