@@ -198,20 +198,18 @@ def read_manifest(path) -> list[Scene]:
 
 
 def load_masks(scene: Scene) -> list[np.ndarray]:
-    """The scene's object masks as bool arrays (size, size), in object order."""
-    from PIL import Image
+    """The scene's object masks as bool arrays (size, size), in object order (``zoo.image.load_mask``).
 
-    from zoo.errors import ImageInputError
+    Raises ``ConfigError`` when an object has no mask path and ``ImageInputError`` naming the file when a
+    mask cannot be read.
+    """
+    from zoo.image import load_mask
 
     masks = []
     for k, obj in enumerate(scene.objects):
         if obj.mask is None:
             raise ConfigError(f"Scene {scene.id}: object {k} has no mask path.")
-        try:
-            with Image.open(obj.mask) as image:
-                masks.append(np.array(image.convert("1"), dtype=bool))
-        except (OSError, ValueError) as error:
-            raise ImageInputError(f"Cannot read mask {obj.mask!r} of scene {scene.id}: {error}.") from error
+        masks.append(load_mask(obj.mask, of=f"scene {scene.id}"))
     return masks
 
 
