@@ -36,6 +36,7 @@ import os
 import re
 import socket
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -712,8 +713,9 @@ _EMPHASIS = re.compile(r"\*+|`+|^#+[ \t]*|__", re.MULTILINE)
 
 
 def _plain(text: str) -> str:
-    """Markdown emphasis, code marks and headings removed."""
-    return _EMPHASIS.sub("", text)
+    """Markdown emphasis, code marks and headings removed; compatibility forms folded (NFKC: a full-width
+    colon or digit, a no-break space) and the Unicode minus sign written ``-``, as models emit them."""
+    return _EMPHASIS.sub("", unicodedata.normalize("NFKC", text).replace("\u2212", "-"))
 
 
 def parse_yes_no(text: str, default: bool | None = None) -> bool | None:
@@ -740,7 +742,8 @@ def parse_yes_no(text: str, default: bool | None = None) -> bool | None:
     return default
 
 
-_NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+# a decimal point or comma ("0,8" is 0.8, not 0) and an exponent ("1e-1" is 0.1, not 1)
+_NUMBER = r"([+-]?(?:\d+(?:[.,]\d+|\.)?|\.\d+)(?:[eE][+-]?\d+)?)"
 _SCORE_STRICT = re.compile(r"Score:\s*(-?\d+\.?\d*)", re.IGNORECASE)
 # separators between "score" and the number; a dash only when a space follows ("Score: -0.5" is negative)
 _SCORE = re.compile(r"\bscore\b(?:\s*(?:\bis\b|\bof\b|=|:|[-–](?=\s)))*\s*[\[(\"']?\s*" + _NUMBER
@@ -753,7 +756,8 @@ def parse_score(text: str, *, low: float = -1.0, high: float = 1.0, strict: bool
 
     strict: only ``Score: <number>`` as judges are told to write it (case-insensitive, no sign
         ``+``, no leading ``.``); otherwise also ``**Score:** 0.8``, ``score = +.5``,
-        ``Score: [0.7]``, ``Score is 0.6`` and fractions of the maximum (``0.8/1.0`` and
+        ``Score: [0.7]``, ``Score is 0.6``, a decimal comma (``0,8``), an exponent (``1e-1``), a
+        Unicode minus or full-width colon, and fractions of the maximum (``0.8/1.0`` and
         ``8/10`` read 0.8 when ``high`` is 1).
     which: ``"first"`` or ``"last"`` match. clip: clamp an out-of-range value instead of
         rejecting it (returning ``default``). Reasoning before ``</think>`` is ignored.
@@ -769,7 +773,7 @@ def parse_score(text: str, *, low: float = -1.0, high: float = 1.0, strict: bool
         return default
     number, denominator = matches[0] if which == "first" else matches[-1]
     try:
-        value = float(number)
+        value = float(number.replace(",", "."))
         if denominator is not None:
             scale = float(denominator)
             if scale <= 0 or abs(value) > scale:
@@ -812,7 +816,10 @@ def parse_final_answer(text: str, choices: Sequence[str] | None = ("Yes", "No"),
     return default
 
 
-_ITEM = re.compile(r"(?:(?<=\n)|^|(?<=\s))[ \t]*\(?(\d{1,3})[.)](?=\s)")
+# an item marker, optionally in markdown emphasis ("**1.** a", "**1. a**")
+_ITEM = re.compile(r"(?:(?<=\n)|^|(?<=\s))[ \t]*(?:\*\*|__)?\(?(\d{1,3})[.)](?:\*\*|__)?(?=\s)")
+_PARAGRAPH_END = re.compile(r"\n[ \t]*\n(?=\S)")  # a blank line, then text at the margin: the list is over
+_EDGE_EMPHASIS = re.compile(r"^(?:\*\*|__)|(?:\*\*|__)$")
 
 
 def parse_numbered_list(text: str, with_numbers: bool = False) -> list:
@@ -821,7 +828,9 @@ def parse_numbered_list(text: str, with_numbers: bool = False) -> list:
 
     A marker at a line start counts when its number exceeds the previous item's (models skip
     numbers, e.g. unlisted tags); an inline marker only when it is the next number, so "2. " inside
-    a sentence or "3.5" never splits an item. Text before the first item is dropped.
+    a sentence or "3.5" never splits an item. Markers may be in bold (``**1.** a``). Text before the
+    first item is dropped, and so is text after a blank line that returns to the margin (a closing
+    remark); indented continuation lines stay in their item.
     with_numbers: return ``(number, text)`` pairs instead of texts.
     """
     body = strip_think(text)
@@ -840,7 +849,11 @@ def parse_numbered_list(text: str, with_numbers: bool = False) -> list:
     items = []
     for index, (number, _, start) in enumerate(kept):
         end = kept[index + 1][1] if index + 1 < len(kept) else len(body)
-        item = body[start:end].strip()
+        text = body[start:end]
+        after = _PARAGRAPH_END.search(text)
+        if after:  # "...\n2. box\n\nThat's all.": the closing remark is not part of item 2
+            text = text[:after.start()]
+        item = _EDGE_EMPHASIS.sub("", text.strip()).strip()
         items.append((number, item) if with_numbers else item)
     return items
 
