@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -24,6 +23,7 @@ import torch
 
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
 from zoo.hub import normalize_weight_norm_keys  # noqa: F401  (re-exported for the family loaders)
+from zoo.weights import is_safetensors
 
 # --------------------------------------------------------------------------- restricted unpickling
 
@@ -170,14 +170,6 @@ def restricted_load(path: str | Path):
             "corrupt: download it again.") from err
 
 
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 28)
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a checkpoint file (a plain state dict -> ``dict[str, Tensor]``).
 
@@ -188,14 +180,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointFormatError(f"Checkpoint {path} does not exist or is not a file; check the path.")
-    if _is_safetensors(path):
-        from safetensors.torch import load_file
+    if is_safetensors(path):
+        from zoo.hub import read_safetensors
 
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as err:
-            raise CheckpointFormatError(
-                f"{path} is not a readable safetensors file ({err}); it may be truncated: download it again.") from err
+        return read_safetensors(path, str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

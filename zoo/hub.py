@@ -140,7 +140,12 @@ def read_zoo_config(folder: Path, source: str) -> dict:
 
 
 def read_safetensors(path: str | Path, source: str, *, cached: bool = False) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a corrupt one is an error, and a corrupt cached copy is deleted."""
+    """A whole safetensors file as ``{name: CPU tensor}`` (for small files and conversions; big checkpoints
+    stream through ``zoo.weights.load_into`` instead).
+
+    Raises :class:`~zoo.errors.CheckpointFormatError` naming ``source`` for a corrupt or truncated file;
+    ``cached=True`` (a huggingface_hub cache file) also deletes the bad copy so the next load downloads it.
+    """
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:

@@ -48,6 +48,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import torch
 
 from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError
+from zoo.files import atomic_open, write_text
 
 logger = logging.getLogger("zoo")
 
@@ -597,7 +598,12 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
     At most ``max_shard_size`` per file (a larger tensor gets a file of its own); one file is
     ``model.safetensors``, several are ``model-0000i-of-0000n.safetensors`` plus
     ``model.safetensors.index.json`` (``{"metadata": {"total_size"}, "weight_map"}``). Only one
-    shard is copied to the CPU at a time. Names that share a tensor are each written in full.
+    shard is copied to the CPU at a time. Names that share a tensor are each written in full. Each file
+    is written atomically (``zoo.files``); stage the whole folder (``zoo.files.staging_folder``, as
+    ``save_pretrained`` does) when a reader must never see some shards new and others old.
+
+    Raises :class:`~zoo.errors.ConfigError` for a ``max_shard_size`` that is not a positive size and
+    :class:`~zoo.errors.CheckpointFormatError` for a dtype safetensors cannot store.
     """
     folder = Path(folder)
     state = tensors.state_dict() if isinstance(tensors, torch.nn.Module) else dict(tensors)
@@ -611,7 +617,7 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
     if split.is_sharded:
         index_name = filename_pattern.format(suffix="") + ".index.json"
         index = {"metadata": {**split.metadata, **(metadata or {})}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
-        (folder / index_name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        write_text(folder / index_name, json.dumps(index, indent=2) + "\n")
         written.append(index_name)
     return written
 
@@ -643,7 +649,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((-(8 + len(raw))) % ALIGN)
-    with open(path, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
         for _, value in items:

@@ -257,6 +257,24 @@ def test_head_override_reinitialises_the_head_after_a_streamed_load(tmp_path):
     assert torch.equal(loaded.encoder.weight, model.encoder.weight)
 
 
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    """write_safetensors used to open the target itself: a failure after the header left a truncated file."""
+    path = tmp_path / "model.safetensors"
+    old = {"w": torch.arange(16.0)}
+    weights.write_safetensors(path, old)
+    before = path.read_bytes()
+
+    def fail(*args):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the tensors are written
+
+    monkeypatch.setattr(weights, "memoryview", fail, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        weights.write_safetensors(path, {"w": torch.ones(16)})
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    monkeypatch.undo()
+    assert torch.equal(load_file(str(path))["w"], old["w"])
+
+
 def test_bad_max_shard_size_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="max_shard_size='lots'"):
         _lm().save_pretrained(tmp_path / "out", max_shard_size="lots")
