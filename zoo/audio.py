@@ -18,8 +18,9 @@ from zoo.errors import AudioInputError
 
 __all__ = ["load_audio", "prepare_waveform", "prepare_waveforms", "pad_batch", "AUDIO_EXTENSIONS"]
 
-# Formats libsndfile (soundfile) reads; used by zoo.data.audio_folder too.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# Files load_audio reads: libsndfile (soundfile) formats, mp3 (libsndfile >= 1.1, else librosa) and m4a
+# (librosa through audioread and ffmpeg); zoo.data.audio_folder lists exactly these.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
 
 # Integer PCM -> float in [-1, 1]: divide by the magnitude of the most negative value.
 _INT_SCALE = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}

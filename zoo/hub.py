@@ -290,6 +290,8 @@ def stored_config(family, config: Mapping, source: str) -> dict:
     size = config.get("size")
     reference = family.make_config(size if size in family.sizes else None)
     validate(config, reference, source=source)
+    if "size" not in config:
+        reference.pop("size", None)  # a config built without a named size does not claim one
     return merge(reference, config)
 
 

@@ -415,26 +415,17 @@ def prepare_images(inputs, transform: ImageTransform | None = None):
 # ----------------------------------------------------------------------------- folders and datasets
 
 def image_folder(folder) -> list[dict]:
-    """Rows ``{"path", "id"[, "label"]}`` for every image under ``folder``, sorted by path.
+    """Rows ``{"path", "id"[, "label"]}`` for every image under ``folder``, sorted by path
+    (``zoo.data.folder_rows`` with labels).
 
     Like torchvision's ImageFolder: an image inside a sub-folder gets that sub-folder's name
     (relative to ``folder``, with "/" for deeper nesting) as its ``label``; images lying
     directly in ``folder`` get no label. ``id`` is the relative path without its extension.
+    Raises ``ConfigError`` for a missing folder.
     """
-    root = Path(os.fspath(folder)).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"Image folder {str(root)!r} does not exist or is not a folder; give a folder of "
-                          "images (optionally one sub-folder per label) or a JSONL manifest.")
-    rows = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        relative = path.relative_to(root)
-        row = {"path": str(path.resolve()), "id": relative.with_suffix("").as_posix()}
-        if len(relative.parts) > 1:
-            row["label"] = relative.parent.as_posix()
-        rows.append(row)
-    return rows
+    from zoo.data import folder_rows
+
+    return folder_rows(folder, IMAGE_EXTENSIONS, what="image folder", labels=True)
 
 
 class ImageDataset:

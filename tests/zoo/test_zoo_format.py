@@ -137,7 +137,7 @@ def test_stored_config_is_checked_and_completed(toy, tmp_path):
     meta["config"] = {"dim": 8, "hidden": 16}  # written before num_classes existed: takes the family default
     (folder / "config.json").write_text(json.dumps(meta))
     loaded = zoo.load(str(folder))
-    assert loaded.config == {"dim": 8, "hidden": 16, "num_classes": 3, "size": "tiny"}
+    assert loaded.config == {"dim": 8, "hidden": 16, "num_classes": 3}
     assert torch.equal(loaded.encoder.weight, toy.encoder.weight)
 
 
