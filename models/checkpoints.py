@@ -176,6 +176,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     safetensors via ``safetensors.torch.load_file``; .pt/.ckpt/.pth/.bin via
     ``torch.load(map_location="cpu", weights_only=True)``, falling back to the restricted
     unpickler when the pickle also holds foreign objects (fairseq's ``args``/``cfg``).
+
+    Raises CheckpointFormatError when the file is missing, unreadable (truncated, corrupt, not a checkpoint) or
+    holds something other than a mapping.
     """
     path = Path(path)
     if not path.is_file():
@@ -199,7 +202,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def find_state_dict(checkpoint: Mapping[str, Any], source: str,
                     keys: Iterable[str] = ("model", "state_dict", "module", "ema")) -> dict[str, torch.Tensor]:
-    """The tensor dict of a checkpoint: itself, or the first of ``keys`` that holds one (fairseq: ``model``)."""
+    """The tensor dict of a checkpoint: itself, or the first of ``keys`` that holds one (fairseq: ``model``).
+
+    Raises CheckpointFormatError when no entry holds tensors, listing the top-level keys.
+    """
     if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return dict(checkpoint)
     for key in keys:

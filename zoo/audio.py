@@ -114,6 +114,10 @@ def prepare_waveforms(wav, sample_rate: int, target_rate: int = 16000, lengths=N
 
     Accepted: one waveform (1-D, or multi-channel [C, T] / [T, C], mixed down); a list of
     waveforms; a padded batch [B, T] together with ``lengths``.
+
+    Raises AudioInputError for an empty list, a padded batch whose shape does not match its lengths, and
+    whatever load_audio / prepare_waveform refuse (missing, unreadable, empty or too short audio), naming the
+    file.
     """
     if isinstance(wav, (list, tuple)):
         if len(wav) == 0:
@@ -137,6 +141,8 @@ def pad_batch(waves: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad 1-D waveforms with zeros: ``(padded [B, Tmax], lengths LongTensor [B])``.
 
     The true lengths travel with the batch so models never treat padding as audio.
+
+    Raises AudioInputError for an empty list or a waveform that is not 1-D [T].
     """
     if len(waves) == 0:
         raise AudioInputError("pad_batch got no waveforms; pass a non-empty list of 1-D tensors.")

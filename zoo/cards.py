@@ -195,7 +195,11 @@ def model_info(name: str) -> dict:
 
 
 def add_card(card: "str | Path | dict") -> Card:
-    """Register a card from a YAML file or a dict (user cards, tests), like open_clip's add_model_config."""
+    """Register a card from a YAML file or a dict (user cards, tests), like open_clip's add_model_config.
+
+    Raises CardError when the file is missing or not valid YAML, or the card has a missing or invalid field
+    (naming it).
+    """
     if isinstance(card, dict):
         parsed = parse_card(card, source="<dict>")
     else:

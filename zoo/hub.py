@@ -440,7 +440,11 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None, c
 
 def download_weights(repo_id: str, **kwargs) -> list[str]:
     """Download a zoo repo's weights: ``model.safetensors``, else ``model.safetensors.index.json`` and every
-    shard it names. Returns the local paths (index first). ``kwargs`` as ``download_file``."""
+    shard it names. Returns the local paths (index first). ``kwargs`` as ``download_file``.
+
+    Raises WeightsNotAvailableError (the one for ``model.safetensors``) when the repo has neither layout, and
+    the errors of download_file.
+    """
     try:
         return [download_file(repo_id, WEIGHTS_NAME, **kwargs)]
     except WeightsNotAvailableError as err:

@@ -192,7 +192,10 @@ def load_mask(path, *, of: str | None = None) -> np.ndarray:
 
 
 def to_uint8(image) -> np.ndarray:
-    """An image as a (H, W, 3) uint8 array; tensors (3, H, W) or (B=1, ...) float in [0, 1]."""
+    """An image as a (H, W, 3) uint8 array; tensors (3, H, W) or (B=1, ...) float in [0, 1].
+
+    Raises ImageInputError for a batch of more than one image and for anything load_image refuses.
+    """
     if hasattr(image, "ndim") and image.ndim == 4:
         if image.shape[0] != 1:
             raise ImageInputError(f"to_uint8: expected one image, got a batch of {image.shape[0]}.")
@@ -294,6 +297,7 @@ class ImageTransform:
         return cls(**config)
 
     def to_dict(self) -> dict:
+        """The transform's fields as a JSON-able dict (tuples as lists); :meth:`from_dict` rebuilds an equal transform."""
         out = asdict(self)
         for key, value in out.items():
             if isinstance(value, tuple):
@@ -353,7 +357,10 @@ class ImageTransform:
         return tensor
 
     def apply_mask(self, mask):
-        """A bool mask (H, W) (array, tensor or mode-"1"/"L" PIL image) through the same geometry."""
+        """A bool mask (H, W) (array, tensor or mode-"1"/"L" PIL image) through the same geometry.
+
+        Raises ImageInputError for a mask that is not 2-D.
+        """
         import torch
         from PIL import Image
 

@@ -159,6 +159,7 @@ def meta_tensors(model: torch.nn.Module) -> list[str]:
 
 
 def has_meta(model: torch.nn.Module) -> bool:
+    """True when any parameter or buffer of ``model`` is still on the meta device (see :func:`meta_tensors`)."""
     return any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers())
 
 
@@ -179,10 +180,12 @@ class TensorInfo:
 
     @property
     def key_in_file(self) -> str:
+        """The tensor's name inside its file: ``stored`` when a key map renamed it, else ``name``."""
         return self.stored or self.name
 
     @property
     def nbytes(self) -> int:
+        """Size of the tensor's data in bytes: the product of ``shape`` times the element size of ``dtype``."""
         n = 1
         for dim in self.shape:
             n *= dim
@@ -229,7 +232,11 @@ def _open_safetensors(file: Path, cached: bool):
 
 
 def read_safetensors_header(file: str | Path, *, cached: bool = False) -> tuple[dict[str, TensorInfo], dict]:
-    """``({name: TensorInfo}, metadata)`` of a safetensors file, read from its header only."""
+    """``({name: TensorInfo}, metadata)`` of a safetensors file, read from its header only.
+
+    Raises CheckpointFormatError for a missing, truncated or corrupt file and for a dtype this torch cannot
+    hold; with ``cached=True`` a bad cached copy is evicted first.
+    """
     file = Path(file)
     out: dict[str, TensorInfo] = {}
     with _open_safetensors(file, cached) as handle:
@@ -635,6 +642,9 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
     aligns the data to 8 bytes only. Here the header is padded so the data starts at a multiple of
     64, and tensors whose byte size is a multiple of 64 come first, in the given order, so each of
     them starts aligned; the others follow. Any safetensors reader reads the file.
+
+    Raises CheckpointFormatError for a dtype safetensors cannot store (before anything is written); the file is
+    written atomically.
     """
     path = Path(path)
     items = sorted(tensors.items(), key=lambda kv: (kv[1].numel() * kv[1].element_size()) % ALIGN != 0)
@@ -659,7 +669,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
 
 
 def weight_files(folder: str | Path) -> list[str]:
-    """The weight files of a zoo folder: ``model.safetensors``, or the index and every shard it names."""
+    """The weight files of a zoo folder: ``model.safetensors``, or the index and every shard it names.
+
+    Raises CheckpointFormatError when the folder has neither layout, or its index names shards that are not
+    there.
+    """
     folder = Path(folder)
     if (folder / SAFE_WEIGHTS_NAME).is_file():
         return [SAFE_WEIGHTS_NAME]
@@ -671,7 +685,10 @@ def weight_files(folder: str | Path) -> list[str]:
 
 
 def shard_names(index_file: str | Path) -> list[str]:
-    """The shard file names a ``*.index.json`` names (sorted, unique)."""
+    """The shard file names a ``*.index.json`` names (sorted, unique).
+
+    Raises CheckpointFormatError when the file is missing or is not a JSON object with ``weight_map``.
+    """
     try:
         weight_map = json.loads(Path(index_file).read_text(encoding="utf-8"))["weight_map"]
         return sorted({str(f) for f in weight_map.values()})

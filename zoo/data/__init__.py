@@ -82,6 +82,9 @@ def write_manifest(rows: Iterable[dict], path) -> Path:
 
     Paths are written as given; pass paths relative to the manifest's folder to keep the
     corpus relocatable. Every row must be JSON-serialisable and have a ``"path"``.
+
+    Raises ConfigError for a row without ``path`` or one that is not JSON-serialisable (nothing is written
+    then).
     """
     manifest = Path(os.fspath(path)).expanduser()
     manifest.parent.mkdir(parents=True, exist_ok=True)

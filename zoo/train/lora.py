@@ -45,6 +45,7 @@ ADAPTER_NAME = "default"
 
 
 def enabled(options: dict | None) -> bool:
+    """True when ``train.lora`` asks for LoRA: a mapping with rank ``r`` > 0 (``r: 0``, the default, is off)."""
     return bool(options) and int(options.get("r") or 0) > 0
 
 
@@ -64,6 +65,7 @@ def lora_config(options: dict):
 
 
 def has_adapter(model: torch.nn.Module) -> bool:
+    """True when ``model`` holds peft LoRA layers (``peft.tuners.lora.LoraLayer``) anywhere."""
     from peft.tuners.lora import LoraLayer
 
     return any(isinstance(m, LoraLayer) for m in model.modules())
@@ -142,7 +144,11 @@ def save_adapter(model, folder: str | Path, *, card: Any = None, overwrite: bool
 
 
 def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool = False, dtype=None, device=None):
-    """The model an adapter folder describes: its base (by name, or from the folder), with the adapter applied."""
+    """The model an adapter folder describes: its base (by name, or from the folder), with the adapter applied.
+
+    Raises CheckpointFormatError for an adapter type other than LoRA, an unreadable adapter config, or a base of
+    another family; CheckpointKeysError when the adapter weights do not match the LoRA layers.
+    """
     from peft import LoraConfig, set_peft_model_state_dict
 
     from zoo import weights

@@ -73,7 +73,11 @@ ENGINE_SECTIONS = ("optim", "schedule", "train")
 
 
 def import_object(dotted: str, *, key: str = "trainer") -> Any:
-    """Import ``"package.module:Name"``."""
+    """Import ``"package.module:Name"``.
+
+    Raises ConfigError naming ``key`` when the string is malformed, the module cannot be imported, or it has no
+    such attribute.
+    """
     module_name, sep, attr = str(dotted).partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{key} must look like 'package.module:ClassName', got {dotted!r}")
@@ -88,7 +92,10 @@ def import_object(dotted: str, *, key: str = "trainer") -> Any:
 
 
 def family_trainer(name: str):
-    """(family name, trainer class) of a family, or of a model card's family."""
+    """(family name, trainer class) of a family, or of a model card's family.
+
+    Raises ConfigError for a family that has no trainer.
+    """
     from zoo.registry import get_family
 
     family = get_family(name)
@@ -98,7 +105,10 @@ def family_trainer(name: str):
 
 
 def resolve_trainer(config: dict, trainer_cls=None):
-    """The Trainer class a config asks for: explicit class > ``trainer:`` > ``family:``."""
+    """The Trainer class a config asks for: explicit class > ``trainer:`` > ``family:``.
+
+    Raises ConfigError when neither a family nor a trainer is named, and the errors of import_object.
+    """
     if trainer_cls is not None:
         return trainer_cls
     if config.get("trainer"):
@@ -120,6 +130,9 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
     ``family`` (the ``zoo train FAMILY`` argument) must agree with the recipe's ``family:``;
     a model card name is accepted too (its family is trained, starting from ``model.init`` = the card
     when the trainer has that key).
+
+    Raises ConfigError for a missing or malformed recipe file, an unknown key or a wrong type (naming the file
+    or the override), and a recipe whose family or trainer contradicts the command line's.
     """
     source = str(path) if path is not None else "the defaults"
     recipe = load_yaml(path) if path is not None else {}

@@ -31,11 +31,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ required
     def build_model(self) -> torch.nn.Module:
-        """The model to train (a ZooModel), from ``config["model"]``."""
+        """The model to train (a ZooModel), from ``config["model"]``.
+
+        Raises NotImplementedError: every trainer must override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
 
     def build_datasets(self) -> tuple[Any, Any]:
-        """Map-style datasets ``(train, eval or None)``."""
+        """Map-style datasets ``(train, eval or None)``.
+
+        Raises NotImplementedError: every trainer must override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_datasets()")
 
     def collate(self, items: list) -> Any:
@@ -43,7 +49,10 @@ class Trainer:
         return torch.utils.data.default_collate(items)
 
     def training_step(self, model, batch) -> dict:
-        """``{"loss": scalar tensor, **metrics}``; ``model`` may be DDP-wrapped: only call it."""
+        """``{"loss": scalar tensor, **metrics}``; ``model`` may be DDP-wrapped: only call it.
+
+        Raises NotImplementedError: every trainer must override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement training_step()")
 
     # ------------------------------------------------------------------ optional hooks

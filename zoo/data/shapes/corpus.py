@@ -38,6 +38,8 @@ def sample_scene(rng: np.random.Generator, concept: str | None = None) -> dict:
     two-object scenes the sizes differ by at most 1.25x or at least 1.7x and one axis clearly
     dominates the centres' offset, so the caption's relation is unambiguous. ``concept`` puts
     that concept's object first.
+
+    Raises ConfigError if the objects cannot be placed even after shrinking them (not seen with 1-4 objects).
     """
     count = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.25, 0.2]))
     background = {"color": str(rng.choice(list(BACKGROUNDS))),
@@ -214,7 +216,10 @@ def load_masks(scene: Scene) -> list[np.ndarray]:
 
 
 def demo_manifest(split: str = "train") -> Path:
-    """The bundled 64 px shapes set: ``"train"`` (300 scenes) or ``"heldout"`` (100 scenes)."""
+    """The bundled 64 px shapes set: ``"train"`` (300 scenes) or ``"heldout"`` (100 scenes).
+
+    Raises ConfigError for any other split.
+    """
     from zoo.data import DEMO_ROOT
 
     if split not in ("train", "heldout"):

@@ -500,9 +500,16 @@ class ShapesJudge:
 
     @property
     def tool_id(self) -> str:
+        """Identity of this judge for :class:`zoo.tools.CallCache` keys: ``"shapes-judge:unknown=..."``."""
         return f"shapes-judge:unknown={self.unknown!r}"
 
     def answer(self, image, question: str, **settings) -> str:
+        """:func:`answer` on ``image`` (anything :func:`zoo.image.load_image` takes): ``"yes"``/``"no"``, a count
+        (``"0"``, ``"2"``), a colour, shape or texture name, or ``"none"``.
+
+        Raises ``ConfigError`` for a question the judge cannot read, unless ``unknown`` was set (then returns
+        it); ``ImageInputError`` for an unreadable image. ``settings`` are ignored.
+        """
         try:
             return answer(image, question)
         except ConfigError:
@@ -511,9 +518,15 @@ class ShapesJudge:
             return self.unknown
 
     def caption(self, image, **settings) -> str:
+        """:func:`caption` of ``image``: a template caption of the detected objects (``"a red circle and a blue
+        square"``), or ``"an empty picture"``. ``settings`` are ignored.
+        """
         return caption(image)
 
     def check(self, image, caption_or_spec) -> dict:
+        """:func:`check`: per-category scores in [0, 1] of ``image`` against a caption or spec, with ``"overall"``
+        and ``"passed"``. Raises ``ConfigError`` for a caption the judge cannot parse.
+        """
         return check(image, caption_or_spec)
 
 
@@ -532,9 +545,13 @@ class ShapesMaskProposer:
 
     @property
     def tool_id(self) -> str:
+        """Identity of this proposer for :class:`zoo.tools.CallCache` keys: ``"shapes-masks:min_area=..."``."""
         return f"shapes-masks:min_area={self.min_area}"
 
     def propose(self, image) -> list:
+        """One :class:`zoo.tools.ProposedMask` per object :func:`detect` finds in ``image``, largest area first
+        (an empty list for a picture with no coloured object). Raises ``ImageInputError`` for an unreadable image.
+        """
         from zoo.tools import ProposedMask
 
         found = sorted(detect(image, min_area=self.min_area), key=lambda d: -d.area)

@@ -129,6 +129,7 @@ class ShapeObject:
     mask: str | None = None
 
     def to_dict(self) -> dict:
+        """The object as manifest JSON: every field, ``center`` and ``bbox`` as lists (``bbox`` None until rendered)."""
         out = asdict(self)
         out["center"] = list(self.center)
         out["bbox"] = None if self.bbox is None else list(self.bbox)
@@ -305,6 +306,8 @@ def relation_between(a, b, relation: str) -> bool:
     compare centres along the dominant axis: "left of" holds when a's centre is left of b's
     and the horizontal gap is at least the vertical one (T2I-CompBench's 2-D spatial rule).
     "bigger than" holds when a's size is at least ``SIZE_RATIO`` times b's.
+
+    Raises ConfigError for a relation outside RELATIONS.
     """
     (ax, ay), (bx, by) = _get(a, "center"), _get(b, "center")
     dx, dy = bx - ax, by - ay
@@ -457,6 +460,9 @@ def render(scene_or_spec, size: int | None = None):
     later object hides what it covers, and each mask holds the object's visible pixels.
     Objects without positions are laid out first (see :func:`layout`, seeded by the spec's
     ``seed``, default 0). Deterministic: the same spec and size give identical pixels.
+
+    Raises ConfigError for a size outside 8-4096 pixels and for a spec with an unknown shape, colour, texture or
+    field (naming the object and field).
     """
     from PIL import Image
 
