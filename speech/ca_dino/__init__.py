@@ -3,7 +3,7 @@
 Stage I is WeSpeaker's DINO recipe (ECAPA-TDNN student/teacher, multi-crop, centring,
 EMA teacher); the cluster-aware stage draws an anchor's crops from other utterances of
 the same k-means cluster; Stage II trains AAM-softmax on pseudo-labels with the dynamic
-loss gate and label correction (DLG-LC). See speech.md §3 and README.md here.
+loss gate and label correction (DLG-LC). See README.md here.
 
 Public pieces: CADinoModel (model.py: ``embed``, ``score``), ``eer`` / ``min_dcf``
 (scoring.py), DINOLoss (dino_loss.py), ``kmeans_labels`` (cluster.py), ``LossGate``

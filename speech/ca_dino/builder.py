@@ -1,4 +1,4 @@
-"""CA-DINO configs and sizes (speech.md §3.2, §3.3).
+"""CA-DINO configs and sizes (``wenet-e2e/wespeaker:examples/voxceleb/v3/dino/conf/ecapa_tdnn.yaml``).
 
 ``encoder`` holds the arguments of ``zoo.models.ecapa_tdnn.ECAPATDNN`` (WeSpeaker's
 ``ECAPA_TDNN_GLOB_c512`` with ``emb_bn=True`` by default), ``head`` the DINO projection
@@ -14,7 +14,7 @@ from zoo.models.configs import ECAPA_DEFAULTS, ECAPA_SIZES
 
 DEFAULT_CONFIG = {
     "encoder": dict(ECAPA_DEFAULTS),
-    # speech.md §3.3: 192 -> 2048 -> 2048 -> 256 with BN + GELU, weight-normed 256 -> 65536.
+    # WeSpeaker's DINOHead: 192 -> 2048 -> 2048 -> 256 with BN + GELU, weight-normed 256 -> 65536.
     "head": {
         "enabled": True,
         "out_dim": 65536,
@@ -24,12 +24,14 @@ DEFAULT_CONFIG = {
         "use_bn": True,
         "norm_last_layer": True,
     },
-    # speech.md §3.2: 80-bin kaldi fbank, 25/10 ms, hamming, dither 1.0 in training, CMN.
+    # WeSpeaker's front end: 80-bin kaldi fbank, 25/10 ms, hamming, dither 1.0 in training, CMN.
     "fbank": {
         "num_mel_bins": 80,
         "frame_length_ms": 25.0,
         "frame_shift_ms": 10.0,
         "dither": 1.0,
+        # per-utterance mean normalisation (WeSpeaker). Off, the long-term spectrum stays in the input.
+        "cmn": True,
     },
     "sample_rate": 16000,
     # embed(): clips shorter than this are tiled (WeSpeaker's repetition padding) rather than rejected.

@@ -1,4 +1,4 @@
-"""k-means pseudo-labels and cluster-aware positive sampling (speech.md §3.4).
+"""k-means pseudo-labels and cluster-aware positive sampling (CA-DINO, Han et al., arXiv 2304.05754).
 
 The authors cluster with faiss; scikit-learn's KMeans (MiniBatchKMeans for large sets)
 is used here on L2-normalised embeddings, i.e. spherical-ish k-means on cosine geometry.

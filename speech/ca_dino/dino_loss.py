@@ -1,4 +1,5 @@
-"""DINO objective and schedules of WeSpeaker's Stage I (speech.md §3.3).
+"""DINO objective and schedules of WeSpeaker's Stage I (``wenet-e2e/wespeaker:wespeaker/ssl/models/dino_wrapper.py``,
+``wespeaker/ssl/utils/dino_executor.py``; Caron et al., DINO, arXiv 2104.14294).
 
 Teacher probabilities are centred and sharpened, ``softmax((T - center) / tau_t)``;
 the loss is the mean cross-entropy over every (teacher view, student view) pair with
@@ -16,6 +17,11 @@ from torch import nn
 
 
 class DINOLoss(nn.Module):
+    """DINO self-distillation loss with teacher centring (Caron et al. 2021, Eq. 1; WeSpeaker's ``DINOLoss``).
+
+    ``out_dim``: head output size; ``center`` [1, out_dim] is a buffer (saved, all-reduced).
+    Forward returns a scalar float32 loss in nats (>= 0) and updates the centre.
+    """
     def __init__(self, out_dim: int, *, n_student_crops: int = 6, n_teacher_crops: int = 2,
                  student_temp: float = 0.1, center_momentum: float = 0.9):
         super().__init__()
@@ -44,6 +50,7 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean over the batch (and processes) of ``teacher_out`` [N, out_dim]."""
         batch_sum = teacher_out.float().sum(dim=0, keepdim=True)
         count = torch.tensor(float(teacher_out.shape[0]), device=teacher_out.device)
         if dist.is_available() and dist.is_initialized():

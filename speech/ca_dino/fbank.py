@@ -1,4 +1,4 @@
-"""Batched Kaldi fbank front end on the model's device (speech.md §3.2).
+"""Batched Kaldi fbank front end on the model's device (``wenet-e2e/wespeaker:wespeaker/ssl/dataset/processor.py``).
 
 WeSpeaker computes, per waveform: ``torchaudio.compliance.kaldi.fbank(wav * 2**15,
 num_mel_bins=80, frame_length=25, frame_shift=10, dither=1.0 (training only),
@@ -29,7 +29,7 @@ FBANK_DEFAULTS = {
     "num_mel_bins": 80,
     "frame_length_ms": 25.0,
     "frame_shift_ms": 10.0,
-    "dither": 1.0,          # used only when training (speech.md §3.2)
+    "dither": 1.0,          # used only when training (WeSpeaker compute_fbank)
     "sample_rate": 16000,
     "low_freq": 20.0,
     "preemphasis": 0.97,
@@ -94,7 +94,7 @@ def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num
         raise AudioInputError(f"audio of {short} samples is shorter than one {frame_length_ms} ms window "
                               f"({window_size} samples); pad it (repetition) or drop it.")
     max_frames = int(counts.max())
-    x = waves.float() * 32768.0  # speech.md §3.2: waveform * 2^15 before fbank
+    x = waves.float() * 32768.0  # WeSpeaker: waveform * 2^15 before fbank
     needed = samples_for_frames(max_frames, sample_rate, frame_length_ms, frame_shift_ms)
     if x.shape[1] < needed:
         x = F.pad(x, (0, needed - x.shape[1]))
@@ -112,10 +112,52 @@ def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num
     mel = power @ _mel_matrix(num_mel_bins, fft_size, sample_rate, low_freq).to(device)
     feats = mel.clamp_min(_EPS).log()
     valid = (torch.arange(max_frames, device=device)[None, :] < counts[:, None]).unsqueeze(-1).float()
-    if cmn:  # mean normalisation over each row's valid frames (speech.md §3.2: CMN, mean only)
+    if cmn:  # mean normalisation over each row's valid frames (WeSpeaker apply_cmvn: mean only)
         mean = (feats * valid).sum(dim=1, keepdim=True) / counts.view(-1, 1, 1)
         feats = feats - mean
     return feats * valid, counts
+
+
+FBANK_STATISTICS = ("mean_fbank", "mean_std_fbank")
+
+
+def fbank_statistics(waves, kind: str = "mean_fbank") -> torch.Tensor:
+    """No-learning utterance vectors: statistics of the 80-bin log-mel frames (no CMN, no dither).
+
+    ``waves``: list of 1-D 16 kHz float waveforms (each at least one 25 ms window long).
+    ``kind``: ``mean_fbank`` -> the mean log-mel vector [N, 80]; ``mean_std_fbank`` -> the
+    mean and the standard deviation over frames, concatenated [N, 160]. These are the
+    cosine-scored baselines a speaker model has to beat, and the features of the first
+    clustering when ``cluster.init_features: mean_fbank``. Raises ConfigError for another
+    ``kind`` and AudioInputError for a clip shorter than one window.
+    """
+    if kind not in FBANK_STATISTICS:
+        raise ConfigError(f"fbank statistics must be one of {', '.join(FBANK_STATISTICS)}; got {kind!r}")
+    out = []
+    for wave in waves:
+        feats, counts = kaldi_fbank(torch.as_tensor(wave).float().reshape(1, -1), cmn=False)
+        frames = feats[0, :counts[0]]
+        if kind == "mean_fbank":
+            out.append(frames.mean(0))
+        else:
+            out.append(torch.cat([frames.mean(0), frames.std(0, unbiased=False)]))
+    return torch.stack(out)
+
+
+def speed_perturb(wave: torch.Tensor, speed: float) -> torch.Tensor:
+    """Play ``wave`` [T] ``speed`` times faster: resampled to ``T / speed`` samples, so pitch and formants
+    scale by ``speed`` (sox's ``speed`` effect, WeSpeaker's speed perturbation). ``speed`` is taken as a
+    fraction with a denominator of at most 100 (0.9 = 9/10). Returns float32 [~T / speed]."""
+    from fractions import Fraction
+
+    import torchaudio.functional
+
+    if speed <= 0:
+        raise ConfigError(f"speed perturbation factors must be positive; got {speed}")
+    ratio = Fraction(speed).limit_denominator(100)
+    if ratio == 1:
+        return wave
+    return torchaudio.functional.resample(wave, ratio.numerator, ratio.denominator).to(torch.float32)
 
 
 def repeat_pad(wave: torch.Tensor, min_samples: int) -> torch.Tensor:
@@ -137,7 +179,9 @@ def random_crop(wave: torch.Tensor, num_samples: int, rng: random.Random) -> tor
 
 
 class NoiseReverb:
-    """Noise / RIR augmentation from folders of audio files (speech.md §3.2, WeSpeaker add_reverb_noise).
+    """Noise / RIR augmentation from folders of audio files.
+
+    As ``add_reverb_noise`` in ``wenet-e2e/wespeaker:wespeaker/dataset/processor.py``.
 
     ``noise_dir``: files whose path contains 'speech' use SNR 10-30 dB, 'music' 5-15, others 0-15
     (MUSAN's folders). ``rir_dir``: impulse responses, energy-normalised before convolution.
@@ -159,6 +203,7 @@ class NoiseReverb:
 
     @property
     def enabled(self) -> bool:
+        """True when a noise or an RIR folder was given."""
         return bool(self.noise_files or self.rir_files)
 
     def _load(self, path: str) -> torch.Tensor:
@@ -178,6 +223,7 @@ class NoiseReverb:
         return 0.0, 15.0
 
     def add_noise(self, wave: torch.Tensor, path: str) -> torch.Tensor:
+        """``wave`` [T] plus a random crop of the noise file at a random SNR (dB range from the file's MUSAN folder)."""
         noise = random_crop(self._load(path), wave.shape[-1], self.rng)
         snr = self.rng.uniform(*self._snr_range(path))
         wave_db = 10 * math.log10(float(wave.pow(2).mean()) + 1e-4)
@@ -185,6 +231,7 @@ class NoiseReverb:
         return wave + math.sqrt(10 ** ((wave_db - noise_db - snr) / 10)) * noise
 
     def add_reverb(self, wave: torch.Tensor, path: str) -> torch.Tensor:
+        """``wave`` [T] convolved with the energy-normalised impulse response in ``path`` (same length as ``wave``)."""
         rir = self._load(path)
         rir = rir / rir.pow(2).sum().sqrt().clamp_min(1e-8)
         kernel = rir.flip(0).view(1, 1, -1)

@@ -1,4 +1,8 @@
-"""DLG-LC: dynamic loss gate and label correction for pseudo-label training (speech.md §3.4).
+"""DLG-LC: dynamic loss gate and label correction for pseudo-label training.
+
+Han, Chen, Qian, arXiv 2208.01928 (Interspeech 2022) and arXiv 2304.05754 (CA-DINO); no official
+code exists, so the rule follows ``theolepage/wavlm_ssl_sv:trainSpeakerNet.py`` (``LGL_threshold_update_gmm``)
+and ``theolepage/wavlm_ssl_sv:loss/aamsoftmax.py``:
 
 * Each epoch the per-sample AAM-softmax losses l_i (augmented view) are kept; from
   ``gate_start_epoch`` on, a 2-component GaussianMixture (full covariance, tol 1e-5,
@@ -10,8 +14,8 @@
   cosine logits (no margin); used only when max p > ``confidence`` (0.5).
 * loss = mean_i( ce(y_i) * reliable_i + ce(y_hat_i) * (~reliable_i & confident_i) ).
 
-Defaults follow the third-party implementation the spec cites (theolepage/wavlm_ssl_sv:
-gate from epoch 5, correction for epochs > 8); the paper's own values are unverified.
+Defaults follow that third-party implementation (gate from epoch 5, correction for epochs > 8);
+the paper's own values are not public.
 """
 from __future__ import annotations
 
@@ -72,7 +76,10 @@ def correct_labels(clean_cosine: torch.Tensor, *, temperature: float = 0.1, conf
 
 
 def aam_logits(cosine: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, scale: float = 32.0):
-    """ArcFace logits s * cos(theta + m) at the label, s * cos elsewhere (WeSpeaker ArcMarginProduct, easy_margin off)."""
+    """ArcFace logits [B, C]: s * cos(theta + m) at the label, s * cos elsewhere.
+
+    As WeSpeaker's ``ArcMarginProduct`` with ``easy_margin`` off.
+    """
     cosine = cosine.float().clamp(-1, 1)
     sine = torch.sqrt((1.0 - cosine * cosine).clamp_min(0))
     phi = cosine * math.cos(margin) - sine * math.sin(margin)
@@ -84,7 +91,9 @@ def aam_logits(cosine: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.
 
 def margin_at(epoch: float, *, final_margin: float = 0.2, increase_start: int = 20, fix_start: int = 40,
               initial_margin: float = 0.0) -> float:
-    """WeSpeaker v2's margin schedule (speech.md §3.4): ``initial`` until epoch ``increase_start``, then an
+    """WeSpeaker v2's margin schedule (``wenet-e2e/wespeaker:examples/voxceleb/v2/conf/ecapa_tdnn.yaml``).
+
+    ``initial`` until epoch ``increase_start``, then an
     exponential rise (ratio 1 - 1e-3^t) to ``final`` at ``fix_start``. Epochs are 1-based as in WeSpeaker;
     ``epoch`` may be fractional (iteration granularity)."""
     if epoch >= fix_start:

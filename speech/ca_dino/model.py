@@ -3,10 +3,11 @@
 The module's state dict uses WeSpeaker's names at the top level (``layer1.conv.weight``,
 ``pool.linear1.weight``, ``bn2.*``, ``projection_head.mlp.0.weight``,
 ``projection_head.last_layer.weight_g``, ``projection.weight``), so WeSpeaker's
-``avg_model.pt`` loads strictly without a key map (speech.md §3.7).
+``avg_model.pt`` loads strictly without a key map (``wenet-e2e/wespeaker:wespeaker/models/ecapa_tdnn.py``).
 
-A loaded / trained model is the DINO *teacher* (speech.md §3.2: evaluation uses the
-teacher). ``embed`` runs the front end (no dither) and the encoder on a padded
+A loaded / trained model is the DINO *teacher*, which WeSpeaker evaluates
+(``wenet-e2e/wespeaker:wespeaker/ssl/bin/average_dino_model.py`` averages the teacher).
+``embed`` runs the front end (no dither) and the encoder on a padded
 variable-length batch with frame masks, so batching never changes an embedding.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.errors import AudioInputError
 from zoo.model import ZooModel
 from zoo.models.dino_head import DINOHead
 from zoo.models.ecapa_tdnn import ECAPALayers
@@ -25,6 +25,12 @@ from zoo.speech.ca_dino.fbank import kaldi_fbank, repeat_pad
 
 
 class CADinoModel(ECAPALayers, ZooModel):
+    """WeSpeaker ECAPA-TDNN speaker encoder with an optional DINO head and an optional AAM classifier.
+
+    Built from a full config (``builder.make_config``). Inference: :meth:`embed` (audio ->
+    [B, 192] float32 embeddings, eval mode, flag restored) and :meth:`score` (cosine in [-1, 1]).
+    Training: ``forward`` on fbank features. Input audio is 16 kHz mono (other rates are resampled).
+    """
     family = "ca-dino"
     head_keys = ("projection.",)
 
@@ -58,11 +64,14 @@ class CADinoModel(ECAPALayers, ZooModel):
 
     # ----------------------------------------------------------------- training path
     def forward(self, feats, lengths=None, *, head: bool = True) -> dict:
-        """feats [B, T, F] or a list of such tensors (crops of different lengths, e.g. DINO global + local).
+        """Training forward: ``feats`` [B, T, F] float fbank frames, or a list of such tensors (crops of
+        different lengths, e.g. DINO global + local).
 
         Each tensor goes through the encoder on its own (BatchNorm statistics per crop size, as
         WeSpeaker's DINO does); embeddings are concatenated, then the projection head and the
-        classifier (if any) run once on the concatenation. Returns ``{"embedding", "head"?, "cosine"?}``.
+        classifier (if any) run once on the concatenation. ``lengths``: valid frames per row (or a list
+        per tensor). Returns ``{"embedding": [N, 192], "head": [N, out_dim] (with a head), "cosine": [N, classes]
+        in [-1, 1] (with a classifier)}``.
         """
         groups = feats if isinstance(feats, (list, tuple)) else [feats]
         group_lengths = lengths if isinstance(lengths, (list, tuple)) else [lengths] * len(groups)
@@ -75,40 +84,43 @@ class CADinoModel(ECAPALayers, ZooModel):
         return out
 
     # ----------------------------------------------------------------- inference API
-    def features(self, waves: Sequence[torch.Tensor], *, dither: float = 0.0):
-        """Repeat-pad, batch and fbank a list of 1-D 16 kHz waveforms -> (feats [B, T, F], frame counts)."""
+    def fbank(self, waves: torch.Tensor, lengths: torch.Tensor | None = None, *, dither: float = 0.0):
+        """The model's front end on a padded batch: ``waves`` [B, T] float at 16 kHz in [-1, 1],
+        ``lengths`` [B] valid samples -> (feats [B, frames, num_mel_bins], frame counts [B]).
+
+        Kaldi fbank as configured in ``config["fbank"]``, then per-utterance mean normalisation
+        when ``fbank.cmn`` is true (WeSpeaker's front end). ``dither`` is in 16-bit units.
+        """
         fbank = self.config["fbank"]
+        return kaldi_fbank(waves.to(self.device), lengths, num_mel_bins=fbank["num_mel_bins"],
+                           frame_length_ms=fbank["frame_length_ms"], frame_shift_ms=fbank["frame_shift_ms"],
+                           dither=dither, sample_rate=self.config["sample_rate"], cmn=bool(fbank.get("cmn", True)))
+
+    def features(self, waves: Sequence[torch.Tensor], *, dither: float = 0.0):
+        """Repeat-pad, batch and fbank a list of 1-D 16 kHz waveforms -> (feats [B, T, F], frame counts [B])."""
         min_samples = max(int(self.config.get("min_embed_seconds", 0.5) * self.config["sample_rate"]), 400)
         waves = [repeat_pad(w.float().reshape(-1), min_samples) for w in waves]
         lengths = torch.tensor([w.numel() for w in waves], device=self.device)
         padded = torch.zeros(len(waves), int(lengths.max()), device=self.device)
         for i, w in enumerate(waves):
             padded[i, :w.numel()] = w.to(self.device)
-        return kaldi_fbank(padded, lengths, num_mel_bins=fbank["num_mel_bins"],
-                           frame_length_ms=fbank["frame_length_ms"], frame_shift_ms=fbank["frame_shift_ms"],
-                           dither=dither, sample_rate=self.config["sample_rate"])
-
-    def _prepare(self, wav, sample_rate) -> list[torch.Tensor]:
-        """One clip, a list of clips (each [T], or [C, T] to mix down) or a 2-D [B, T] batch -> mono 1-D clips."""
-        if isinstance(wav, (list, tuple)):
-            items = list(wav)
-        elif getattr(wav, "ndim", 1) == 2:
-            items = [row for row in wav]  # a [B, T] batch of mono clips
-        else:
-            items = [wav]
-        if not items:
-            raise AudioInputError("embed() got an empty list of clips; pass at least one waveform.")
-        return [_prepare_waveform(item, sample_rate, self.config["sample_rate"], name=f"clip {i}")
-                for i, item in enumerate(items)]
+        return self.fbank(padded, lengths, dither=dither)
 
     @torch.no_grad()
-    def embed(self, wav, sample_rate: int = 16000, *, batch_size: int = 32) -> torch.Tensor:
-        """Speaker embeddings [B, embed_dim] (192) of one clip, a list of clips or a [B, T] batch.
+    def embed(self, wav, sample_rate: int = 16000, *, lengths=None, batch_size: int = 32) -> torch.Tensor:
+        """Speaker embeddings, float32 ``[B, embed_dim]`` (192), in eval mode (the caller's mode is restored).
 
-        Clips may have different lengths; ones shorter than ``min_embed_seconds`` are tiled
-        (WeSpeaker's repetition padding). Empty clips raise AudioInputError.
+        ``wav``: anything ``zoo.audio.prepare_waveforms`` accepts: one clip (1-D, or multi-channel,
+        mixed down), a list of clips, or a padded ``[B, T]`` batch with ``lengths``; numpy or
+        torch, float in [-1, 1] or integer PCM, at ``sample_rate`` Hz (resampled to 16 kHz).
+        One clip gives ``[1, embed_dim]``. Clips may have different lengths and are batched with
+        frame masks, so batching never changes an embedding; clips shorter than
+        ``min_embed_seconds`` (0.5 s) are tiled (WeSpeaker's repetition padding). Raises
+        AudioInputError for empty, non-finite or malformed input.
         """
-        waves = self._prepare(wav, sample_rate)
+        from zoo.audio import prepare_waveforms
+
+        waves, _ = prepare_waveforms(wav, sample_rate, self.config["sample_rate"], lengths)
         was_training = self.training
         self.eval()
         try:
@@ -139,30 +151,3 @@ class _CosineClassifier(nn.Module):
 
     def forward(self, embedding):
         return F.linear(F.normalize(embedding), F.normalize(self.weight))
-
-
-def _prepare_waveform(wav, sample_rate, target_rate, *, name):
-    """zoo.audio.prepare_waveform (mono, float, resampled, checked); a minimal stand-in until it exists."""
-    try:
-        from zoo.audio import prepare_waveform
-    except ImportError:
-        prepare_waveform = None
-    if prepare_waveform is not None:
-        return prepare_waveform(wav, sample_rate, target_rate, name=name)
-    import numpy as np
-
-    tensor = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav)
-    if tensor.dtype == torch.int16:
-        tensor = tensor.float() / 32768.0
-    tensor = tensor.float()
-    if tensor.dim() == 2:
-        tensor = tensor.mean(dim=0 if tensor.shape[0] <= tensor.shape[1] else 1)
-    if tensor.numel() == 0:
-        raise AudioInputError(f"{name} is empty (0 samples); give a non-empty 16 kHz clip.")
-    if not torch.isfinite(tensor).all():
-        raise AudioInputError(f"{name} contains NaN or infinite samples.")
-    if sample_rate != target_rate:
-        import torchaudio.functional as AF
-
-        tensor = AF.resample(tensor, sample_rate, target_rate)
-    return tensor

@@ -1,4 +1,4 @@
-"""``zoo train ca-dino``: DINO, cluster-aware DINO and DLG-LC pseudo-label training (speech.md §3.3, §3.4).
+"""``zoo train ca-dino``: DINO, cluster-aware DINO and DLG-LC pseudo-label training.
 
 ``ca_dino.stage`` picks the objective:
 
@@ -17,7 +17,8 @@
 
 The model the engine optimises is the *student*; the teacher lives here (saved in the
 trainer state for exact resume) and is copied into the model after the last step, so
-the saved model is the teacher, which evaluation uses (speech.md §3.2). In stage2 the
+the saved model is the teacher, which evaluation uses
+(``wenet-e2e/wespeaker:wespeaker/ssl/bin/average_dino_model.py``). In stage2 the
 trained network itself is the result. Features are computed on the model's device:
 kaldi fbank with dither 1.0 and CMN (fbank.py), after optional noise/RIR augmentation.
 
@@ -38,7 +39,9 @@ import torch
 from zoo.errors import ConfigError
 from zoo.speech.ca_dino.cluster import ClusterPositives, kmeans_labels
 from zoo.speech.ca_dino.dino_loss import DINOLoss, cosine_value, teacher_temperature
-from zoo.speech.ca_dino.fbank import NoiseReverb, kaldi_fbank, random_crop, samples_for_frames
+from zoo.speech.ca_dino.fbank import (
+    FBANK_STATISTICS, NoiseReverb, fbank_statistics, random_crop, samples_for_frames, speed_perturb,
+)
 from zoo.speech.ca_dino.loss_gate import LossGateError, dlg_lc_loss, gmm_threshold, margin_at
 from zoo.train import Trainer
 
@@ -79,20 +82,25 @@ def _is_bias_or_norm(name: str, param: torch.Tensor) -> bool:
 
 
 class _Audio:
-    """Decoded-audio access with an optional in-memory cache."""
+    """Decoded audio of manifest rows (``zoo.audio.load_audio``), optionally speed-perturbed, with an
+    optional in-memory cache keyed by (row, speed)."""
 
     def __init__(self, rows: list[dict], sample_rate: int, cache: bool):
         self.rows, self.sample_rate, self.cache = rows, sample_rate, cache
-        self._store: dict[int, torch.Tensor] = {}
+        self._store: dict[tuple[int, float], torch.Tensor] = {}
 
-    def __call__(self, index: int) -> torch.Tensor:
-        if index in self._store:
-            return self._store[index]
-        from zoo.speech.ca_dino.evaluate import load_wave
+    def __call__(self, index: int, speed: float = 1.0) -> torch.Tensor:
+        key = (index, float(speed))
+        if key in self._store:
+            return self._store[key]
+        if speed != 1.0:
+            wave = speed_perturb(self(index), speed)
+        else:
+            from zoo.audio import load_audio
 
-        wave = load_wave(self.rows[index]["path"], self.sample_rate)
+            wave = load_audio(self.rows[index]["path"], self.sample_rate)
         if self.cache:
-            self._store[index] = wave
+            self._store[key] = wave
         return wave
 
 
@@ -103,8 +111,9 @@ class MultiCropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows, *, sample_rate, global_samples, local_samples, n_global, n_local, cache, augment,
-                 seed):
+                 seed, speeds=()):
         self.audio = _Audio(rows, sample_rate, cache)
+        self.speeds = tuple(float(s) for s in speeds)
         self.global_samples, self.local_samples = global_samples, local_samples
         self.n_global, self.n_local = n_global, n_local
         self.augment = augment
@@ -116,6 +125,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         return len(self.audio.rows)
 
     def set_epoch(self, epoch: int) -> None:
+        """Crops (and speeds) are drawn from a per-(seed, epoch, index) RNG."""
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
@@ -125,10 +135,12 @@ class MultiCropDataset(torch.utils.data.Dataset):
             sources = [index] * count
         else:  # CA-DINO: crops after the first come from other utterances of the anchor's cluster
             sources = [index] + self.positives.sample(index, count - 1, rng)
+        # one speed for all crops of an anchor: a perturbed voice is a new voice (WeSpeaker's speed perturbation)
+        speed = self.speeds[rng.randrange(len(self.speeds))] if self.speeds else 1.0
         crops = []
         for k, source in enumerate(sources):
             length = self.global_samples if k < self.n_global else self.local_samples
-            crop = random_crop(self.audio(source), length, rng)
+            crop = random_crop(self.audio(source, speed), length, rng)
             crops.append(self.augment(crop) if self.augment is not None else crop)
         return {"global": torch.stack(crops[:self.n_global]), "local": torch.stack(crops[self.n_global:]),
                 "index": index}
@@ -147,6 +159,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         return len(self.audio.rows)
 
     def set_epoch(self, epoch: int) -> None:
+        """Crops (and speeds) are drawn from a per-(seed, epoch, index) RNG."""
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
@@ -157,6 +170,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
+    """Stack a list of dataset items: tensors along a new batch axis, numbers into a tensor."""
     out = {}
     for key in items[0]:
         values = [item[key] for item in items]
@@ -165,6 +179,13 @@ def collate(items: list[dict]) -> dict:
 
 
 class CADinoTrainer(Trainer):
+    """The ``zoo train ca-dino`` trainer: Stage I DINO (optionally cluster-aware) or Stage II DLG-LC (module docstring).
+
+    Recipe sections and defaults are in ``config_defaults``; every key can be overridden on the
+    command line (``cluster.positives_from=cluster``). The engine optimises the student; the
+    EMA teacher, DINO centre, cluster labels and loss-gate state live here and are saved in
+    the trainer state for exact resume.
+    """
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
         "data": {
@@ -173,11 +194,13 @@ class CADinoTrainer(Trainer):
             "eval": None,                 # manifest for EER during training (None = no evaluation)
             "eval_speakers": [],          # restrict evaluation to these voices
             "eval_max_trials": 20000,
+            "eval_options": {},           # more evaluate() options, e.g. {mean: eval, baselines: true}
             "cache_audio": False,
-            "noise_dir": None,            # MUSAN-style noise folder (speech.md §3.2), optional
+            "noise_dir": None,            # MUSAN-style noise folder, optional
             "rir_dir": None,              # room impulse responses folder, optional
             "aug_prob": 1.0,              # WeSpeaker SSL recipe: 1.0 (v2 supervised: 0.6)
             "steps_per_epoch": None,      # default: len(train) // (batch_size * world_size)
+            "speed_perturb": [],          # e.g. [0.9, 1.0, 1.1]: one speed per anchor, as a new voice (Stage I)
         },
         "ca_dino": {
             "stage": "dino",              # dino | stage2
@@ -195,6 +218,7 @@ class CADinoTrainer(Trainer):
             "positives_from": "utterance",  # utterance | cluster (CA-DINO)
             "num_clusters": 8,
             "every_epochs": 0,            # 0 = cluster once at the start
+            "init_features": "model",     # first clustering: model (its embeddings) | mean_fbank
             "seed": 0,
         },
         "stage2": {
@@ -215,6 +239,8 @@ class CADinoTrainer(Trainer):
             raise ConfigError(f"ca_dino.stage must be 'dino' or 'stage2', got {cfg['stage']!r}")
         if self.config["cluster"]["positives_from"] not in ("utterance", "cluster"):
             raise ConfigError("cluster.positives_from must be 'utterance' or 'cluster'")
+        if self.config["cluster"]["init_features"] not in ("model", *FBANK_STATISTICS):
+            raise ConfigError(f"cluster.init_features must be 'model' or one of {', '.join(FBANK_STATISTICS)}")
         self.stage = cfg["stage"]
         self.teacher = None
         self.dino_loss = None
@@ -225,12 +251,17 @@ class CADinoTrainer(Trainer):
         self._pending_state = None
         self._hooks = []
         self._clustered = False  # True once labels exist (computed, or restored on resume)
+        self._last_step = 0
 
     # ------------------------------------------------------------------ setup
     def _train_section(self) -> dict:
         return self.config.get("train", {}) or {}
 
     def build_model(self):
+        """The student: ``model.init`` (a zoo name/folder) or a random ``model.size`` with ``model.overrides``.
+
+        Stage II swaps the DINO head for a ``cluster.num_clusters``-way classifier.
+        """
         import zoo
         from zoo.registry import get_family
 
@@ -267,6 +298,7 @@ class CADinoTrainer(Trainer):
                            seed=int(self._train_section().get("seed", 0) or 0))
 
     def build_datasets(self):
+        """(MultiCropDataset or PseudoLabelDataset over ``data.train`` minus ``data.exclude_speakers``, None)."""
         data, cfg = self.config["data"], self.config["ca_dino"]
         rows = read_split(data["train"], exclude=data["exclude_speakers"])
         seed = int(self._train_section().get("seed", 0) or 0)
@@ -274,7 +306,8 @@ class CADinoTrainer(Trainer):
             self.train_dataset = MultiCropDataset(
                 rows, sample_rate=16000, global_samples=samples_for_frames(cfg["global_frames"]),
                 local_samples=samples_for_frames(cfg["local_frames"]), n_global=cfg["global_crops"],
-                n_local=cfg["local_crops"], cache=bool(data["cache_audio"]), augment=self._augment(), seed=seed)
+                n_local=cfg["local_crops"], cache=bool(data["cache_audio"]), augment=self._augment(), seed=seed,
+                speeds=data["speed_perturb"] or ())
         else:
             self.train_dataset = PseudoLabelDataset(
                 rows, sample_rate=16000, crop_samples=samples_for_frames(self.config["stage2"]["crop_frames"]),
@@ -282,9 +315,13 @@ class CADinoTrainer(Trainer):
         return self.train_dataset, None
 
     def collate(self, items: list):
+        """Stack crops: global [B, n_global, samples] and local [B, n_local, samples] (Stage I),
+        or clean / augmented [B, samples] (Stage II)."""
         return collate(items)
 
     def param_groups(self, model) -> list[dict]:
+        """Two groups: weights with ``optim.weight_decay``; biases and 1-D parameters without
+        (WeSpeaker ``get_params_groups``)."""
         # WeSpeaker get_params_groups: no weight decay on biases and 1-D (norm) parameters.
         decay, no_decay = [], []
         for name, param in model.named_parameters():
@@ -299,6 +336,7 @@ class CADinoTrainer(Trainer):
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def steps_per_epoch(self) -> int:
+        """``data.steps_per_epoch``, else training utterances // (batch size x accumulation x processes), at least 1."""
         explicit = self.config["data"].get("steps_per_epoch")
         if explicit:
             return int(explicit)
@@ -308,17 +346,21 @@ class CADinoTrainer(Trainer):
         return max(size // (batch * accum * self._world_size()), 1)
 
     def total_steps(self) -> int:
+        """``train.max_steps`` (at least 1)."""
         return max(int(self._train_section().get("max_steps", 1) or 1), 1)
 
     def total_epochs(self) -> int:
+        """Epochs the run spans (for the teacher-temperature warm-up); at least 1."""
         return max(math.ceil(self.total_steps() / self.steps_per_epoch()), 1)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, model) -> None:
+        """Create the teacher and DINO loss (Stage I), install the gradient hooks, restore a pending
+        resume state, and cluster."""
         cfg = self.config["ca_dino"]
         if self.stage == "dino":
             if self.teacher is None:
-                # speech.md §3.3: teacher = deepcopy(student), head included; never back-propagated.
+                # WeSpeaker dino_wrapper: teacher = deepcopy(student), head included; never back-propagated.
                 self.teacher = copy.deepcopy(model).requires_grad_(False)
                 self.dino_loss = DINOLoss(model.projection_head.last_layer.out_features,
                                           n_student_crops=cfg["global_crops"] + cfg["local_crops"],
@@ -359,6 +401,7 @@ class CADinoTrainer(Trainer):
                 self._hooks.append(param.register_hook(make_hook(name)))
 
     def on_epoch_start(self, model, epoch: int) -> None:
+        """Set the epoch for crops and schedules; Stage II refits the loss gate; re-cluster when due."""
         self.epoch = epoch
         if self.train_dataset is not None:
             self.train_dataset.set_epoch(epoch)
@@ -368,6 +411,9 @@ class CADinoTrainer(Trainer):
         self._cluster_if_due(model, epoch)
 
     def on_step_end(self, model, step: int) -> None:
+        """EMA update of the teacher (momentum on a cosine 0.996 -> 1); after the last step the model
+        takes the teacher's weights."""
+        self._last_step = step
         if self.stage == "dino" and self.teacher is not None:
             momentum = cosine_value(step - 1, self.total_steps(), float(self.config["ca_dino"]["momentum_teacher"]),
                                     1.0)
@@ -375,7 +421,7 @@ class CADinoTrainer(Trainer):
                 for ema, live in zip(self.teacher.parameters(), model.parameters()):
                     ema.mul_(momentum).add_(live.detach(), alpha=1 - momentum)
             if step >= self.total_steps():
-                # The result of DINO training is the teacher (speech.md §3.2): hand it to the engine to save.
+                # The result of DINO training is the teacher: hand it to the engine to save.
                 model.load_state_dict(self.teacher.state_dict())
 
     # ------------------------------------------------------------------ clustering
@@ -395,18 +441,27 @@ class CADinoTrainer(Trainer):
             self.train_dataset.positives = ClusterPositives(labels)
         else:
             self.train_dataset.labels = labels
-            with torch.no_grad():  # a new round: class centres start at the cluster centroids
-                weight = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=-1)
-                model.projection.weight.copy_(weight.to(model.projection.weight))
+            if centroids.shape[1] == model.projection.weight.shape[1]:  # not for fbank-statistics clusters
+                with torch.no_grad():  # a new round: class centres start at the cluster centroids
+                    weight = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=-1)
+                    model.projection.weight.copy_(weight.to(model.projection.weight))
 
     @torch.no_grad()
     def cluster(self, model) -> tuple[np.ndarray, np.ndarray]:
-        """k-means on the current embeddings (teacher in Stage I) of every training utterance."""
+        """k-means on the current embeddings (teacher in Stage I) of every training utterance.
+
+        The first clustering of a run uses ``cluster.init_features``: the model's embeddings, or
+        the mean log-mel vector of each utterance (``mean_fbank``), which already groups the
+        utterances of one voice far better than an untrained network does.
+        """
+        cluster = self.config["cluster"]
         encoder = self.teacher if self.teacher is not None else model
         audio = self.train_dataset.audio
         waves = [audio(i) for i in range(len(self.train_dataset))]
-        embeddings = encoder.embed(waves, 16000)
-        cluster = self.config["cluster"]
+        if not self._clustered and cluster["init_features"] != "model":
+            embeddings = fbank_statistics(waves, cluster["init_features"])
+        else:
+            embeddings = encoder.embed(waves, 16000)
         labels, centroids = kmeans_labels(embeddings, int(cluster["num_clusters"]), seed=int(cluster["seed"]))
         counts = np.bincount(labels, minlength=int(cluster["num_clusters"]))
         logger.info("k-means: %d clusters over %d utterances (sizes %d..%d)", len(counts), len(labels),
@@ -436,11 +491,13 @@ class CADinoTrainer(Trainer):
         return values
 
     # ------------------------------------------------------------------ steps
-    def _fbank(self, waves: torch.Tensor, device) -> torch.Tensor:
-        feats, _ = kaldi_fbank(waves.to(device, non_blocking=True), dither=float(self.config["ca_dino"]["dither"]))
+    def _fbank(self, model, waves: torch.Tensor, device) -> torch.Tensor:
+        unwrapped = getattr(model, "module", model)
+        feats, _ = unwrapped.fbank(waves.to(device, non_blocking=True), dither=float(self.config["ca_dino"]["dither"]))
         return feats
 
     def training_step(self, model, batch) -> dict:
+        """``{"loss": scalar, ...}`` of a DINO step (multi-crop) or a Stage II step (gated AAM-softmax)."""
         unwrapped = getattr(model, "module", model)
         device = unwrapped.device
         if self.stage == "dino":
@@ -451,8 +508,8 @@ class CADinoTrainer(Trainer):
         cfg = self.config["ca_dino"]
         g, lo = batch["global"], batch["local"]
         # crop-major order (crop, batch) as WeSpeaker's executor: chunk(n_crops) yields one view per chunk
-        global_feats = self._fbank(g.transpose(0, 1).reshape(-1, g.shape[-1]), device)
-        local_feats = self._fbank(lo.transpose(0, 1).reshape(-1, lo.shape[-1]), device)
+        global_feats = self._fbank(model, g.transpose(0, 1).reshape(-1, g.shape[-1]), device)
+        local_feats = self._fbank(model, lo.transpose(0, 1).reshape(-1, lo.shape[-1]), device)
         student = model([global_feats, local_feats])["head"]
         with torch.no_grad():
             self.teacher.train()  # WeSpeaker's teacher runs in train mode (its BN statistics update)
@@ -465,12 +522,13 @@ class CADinoTrainer(Trainer):
 
     def _stage2_step(self, model, batch, device) -> dict:
         cfg = self.config["stage2"]
-        augmented = self._fbank(batch["augmented"], device)
-        clean = self._fbank(batch["clean"], device)
+        augmented = self._fbank(model, batch["augmented"], device)
+        clean = self._fbank(model, batch["clean"], device)
         cosine = model([augmented, clean], head=False)["cosine"]
         cosine_aug, cosine_clean = cosine.chunk(2)
         labels = batch["label"].to(device)
-        margin = margin_at(self.epoch + 1, final_margin=float(cfg["margin"]), increase_start=cfg["margin_increase_start"],
+        margin = margin_at(self.epoch + 1, final_margin=float(cfg["margin"]),
+                           increase_start=cfg["margin_increase_start"],
                            fix_start=cfg["margin_fix_start"])
         loss, per_sample, stats = dlg_lc_loss(
             cosine_aug, labels, cosine_clean, threshold=self.gate_threshold,
@@ -481,7 +539,21 @@ class CADinoTrainer(Trainer):
         return {"loss": loss, "margin": margin, **stats}
 
     # ------------------------------------------------------------------ evaluation
+    def eval_options(self) -> dict:
+        """The options of ``zoo.speech.ca_dino.evaluate.evaluate`` this run evaluates with (and ``zoo eval`` takes)."""
+        data = self.config["data"]
+        options = {"speakers": ",".join(map(str, data["eval_speakers"])) or None,
+                   "max_trials": int(data["eval_max_trials"])}
+        options.update(data.get("eval_options") or {})
+        return options
+
     def evaluate(self, model) -> dict:
+        """Verification metrics on ``data.eval`` with the teacher (Stage I) or the model (Stage II).
+
+        The same call as ``zoo eval <final> --data <data.eval> key=value ...`` with
+        :meth:`eval_options`, so the figures the log prints at the last step are the ones that
+        command prints for the saved model. Returns the numeric metrics (``eer_percent``, ...).
+        """
         data = self.config["data"]
         if not data["eval"]:
             return {}
@@ -489,16 +561,32 @@ class CADinoTrainer(Trainer):
 
         encoder = self.teacher if self.teacher is not None else getattr(model, "module", model)
         was_training = encoder.training
+        options = self.eval_options()
         try:
-            metrics = evaluate_verification(encoder, data=str(_resolve(data["eval"])),
-                                            speakers=data["eval_speakers"] or None,
-                                            max_trials=int(data["eval_max_trials"]), det=False)
+            metrics = evaluate_verification(encoder, data=str(_resolve(data["eval"])), det=False, **options)
         finally:
             encoder.train(was_training)
-        return {"eer": metrics["eer"], "min_dcf": metrics["min_dcf_p0.01"]}
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._last_step >= self.total_steps() and self.rank == 0:
+            self._report(numbers, options)
+        return numbers
+
+    def _report(self, metrics: dict, options: dict) -> None:
+        """The last evaluation in words, with the command that prints the same figures for the saved model."""
+        text = (f"held-out evaluation ({metrics['num_utterances']} utterances, {metrics['num_trials']} trials, "
+                f"{metrics['num_target']} target): EER {metrics['eer_percent']:.2f}% (trained model)")
+        for kind, label in (("mean_fbank", "mean log-mel vector"), ("mean_std_fbank", "mean+std log-mel vector")):
+            if f"{kind}_eer_percent" in metrics:
+                text += f", {metrics[f'{kind}_eer_percent']:.2f}% ({label}, no model)"
+        final = Path(str(self.output_dir)) / "final" if self.output_dir is not None else "<output_dir>/final"
+        args = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
+                        if v is not None)
+        logger.info("%s\n  the same figures for the saved model: zoo eval %s --data %s %s", text, final,
+                    self.config["data"]["eval"], args)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
+        """Everything exact resume needs besides the model: epoch, teacher, centre, cluster labels, loss-gate state."""
         state = {"epoch": self.epoch, "gate_threshold": self.gate_threshold,
                  "epoch_losses": dict(self.epoch_losses)}
         if self.teacher is not None:
@@ -512,6 +600,7 @@ class CADinoTrainer(Trainer):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (Stage I: deferred until ``on_train_start`` has built the teacher)."""
         if self.stage == "dino" and self.teacher is None:
             self._pending_state = state  # restored in on_train_start, once the teacher exists
             return

@@ -1,4 +1,4 @@
-"""DINO loss, schedules, k-means and cluster positives, fbank front end (speech.md §3.2-3.4)."""
+"""DINO loss, schedules, k-means and cluster positives, fbank front end."""
 import math
 import random
 
@@ -88,3 +88,33 @@ def test_frames_and_crops():
     assert repeat_pad(clip, 12).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
     crop = random_crop(torch.arange(100.0), 10, random.Random(0))
     assert crop.shape == (10,) and torch.equal(crop, torch.arange(crop[0].item(), crop[0].item() + 10))
+
+
+def test_fbank_statistics_baselines():
+    from zoo.speech.ca_dino.fbank import fbank_statistics
+
+    t = torch.arange(16000) / 16000
+    tone = 0.1 * torch.sin(2 * math.pi * 440 * t) + 0.01 * torch.sin(2 * math.pi * 3000 * t)
+    mean = fbank_statistics([tone], "mean_fbank")
+    both = fbank_statistics([tone, 2 * tone], "mean_std_fbank")
+    assert mean.shape == (1, 80) and both.shape == (2, 160)
+    assert torch.allclose(both[0, :80], mean[0], atol=1e-5)
+    # twice the amplitude is 4x the power: every log-mel bin rises by log 4, the spread is unchanged
+    assert torch.allclose(both[1, :80] - both[0, :80], torch.full((80,), math.log(4.0)), atol=1e-3)
+    assert torch.allclose(both[1, 80:], both[0, 80:], atol=1e-3)
+    # a steady tone: the loudest bin hardly varies over frames
+    assert both[0, 80 + int(mean[0].argmax())] < 0.05
+    with pytest.raises(Exception, match="mean_fbank, mean_std_fbank"):
+        fbank_statistics([tone], "mfcc")
+
+
+def test_speed_perturbation_scales_pitch_and_length():
+    from zoo.speech.ca_dino.fbank import speed_perturb
+
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * math.pi * 200 * t)
+    for speed, pitch in ((1.25, 250), (0.8, 160), (1.0, 200)):
+        out = speed_perturb(tone, speed)
+        assert out.shape == (round(16000 / speed),)
+        spectrum = torch.fft.rfft(out).abs()
+        assert round(spectrum.argmax().item() * 16000 / out.numel()) == pitch

@@ -1,4 +1,4 @@
-"""DLG-LC: GMM gate threshold and label correction (speech.md §3.4)."""
+"""DLG-LC: GMM gate threshold and label correction."""
 import math
 
 import numpy as np
@@ -61,21 +61,25 @@ def test_no_crossing_between_modes_is_an_error():
 def test_label_correction_rule():
     cosine = torch.tensor([
         [0.9, 0.1, 0.0],    # sharpened at T=0.1: p(0) = e^9 / (e^9+e^1+e^0) ~ 0.9995 -> confident, label 0
-        [0.50, 0.48, 0.0],  # e^5 vs e^4.8: p ~ 0.545 -> confident (> 0.5), label 0
-        [0.50, 0.45, 0.44],  # p(0) = e^5/(e^5+e^4.5+e^4.4) ~ 0.466 -> not confident
+        [0.48, 0.50, 0.0],  # p(1) = 1 / (1 + e^-0.2 + e^-5) = 0.548 -> confident (> 0.5), label 1
+        [0.50, 0.45, 0.44],  # p(0) = e^5 / (e^5 + e^4.5 + e^4.4) = 0.46396 -> not confident
     ])
     labels, confident = correct_labels(cosine, temperature=0.1, confidence=0.5)
-    assert labels.tolist() == [0, 0, 0]
+    assert labels.tolist() == [0, 1, 0]
     assert confident.tolist() == [True, True, False]
-    expected = math.exp(5) / (math.exp(5) + math.exp(4.5) + math.exp(4.4))
-    assert expected < 0.5
+    # the code's p(0) for row 2 lies between 0.463 and 0.464: the confidence threshold moves it across
+    assert correct_labels(cosine, temperature=0.1, confidence=0.463)[1].tolist() == [True, True, True]
+    assert correct_labels(cosine, temperature=0.1, confidence=0.464)[1].tolist() == [True, True, False]
+    # row 1 at T = 0.05: p(1) = 1 / (1 + e^-0.4 + e^-10) = 0.59867: confident at 0.598, not at 0.599
+    assert correct_labels(cosine[1:2], temperature=0.05, confidence=0.598)[1].item() is True
+    assert correct_labels(cosine[1:2], temperature=0.05, confidence=0.599)[1].item() is False
 
 
 def test_gated_loss_combines_reliable_and_corrected():
     cosine = torch.tensor([[0.3, 0.0], [0.0, 0.9], [0.0, 0.9]])
     labels = torch.tensor([0, 0, 0])  # sample 0 fits its label; 1 and 2 do not
-    clean = torch.tensor([[0.9, 0.0], [0.0, 0.9], [0.2, 0.21]])  # 1 confidently class 1; 2 unsure (p ~ .52)
-    clean[2] = torch.tensor([0.5, 0.45])  # p(0) = 1/(1+e^-0.5) ~ .62 -> confident but label 0
+    # clean view: sample 1 confidently class 1; sample 2 class 0 with p(0) = 1 / (1 + e^-0.5) = 0.62 (> 0.5)
+    clean = torch.tensor([[0.9, 0.0], [0.0, 0.9], [0.5, 0.45]])
     ce_all = torch.nn.functional.cross_entropy(aam_logits(cosine, labels, margin=0.2, scale=32), labels,
                                                reduction="none")
     tau = float(torch.log(ce_all[0]) + 0.1)  # only sample 0 is reliable

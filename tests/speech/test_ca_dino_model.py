@@ -39,7 +39,17 @@ def test_embed_shapes_and_batch_invariance(model):
     assert batched.shape == (3, 192)
     for i, clip in enumerate(clips):
         assert torch.allclose(model.embed(clip, 16000)[0], batched[i], atol=1e-4)
-    assert model.embed(torch.stack([clips[0], clips[0]]), 16000).shape == (2, 192)
+    # a padded [B, T] batch with its lengths: the same embeddings as the clips one by one
+    padded = torch.zeros(3, 16000)
+    for i, clip in enumerate(clips):
+        padded[i, :clip.numel()] = clip
+    assert torch.allclose(model.embed(padded, 16000, lengths=[16000, 11000, 9000]), batched, atol=1e-4)
+    # without lengths a 2-D array is one multi-channel clip, mixed down (never guessed to be a batch)
+    stereo = torch.stack([clips[0], clips[0] * 0.5])
+    assert torch.allclose(model.embed(stereo, 16000), model.embed(clips[0] * 0.75, 16000), atol=1e-5)
+    # int16 PCM and numpy input: scaled by 1 / 32768
+    pcm = (clips[1] * 32768).round().clamp(-32768, 32767).to(torch.int16)
+    assert torch.allclose(model.embed(pcm.numpy(), 16000), model.embed(pcm.float() / 32768, 16000), atol=1e-6)
 
 
 def test_resampling_and_short_clips_are_repeat_padded(model):
@@ -79,3 +89,18 @@ def test_zoo_format_round_trip(tmp_path, model):
     clip = torch.randn(12000) * 0.1
     assert torch.equal(again.embed(clip), model.embed(clip))
     assert not again.projection_head.last_layer.weight_g.requires_grad
+
+
+def test_embed_in_eval_mode_restores_the_flag():
+    torch.manual_seed(2)
+    m = build(make_config("tiny"))
+    for module in m.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_var.uniform_(0.5, 2.0)
+    clip = torch.randn(12000) * 0.1
+    m.train()
+    first = m.embed(clip)
+    assert m.training  # the caller's mode is back
+    assert torch.equal(first, m.embed(clip))  # BatchNorm used its running statistics both times
+    m.eval()
+    assert torch.equal(first, m.embed(clip)) and not m.training

@@ -1,4 +1,6 @@
-"""EER / minDCF / AS-norm / DET for CA-DINO scoring (speech.md §3.3, ecosystem.md §5.2)."""
+"""EER / minDCF / AS-norm / DET for CA-DINO scoring: exact values on hand-made cases and brute-force loops."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -8,17 +10,79 @@ from zoo.speech.ca_dino.scoring import as_norm, cosine_scores, eer, error_curve,
 
 
 def _loop_eer(scores, labels):
-    """speechbrain-style reference: every distinct score and midpoint as a threshold."""
+    """speechbrain's loop: every distinct score and midpoint is a threshold (reject <= t); the first
+    threshold with the smallest |FAR - FRR| wins; EER = (FAR + FRR) / 2. Rates as exact fractions."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     pos, neg = scores[labels == 1], scores[labels == 0]
     values = np.unique(scores)
     thresholds = np.sort(np.concatenate([values, (values[:-1] + values[1:]) / 2]))
     best = None
     for t in thresholds:
-        frr = (pos <= t).sum() / pos.size
-        far = (neg > t).sum() / neg.size
+        frr = Fraction(int((pos <= t).sum()), pos.size)
+        far = Fraction(int((neg > t).sum()), neg.size)
         if best is None or abs(far - frr) < abs(best[0] - best[1]):
             best = (far, frr)
-    return (best[0] + best[1]) / 2
+    return float((best[0] + best[1]) / 2)
+
+
+def _loop_eer_interpolated(scores, labels):
+    """WeSpeaker's compute_eer on the per-distinct-score curve with the accept-all point first, in fractions."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    points = [(Fraction(0), Fraction(1))]  # accept all: FRR 0, FAR 1
+    for t in np.unique(scores):
+        points.append((Fraction(int((pos <= t).sum()), pos.size), Fraction(int((neg > t).sum()), neg.size)))
+    diff = [frr - far for frr, far in points]
+    x1 = next(i for i, d in enumerate(diff) if d >= 0)
+    x2 = max(i for i, d in enumerate(diff) if d < 0)
+    (frr1, far1), (frr2, far2) = points[x1], points[x2]
+    a = (frr1 - far1) / (far2 - far1 - (frr2 - frr1))
+    return float(frr1 + a * (frr2 - frr1))
+
+
+def test_exact_tie_takes_the_first_operating_point():
+    # targets 0.0 0.2 0.3, non-targets 0.1 0.4. Reject <= 0.1: FRR 1/3, FAR 1/2; reject <= 0.2: FRR 2/3,
+    # FAR 1/2. Both are 1/6 from equal; the first wins: (1/3 + 1/2) / 2 = 5/12 (float rounding picked 7/12).
+    assert eer([0.0, 0.1, 0.2, 0.3, 0.4], [1, 0, 1, 1, 0]) == 5 / 12
+    assert eer([0.0, 0.1, 0.2, 0.3, 0.4], [1, 0, 1, 1, 0], return_threshold=True) == (5 / 12, 0.1)
+    # the same trials in another order and as a tensor: same value
+    assert eer(torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0]), torch.tensor([0, 1, 1, 0, 1])) == 5 / 12
+
+
+def test_all_tied_scores():
+    # one operating point (reject all: FRR 1, FAR 0) -> 0.5; interpolated between accept-all and reject-all -> 0.5
+    assert eer([0.3] * 5, [1, 0, 0, 1, 1]) == 0.5
+    assert eer([0.3] * 5, [1, 0, 0, 1, 1], interpolate=True) == 0.5
+    # a perfect separation: 0 either way
+    assert eer([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 0.0
+    assert eer([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], interpolate=True) == 0.0
+    # reversed scores: every operating point has FRR + FAR >= 1
+    # reject <= 0.1: FRR 1/2, FAR 1; reject <= 0.2: FRR 1, FAR 1 (equal) -> 1.0
+    assert eer([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 1.0
+    assert eer([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0], interpolate=True) == 1.0
+
+
+def test_interpolation_before_the_first_score():
+    # 1 target at 0.1 below 3 non-targets: accept-all (FRR 0, FAR 1, diff -1) -> reject <= 0.1 (FRR 1, FAR 1,
+    # diff 0): the crossing is the second point, FRR 1.
+    assert eer([0.1, 0.2, 0.3, 0.4], [1, 0, 0, 0], interpolate=True) == 1.0
+    # targets 0.1, 0.5; non-targets 0.2, 0.3: accept-all (0, 1) -> reject<=0.1 (1/2, 1): diff -1/2 ->
+    # reject<=0.2 (1/2, 1/2): diff 0 -> the crossing is exactly that point
+    assert eer([0.1, 0.5, 0.2, 0.3], [1, 1, 0, 0], interpolate=True) == 0.5
+
+
+@pytest.mark.parametrize("interpolate", [False, True], ids=["loop", "interpolated"])
+def test_equals_brute_force_on_random_score_sets(interpolate):
+    reference = _loop_eer_interpolated if interpolate else _loop_eer
+    rng = np.random.default_rng(11)
+    for case in range(320):
+        size = int(rng.integers(2, 40))
+        labels = rng.integers(0, 2, size)
+        labels[rng.integers(size)] = 1
+        labels[(rng.integers(size - 1) + 1 + np.flatnonzero(labels == 1)[0]) % size] = 0
+        # few distinct values: many ties, and many exactly equal |FAR - FRR| at different points
+        scores = rng.integers(0, int(rng.integers(1, 8)), size) / 10 + labels * rng.integers(0, 3) / 10
+        assert eer(scores, labels, interpolate=interpolate) == reference(scores, labels), (case, scores, labels)
 
 
 def test_speechbrain_docstring_example_is_zero():
@@ -100,8 +164,14 @@ def test_cosine_mean_subtraction_and_as_norm():
     assert normed[0].item() == pytest.approx(0.5 * ((0 - 0.5) / 0.5) * 2)
 
 
-def test_det_png(tmp_path):
+def test_det_png_leaves_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, figures = matplotlib.get_backend(), plt.get_fignums()
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
     plot_det(rng.normal(size=400) + 2 * labels, labels, tmp_path / "det.png")
     assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == figures
+    assert list(tmp_path.iterdir()) == [tmp_path / "det.png"]  # no temporary file left behind

@@ -1,15 +1,18 @@
 """CA-DINO trainer: DINO steps with falling loss, EMA teacher, clipping/freeze hooks, stage II with DLG-LC."""
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("zoo.train")
+import zoo.speech.ca_dino
+from zoo.speech.ca_dino.evaluate import evaluate
+from zoo.speech.ca_dino.trainer import CADinoTrainer
 
-from zoo.speech.ca_dino.trainer import CADinoTrainer  # noqa: E402
+RECIPE = Path(zoo.speech.ca_dino.__file__).parent / "recipes" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,8 @@ def _config(manifest, stage, steps, **cluster):
     return config
 
 
-def _run(trainer, steps, lr=0.05, seed=0):
-    """The engine's call order, inlined: hooks, step, SGD, EMA."""
+def _run(trainer, steps, lr=0.05, seed=0, records=None):
+    """The engine's call order, inlined: hooks, step, SGD, EMA. ``records`` collects each step's outputs."""
     torch.manual_seed(seed)
     model = trainer.build_model()
     dataset, _ = trainer.build_datasets()
@@ -62,6 +65,8 @@ def _run(trainer, steps, lr=0.05, seed=0):
             step += 1
             trainer.on_step_end(model, step)
             losses.append(out["loss"].item())
+            if records is not None:
+                records.append({k: float(v.detach() if torch.is_tensor(v) else v) for k, v in out.items()})
             if step >= steps:
                 break
         epoch += 1
@@ -98,8 +103,13 @@ def test_dino_trains_and_teacher_is_saved(manifest):
     # after the last step the model holds the teacher's weights (the result of DINO training)
     teacher = trainer.teacher.state_dict()
     assert all(torch.equal(v, teacher[k]) for k, v in model.state_dict().items())
+    # the trainer's evaluation is zoo eval's: same options, same figures for the saved (teacher) model
+    trainer.config["data"]["eval_options"] = {"baselines": True}
     metrics = trainer.evaluate(model)
-    assert 0.0 <= metrics["eer"] <= 100.0
+    direct = evaluate(model, data=manifest, speakers="voice2,voice3", baselines=True, det=False)
+    assert metrics == {k: v for k, v in direct.items() if k != "features"}
+    assert metrics["num_trials"] == 28 and metrics["num_target"] == 12
+    assert metrics["mean_fbank_eer_percent"] == 0.0  # the fixture's voices differ in pitch: separable
 
 
 def test_first_epoch_last_layer_frozen_and_per_parameter_clipping(manifest):
@@ -152,11 +162,18 @@ def test_stage2_pseudo_labels_and_loss_gate(manifest):
     config["stage2"].update(gate_start_epoch=2, correction_start_epoch=3, margin_increase_start=1,
                             margin_fix_start=2)
     trainer = CADinoTrainer(config)
-    model, losses = _run(trainer, 18, lr=0.02)
+    records = []
+    model, losses = _run(trainer, 18, lr=0.02, records=records)
     assert model.projection_head is None and model.projection.weight.shape == (3, 192)
-    assert set(trainer.train_dataset.labels.tolist()) <= {0, 1, 2}
-    assert len(trainer.epoch_losses) > 0
-    assert trainer.gate_threshold is None or np.isfinite(trainer.gate_threshold)
+    assert set(trainer.train_dataset.labels.tolist()) == {0, 1, 2}
+    assert sorted(trainer.epoch_losses) == list(range(12))  # one loss per training utterance
+    # 12 utterances / batch 4 = 3 steps per epoch: epochs 0-1 ungated, the gate fits from epoch 2 on
+    assert all(r["reliable"] == 1.0 for r in records[:6])
+    assert trainer.gate_threshold is not None and np.isfinite(trainer.gate_threshold)
+    gated = records[6:]
+    assert min(r["reliable"] for r in gated) < 1.0  # the gate set some samples aside
+    assert max(r["corrected"] for r in records[9:]) > 0.0  # and from epoch 3 on some were relabelled
+    assert all(r["corrected"] == 0.0 for r in records[:9])
     assert np.isfinite(losses).all()
 
 
@@ -165,17 +182,25 @@ def _engine_overrides(manifest, out, steps, extra=()):
             "data.eval_speakers=[voice2,voice3]", "ca_dino.global_frames=80", "ca_dino.local_frames=50",
             "ca_dino.local_crops=2", "train.batch_size=4", f"train.max_steps={steps}", "train.log_every=1",
             f"train.eval_every={steps}", "train.ckpt_every=2", f"train.output_dir={out}", "train.progress=false",
-            "train.tensorboard=false", "schedule.warmup_steps=2", *extra]
+            "train.tensorboard=false", "schedule.warmup_steps=2", "data.eval_options={baselines: true}", *extra]
 
 
-@pytest.mark.parametrize("extra", [(), ("cluster.positives_from=cluster", "cluster.num_clusters=3")],
+@pytest.mark.parametrize("extra", [("cluster.positives_from=utterance",), ("cluster.num_clusters=3",)],
                          ids=["dino", "ca-dino"])
-def test_demo_recipe_through_the_engine_with_exact_resume(manifest, tmp_path, extra):
+def test_demo_recipe_through_the_engine_with_exact_resume(manifest, tmp_path, extra, capsys):
     import zoo
-    from zoo.speech.ca_dino.demo_check import RECIPE
+    from zoo.cli import main
     from zoo.train import load_recipe, run
 
     straight = run(load_recipe(RECIPE, _engine_overrides(manifest, tmp_path / "a", 4, extra)))
+    # the trainer's last evaluation (in the run's log) is what `zoo eval` prints for the saved model
+    logged = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    logged = [record["eval"] for record in logged if "eval" in record][-1]
+    capsys.readouterr()
+    assert main(["eval", str(straight), "--data", manifest, "speakers=voice2,voice3", "baselines=true"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for key in ("eer_percent", "min_dcf_p0.01", "mean_fbank_eer_percent", "mean_std_fbank_eer_percent"):
+        assert printed[key] == logged[key], key
     checkpoint = tmp_path / "a" / "checkpoints" / "step-00000002"  # mid-epoch (3 batches per epoch)
     assert checkpoint.is_dir()
     resumed = run(load_recipe(RECIPE, _engine_overrides(manifest, tmp_path / "b", 4,
@@ -185,3 +210,31 @@ def test_demo_recipe_through_the_engine_with_exact_resume(manifest, tmp_path, ex
         assert torch.equal(value, b.state_dict()[key]), key
     clip = torch.randn(12000) * 0.1
     assert torch.equal(a.embed(clip), b.embed(clip))
+
+
+def test_first_clusters_from_mean_fbank_and_speed_perturbed_crops(manifest):
+    config = _config(manifest, "dino", 2, positives_from="cluster", init_features="mean_fbank")
+    config["data"]["speed_perturb"] = [0.5]
+    trainer = CADinoTrainer(config)
+    model = trainer.build_model()
+    trainer.build_datasets()
+    trainer.on_train_start(model)
+    # the fixture's voices differ in pitch and timbre: the mean log-mel vector clusters them exactly
+    labels = trainer.train_dataset.positives.labels
+    voices = [row["speaker"] for row in trainer.train_dataset.audio.rows]
+    assert len(set(labels)) == 3
+    assert all((labels[i] == labels[j]) == (voices[i] == voices[j]) for i in range(12) for j in range(12))
+    # speed 0.5: every crop is cut from the clip played at half speed (twice as long)
+    audio = trainer.train_dataset.audio
+    assert audio(0, 0.5).numel() == 2 * audio(0).numel()
+    item = trainer.train_dataset[0]
+    slowed = [audio(i, 0.5) for i in range(12)]
+    for crop in [*item["global"], *item["local"]]:
+        assert any(_is_window_of(crop, wave) for wave in slowed)
+
+
+def _is_window_of(crop, wave):
+    if wave.numel() < crop.numel():
+        return False
+    windows = wave.unfold(0, crop.numel(), 1)
+    return bool((windows == crop).all(dim=1).any())
