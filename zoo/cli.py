@@ -72,11 +72,14 @@ def _cmd_eval(args) -> int:
     options = parse_overrides(args.options)
     if args.trials:
         options["trials"] = args.trials
-    if args.data == "demo":  # the bundled speech corpus, as in recipes
-        from zoo.data import demo_corpus
+    if args.data == "demo":
+        if family.modality == "speech":  # the bundled speech corpus, as in the speech recipes
+            from zoo.data import demo_corpus
 
-        args.data = str(demo_corpus())
-    if not Path(args.data).exists():
+            args.data = str(demo_corpus())
+        # other modalities' demo data (shapes-world sets, generated scenes) is the family's to pick:
+        # its evaluate gets "demo" itself, never the speech corpus
+    elif not Path(args.data).exists():
         raise ConfigError(f"--data {args.data!r} does not exist; give a manifest or folder, or 'demo'")
     metrics = evaluate(model, data=args.data, output=args.output, **options)
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
@@ -155,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a manifest")
     p.add_argument("name", help="card name, hf-hub:org/name or a local folder")
-    p.add_argument("--data", required=True, help="JSONL manifest, folder, or demo (the bundled speech corpus)")
+    p.add_argument("--data", required=True,
+                   help="JSONL manifest, folder, or demo (the family's bundled demo data: the speech corpus for "
+                        "speech models)")
     p.add_argument("--trials", help="trial list (speaker verification)")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")

@@ -119,3 +119,12 @@ def test_list_info_and_help_do_not_import_torch(argv):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("HEAVY []"), result.stdout[-500:]
+
+
+def test_eval_demo_is_the_familys_own_demo_data(toy_card, capsys):
+    """`zoo eval` used to replace --data demo by the speech corpus for every model, vision ones included."""
+    assert main(["eval", "toy-tiny", "--random-init", "--data", "demo", "threshold=0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"data": "demo", "options": {"threshold": 0.5}, "output": None}
+    assert main(["eval", "toy-tiny", "--random-init", "--data", "absent.jsonl"]) == 2
+    assert "--data 'absent.jsonl' does not exist" in capsys.readouterr().err
