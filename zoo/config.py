@@ -293,7 +293,9 @@ def validate(config: dict, defaults: Mapping, *, source: str = "recipe",
 
 
 def check_paths(config: Mapping, path_keys: Iterable[str], *, source: str = "recipe") -> None:
-    """Every dotted key in ``path_keys`` that is set must name an existing file or folder.
+    """Every dotted key in ``path_keys`` that is set must name an existing file or folder, or be ``"demo"``
+    (the bundled data, ``zoo.data.DEMO``). The engine checks a trainer's ``path_keys`` this way before it
+    creates or touches the output folder.
 
     Raises ConfigError naming the key and the value for the first path that does not exist.
     """
@@ -303,7 +305,7 @@ def check_paths(config: Mapping, path_keys: Iterable[str], *, source: str = "rec
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
-            if not Path(str(item)).expanduser().exists():
+            if item != "demo" and not Path(str(item)).expanduser().exists():
                 raise ConfigError(f"{dotted}: {item!r} does not exist ({source}). Point {dotted} at an existing "
                                   f"file or folder (override on the command line: {dotted}=PATH).")
 

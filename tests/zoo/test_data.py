@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from zoo.audio import load_audio
-from zoo.data import audio_folder, demo_corpus, demo_images, read_jsonl, read_manifest, write_manifest
+from zoo.data import audio_folder, audio_rows, demo_corpus, demo_images, read_jsonl, read_manifest, write_manifest
 from zoo.data.make_demo_corpus import count_syllables, count_word_syllables
 from zoo.errors import ConfigError
 
@@ -82,6 +82,24 @@ def test_audio_folder_lists_audio_recursively(tmp_path):
     assert rows[3]["path"] == str((tmp_path / "spk1" / "u1.wav").resolve())
     with pytest.raises(ConfigError, match="does not exist"):
         audio_folder(tmp_path / "missing")
+
+
+def test_audio_rows_resolves_demo_folders_and_manifests_naming_the_key(tmp_path):
+    demo = audio_rows("demo")
+    assert demo == [dict(r, id=r.get("id", Path(r["path"]).stem)) for r in read_manifest(demo_corpus())]
+    assert all(Path(r["path"]).is_file() for r in demo[:3])
+    (tmp_path / "spk").mkdir()
+    (tmp_path / "spk" / "a.wav").write_bytes(b"")
+    assert audio_rows(tmp_path) == [{"path": str((tmp_path / "spk" / "a.wav").resolve()), "id": "spk/a"}]
+    (tmp_path / "m.jsonl").write_text('{"path": "spk/a.wav", "speaker": "s1"}\n')
+    assert audio_rows(tmp_path / "m.jsonl", key="data.eval")[0]["id"] == "a"
+    with pytest.raises(ConfigError, match="data.eval is not set"):
+        audio_rows(None, key="data.eval")
+    with pytest.raises(ConfigError, match="data.train: '.*nope' does not exist"):
+        audio_rows(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="data.train: .*empty lists no audio"):
+        audio_rows(tmp_path / "empty")
 
 
 def test_syllable_rule_on_hand_counted_words():

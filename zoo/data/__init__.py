@@ -14,9 +14,10 @@ from typing import Iterable
 from zoo.errors import ConfigError
 from zoo.files import write_text
 
-__all__ = ["read_jsonl", "read_manifest", "write_manifest", "resolve_path", "folder_rows", "audio_folder", "demo_corpus", "demo_images", "DEMO_ROOT"]
+__all__ = ["read_jsonl", "read_manifest", "write_manifest", "resolve_path", "folder_rows", "audio_folder", "audio_rows", "DEMO", "demo_corpus", "demo_images", "DEMO_ROOT"]
 
 DEMO_ROOT = Path(__file__).resolve().parent / "demo"
+DEMO = "demo"  # what a recipe or `zoo eval --data` writes for the bundled data
 
 
 def read_jsonl(path, *, what: str = "JSONL file") -> list[dict]:
@@ -132,6 +133,36 @@ def audio_folder(folder) -> list[dict]:
     from zoo.audio import AUDIO_EXTENSIONS
 
     return folder_rows(folder, AUDIO_EXTENSIONS, what="audio folder")
+
+
+def audio_rows(value, *, key: str = "data.train") -> list[dict]:
+    """Rows of an audio data setting such as ``data.train``: ``"demo"`` (the bundled speech corpus), a
+    folder of audio files (:func:`audio_folder`) or a JSONL manifest (:func:`read_manifest`).
+
+    The one resolver of ``data.*`` values for speech trainers and evaluations. Paths come back absolute and
+    every row has an ``id`` (the manifest's own, else the path relative to the folder or the file name
+    without its extension). Raises :class:`ConfigError` naming ``key`` when ``value`` is unset, names
+    nothing that exists, or lists no audio.
+    """
+    if value in (None, ""):
+        raise ConfigError(f"{key} is not set: give a JSONL manifest or an audio folder ({key}=PATH), or "
+                          f"'{DEMO}' for the bundled corpus.")
+    path = demo_corpus() if value == DEMO else Path(os.fspath(value)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key}: {str(value)!r} does not exist; give a JSONL manifest, an audio folder, or "
+                          f"'{DEMO}' for the bundled corpus.")
+    rows = audio_folder(path) if path.is_dir() else read_manifest(path)
+    if not rows:
+        raise ConfigError(f"{key}: {path} lists no audio ({', '.join(_audio_extensions())} files).")
+    for row in rows:
+        row.setdefault("id", Path(row["path"]).stem)
+    return rows
+
+
+def _audio_extensions() -> tuple[str, ...]:
+    from zoo.audio import AUDIO_EXTENSIONS
+
+    return AUDIO_EXTENSIONS
 
 
 def demo_corpus() -> Path:
