@@ -7,7 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
+from zoo.cards import get_card, list_models  # noqa: F401  (re-exported)
+from zoo.cards import model_info as card_info
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
 from zoo.registry import get_family
@@ -87,6 +88,45 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
         model.name_or_path = _canonical_name(name, revision)
     model.eval()
     return model
+
+
+def model_info(name_or_path: str, revision: str | None = None, cache_dir=None, local_files_only: bool | None = None,
+               token=None) -> dict:
+    """What ``zoo.load(name_or_path)`` would build, as a dict, without building it.
+
+    A card name gives its card (:func:`zoo.cards.model_info`: config, weights source, license, paper,
+    metrics; no torch import). A zoo folder or ``hf-hub:org/name[@rev]`` gives its ``config.json``:
+    ``name``, ``family``, ``modality``, ``config`` (checked and completed as loading does), ``card`` (the
+    card it was made from, if any), ``zoo_version``, ``pretrained: True`` and, for a LoRA adapter,
+    ``adapter``; only ``config.json`` is downloaded. Raises ``UnknownModelError`` for an unknown card,
+    ``WeightsNotAvailableError`` for a missing folder or an unreachable repo, ``CheckpointFormatError`` for
+    a folder zoo did not write, ``ConfigError`` for a config its family rejects.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"model_info expects a model name or a path, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    if _is_card_name(name) and not Path(name).is_dir():
+        return card_info(name)
+    from zoo import hub
+
+    if name.startswith(HF_HUB_PREFIX):
+        repo_id, pinned = hub.split_revision(name[len(HF_HUB_PREFIX):])
+        hub.check_repo_id(repo_id)
+        path = hub.download_file(repo_id, hub.CONFIG_NAME, revision=revision or pinned, cache_dir=cache_dir,
+                                 local_files_only=local_files_only, token=token)
+        folder, source = Path(path).parent, name
+    else:
+        folder, source = Path(name).expanduser(), name
+        if not folder.is_dir():
+            raise WeightsNotAvailableError(f"No folder at {name!r}.")
+    meta = hub.read_zoo_config(folder, source)
+    family = get_family(meta["family"])
+    info = {"name": source, "family": family.name, "modality": family.modality, "card": meta.get("card"),
+            "zoo_version": meta.get("zoo_version"), "pretrained": True,
+            "config": hub.stored_config(family, meta["config"], f"{source}/{hub.CONFIG_NAME}")}
+    if "adapter" in meta:
+        info["adapter"] = meta["adapter"]
+    return info
 
 
 def parse_device(device, *, name: str = "device") -> "torch.device":

@@ -52,7 +52,7 @@ def _cmd_list(args) -> int:
 def _cmd_info(args) -> int:
     import yaml
 
-    from zoo.cards import model_info
+    from zoo.api import model_info
 
     info = model_info(args.name)
     print(yaml.safe_dump(info, sort_keys=False).rstrip())
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="show a model's card and config")
-    p.add_argument("name")
+    p.add_argument("name", help="card name (no torch import), zoo folder, or hf-hub:org/name[@revision]")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("train", help="train or fine-tune a family with a recipe")

@@ -128,3 +128,17 @@ def test_eval_demo_is_the_familys_own_demo_data(toy_card, capsys):
     assert report == {"data": "demo", "options": {"threshold": 0.5}, "output": None}
     assert main(["eval", "toy-tiny", "--random-init", "--data", "absent.jsonl"]) == 2
     assert "--data 'absent.jsonl' does not exist" in capsys.readouterr().err
+
+
+def test_info_of_a_folder_shows_its_config(toy_card, tmp_path, capsys):
+    """`zoo info FOLDER` used to say "Unknown model name ... use a path for a local folder" for a path."""
+    import yaml
+
+    register()
+    folder = zoo.load("toy-tiny", pretrained=False, hidden=4).save_pretrained(tmp_path / "mine")
+    assert main(["info", str(folder)]) == 0
+    info = yaml.safe_load(capsys.readouterr().out)
+    assert info["family"] == "toy" and info["card"] == "toy-tiny" and info["modality"] == "test"
+    assert info["config"] == {"dim": 8, "hidden": 4, "num_classes": 3, "size": "tiny"}
+    assert main(["info", str(tmp_path / "absent")]) == 2
+    assert "No folder at" in capsys.readouterr().err

@@ -176,3 +176,11 @@ def test_push_without_a_connection_is_one_hub_error(hf_sandbox, tmp_path, capsys
         zoo.hub.pull("alice/toy", to=tmp_path / "pulled")
     assert "Run `zoo pull` again" in str(info.value)
     assert not (tmp_path / "pulled").exists()
+
+
+def test_model_info_of_a_hub_repo_reads_only_its_config(loopback_hub):
+    _toy(0).push_to_hub("alice/info-toy")
+    info = zoo.model_info("hf-hub:alice/info-toy")
+    assert (info["family"], info["config"]["hidden"], info["pretrained"]) == ("toy", 16, True)
+    assert [r.path for r in loopback_hub.requests if "/resolve/" in r.path and r.method == "GET"] == \
+        ["/alice/info-toy/resolve/main/config.json"]  # no weights downloaded
