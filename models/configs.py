@@ -32,6 +32,20 @@ HUBERT_BASE_ENCODER = {
 }
 
 
+# The CPU-test width of that encoder: the same conv strides (so still 50 Hz frames, 400-sample receptive
+# field) with 2 layers of width 64; what the speech families' ``tiny`` sizes merge over HUBERT_BASE_ENCODER.
+HUBERT_TINY_ENCODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "conv_dim": [32] * 7,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "layerdrop": 0.0,
+}
+
+
 # WeSpeaker's ECAPA-TDNN (wenet-e2e/wespeaker:wespeaker/models/ecapa_tdnn.py): the DINO recipes use the
 # GLOB variants (global context attention) with emb_bn=True. ``tiny`` is a CPU-test width.
 ECAPA_SIZES = {
@@ -53,4 +67,4 @@ ECAPA_DEFAULTS = {
     "cat_out_channels": 1536,
 }
 
-__all__ = ["ECAPA_DEFAULTS", "ECAPA_SIZES", "HUBERT_BASE_ENCODER"]
+__all__ = ["ECAPA_DEFAULTS", "ECAPA_SIZES", "HUBERT_BASE_ENCODER", "HUBERT_TINY_ENCODER"]

@@ -317,3 +317,28 @@ def test_bad_train_device_is_a_config_error_before_anything_is_written(tmp_path)
     with pytest.raises(ConfigError, match="train.device='gpu' is not a torch device"):
         run(_config(out, "train.device=gpu"))
     assert not out.exists()
+
+
+def test_build_family_model_follows_the_model_section(tmp_path):
+    from zoo.train import Trainer
+    from zoo.testing.toy_family import register
+
+    register()
+    fresh = Trainer({"model": {"size": "small", "overrides": {"num_classes": 5}, "init": None}})
+    model = fresh.build_family_model("toy")
+    assert model.training and model.config == {"dim": 8, "hidden": 32, "num_classes": 5, "size": "small"}
+    folder = model.save_pretrained(tmp_path / "init")
+    loaded = Trainer({"model": {"init": str(folder), "overrides": {"num_classes": 7}}}).build_family_model("toy")
+    assert torch.equal(loaded.encoder.weight, model.encoder.weight) and loaded.classifier.out_features == 7
+    with pytest.raises(ConfigError, match="Unknown config key 'hiden' in model.overrides"):
+        Trainer({"model": {"overrides": {"hiden": 3}}}).build_family_model("toy")
+
+
+def test_hubert_tiny_encoder_is_what_the_speech_tiny_sizes_use():
+    """One definition of the CPU-test HuBERT width (the speech builders repeat it today)."""
+    from zoo.models.configs import HUBERT_TINY_ENCODER
+    from zoo.registry import get_family
+
+    for family in ("sylber", "hubertopic"):
+        encoder = get_family(family).make_config("tiny")["encoder"]
+        assert {key: encoder[key] for key in HUBERT_TINY_ENCODER} == HUBERT_TINY_ENCODER, family
