@@ -160,6 +160,22 @@ def test_paths_checked_before_training(tmp_path):
     assert (final / "model.safetensors").is_file()
 
 
+def test_a_user_error_while_preparing_data_leaves_no_folder_behind(tmp_path):
+    """Data the engine cannot check by path (a bad row, a missing file inside a manifest) fails in
+    build_datasets; the folder that run created used to stay behind holding a "preparing" run.json."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"x": [0, 1, 0, 0], "y": 0.1}\n{"x": [1, 1\n')
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ConfigError, match=r"rows.jsonl, line 2: not valid JSON"):
+        run(_config(out, f"data.file={rows}"))
+    assert not out.exists()
+    kept = tmp_path / "kept"  # a folder the user made stays, whatever happens
+    kept.mkdir()
+    with pytest.raises(ConfigError, match="line 2"):
+        run(_config(kept, f"data.file={rows}"))
+    assert kept.is_dir()
+
+
 def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     # fp32: on a GPU, bf16 autocast (precision=auto) rounds the two batchings differently
     common = ["model.dropout=0.0", "data.augment=0.0", "train.max_steps=4", "train.tensorboard=false",
