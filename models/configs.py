@@ -29,6 +29,17 @@ HUBERT_BASE_ENCODER = {
     "attention_dropout": 0.1,
     "activation_dropout": 0.1,
     "feat_proj_dropout": 0.1,
+    # The rest of that config.json's HubertConfig fields, at its values (transformers' defaults too): a
+    # converted transformers folder keeps them, so the speech families' configs must know them.
+    "initializer_range": 0.02,
+    "feat_extract_activation": "gelu",
+    "conv_pos_batch_norm": False,
+    "apply_spec_augment": True,
+    "mask_time_length": 10,
+    "mask_time_min_masks": 2,
+    "mask_feature_prob": 0.0,
+    "mask_feature_length": 10,
+    "mask_feature_min_masks": 0,
 }
 
 

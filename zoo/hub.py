@@ -278,21 +278,43 @@ def stored_config(family, config: Mapping, source: str) -> dict:
     """A saved model's ``config`` checked against its family's config of the same size (``config["size"]``,
     else the first size) and completed from it.
 
-    Loading is strict for configs as for weights: a key the family does not know (a misspelt hand edit, a
-    folder written by another version) raises :class:`~zoo.errors.ConfigError` naming ``source``, the key
-    and the valid keys, instead of being ignored; a value of the wrong type raises ``ConfigError`` too.
-    A key the folder lacks (written before the family added it) takes the family's default. Returns a
-    new dict; ``config`` is not changed.
+    A value of the wrong type for a key the family knows raises :class:`~zoo.errors.ConfigError` naming
+    ``source`` and the key. A key the family's defaults do not have is kept and passed to the build as
+    before, but logged as a warning naming it (families keep pass-through keys, e.g. the extra fields of a
+    converted transformers ``HubertConfig``; a misspelt hand edit is no longer silent). A key the folder
+    lacks (written before the family added it) takes the family's default. Returns a new dict.
     """
     from zoo.config import merge, validate
 
     config = json.loads(json.dumps(dict(config)))
     size = config.get("size")
     reference = family.make_config(size if size in family.sizes else None)
-    validate(config, reference, source=source)
+    unknown = _unknown_keys(config, reference)
+    if unknown:
+        logger.warning("%s: %s not in the %s family's config; kept as saved (check the spelling if you edited "
+                       "it)", source, ", ".join(repr(k) for k in unknown), family.name)
+    known = json.loads(json.dumps(config))
+    for dotted in unknown:
+        *parents, last = dotted.split(".")
+        node = known
+        for part in parents:
+            node = node[part]
+        node.pop(last, None)
+    validate(known, reference, source=source)  # types of the keys the family knows (numbers converted)
     if "size" not in config:
         reference.pop("size", None)  # a config built without a named size does not claim one
-    return merge(reference, config)
+    return merge(merge(reference, config), known)
+
+
+def _unknown_keys(config: Mapping, reference: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys of ``config`` that ``reference`` lacks (an empty ``{}`` in ``reference`` is an open section)."""
+    out = []
+    for key, value in config.items():
+        if key not in reference:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, Mapping) and isinstance(reference[key], Mapping) and reference[key]:
+            out += _unknown_keys(value, reference[key], f"{prefix}{key}.")
+    return out
 
 
 def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False,
