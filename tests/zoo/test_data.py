@@ -100,6 +100,10 @@ def test_audio_rows_resolves_demo_folders_and_manifests_naming_the_key(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="data.train: .*empty lists no audio"):
         audio_rows(tmp_path / "empty")
+    (tmp_path / "m.jsonl").write_text('{"path": "spk/a.wav"}\n{"path": "spk/gone.wav"}\n')
+    with pytest.raises(ConfigError, match=r"data.train: 1 of 2 files in .*m.jsonl do not exist, e.g. '.*gone.wav'"):
+        audio_rows(tmp_path / "m.jsonl")
+    assert len(audio_rows(tmp_path / "m.jsonl", check_files=False)) == 2
 
 
 def test_syllable_rule_on_hand_counted_words():

@@ -135,14 +135,16 @@ def audio_folder(folder) -> list[dict]:
     return folder_rows(folder, AUDIO_EXTENSIONS, what="audio folder")
 
 
-def audio_rows(value, *, key: str = "data.train") -> list[dict]:
+def audio_rows(value, *, key: str = "data.train", check_files: bool = True) -> list[dict]:
     """Rows of an audio data setting such as ``data.train``: ``"demo"`` (the bundled speech corpus), a
     folder of audio files (:func:`audio_folder`) or a JSONL manifest (:func:`read_manifest`).
 
     The one resolver of ``data.*`` values for speech trainers and evaluations. Paths come back absolute and
     every row has an ``id`` (the manifest's own, else the path relative to the folder or the file name
-    without its extension). Raises :class:`ConfigError` naming ``key`` when ``value`` is unset, names
-    nothing that exists, or lists no audio.
+    without its extension). ``check_files``: every manifest row's file must exist (one ``stat`` each), so a
+    run fails before its first step rather than when a batch reaches the missing file. Raises
+    :class:`ConfigError` naming ``key`` when ``value`` is unset, names nothing that exists, lists no audio,
+    or (``check_files``) lists files that are not there (the count and the first few).
     """
     if value in (None, ""):
         raise ConfigError(f"{key} is not set: give a JSONL manifest or an audio folder ({key}=PATH), or "
@@ -154,6 +156,12 @@ def audio_rows(value, *, key: str = "data.train") -> list[dict]:
     rows = audio_folder(path) if path.is_dir() else read_manifest(path)
     if not rows:
         raise ConfigError(f"{key}: {path} lists no audio ({', '.join(_audio_extensions())} files).")
+    if check_files and not path.is_dir():
+        absent = [row["path"] for row in rows if not os.path.isfile(row["path"])]
+        if absent:
+            raise ConfigError(f"{key}: {len(absent)} of {len(rows)} files in {path} do not exist, e.g. "
+                              f"{', '.join(repr(a) for a in absent[:3])}; paths in a manifest are relative to "
+                              "its folder.")
     for row in rows:
         row.setdefault("id", Path(row["path"]).stem)
     return rows
