@@ -257,11 +257,23 @@ def _cli_hint(argv: list[str]) -> str:
     return ways[0][0].upper() + ways[0][1:] + (f", or {ways[1]}" if len(ways) > 1 else "") + "."
 
 
+def _discard_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's final flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness: nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``zoo`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     User errors (any :class:`~zoo.errors.ZooError`) print one ``error: ...`` line and return 2
-    (``--debug`` adds the traceback); Ctrl-C returns 130.
+    (``--debug`` adds the traceback); Ctrl-C returns 130; a reader that closes the output pipe early
+    (``zoo list | head``) ends the command quietly with 141.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -270,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verb = _family_command(argv)
         if verb is not None:
-            return int(verb(argv[1:]) or 0)
+            status = int(verb(argv[1:]) or 0)
+            sys.stdout.flush()
+            return status
         parser = build_parser()
         overrides: list[str] = []
         if argv and argv[0] in _OVERRIDE_VERBS:
@@ -284,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`zoo list | head -3`): stop quietly, as Unix tools do, with 128 + SIGPIPE.
+        _discard_stdout()
+        return 141
     except WeightsNotAvailableError as err:
         if debug:
             traceback.print_exc()

@@ -107,6 +107,16 @@ def test_console_script_help():
         assert verb in result.stdout
 
 
+def test_a_closed_output_pipe_ends_quietly():
+    """`zoo list | head -3` used to end in a BrokenPipeError traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before zoo writes its first line
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141, err
+    assert err == ""
+
+
 @pytest.mark.parametrize("argv", [["list"], ["list", "--markdown"], ["info", "sylber-tiny"], ["--help"],
                                   ["convert", "--help"], ["train", "--help"]])
 def test_list_info_and_help_do_not_import_torch(argv):
