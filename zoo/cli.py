@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", help="trial list (speaker verification)")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")
-    p.add_argument("options", nargs="*", help="family options as key=value")
+    p.add_argument("options", nargs="*", default=[], help="family options as key=value")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("push", help="upload a zoo-format folder to the Hub")
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--size", help="the family's size (default: the first, see `zoo info`)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("options", nargs="*", help="config overrides as key=value")
+    p.add_argument("options", nargs="*", default=[], help="config overrides as key=value")
     p.set_defaults(func=_cmd_convert)
     return parser
 

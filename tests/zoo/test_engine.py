@@ -358,3 +358,14 @@ def test_hubert_tiny_encoder_is_what_the_speech_tiny_sizes_use():
     for family in ("sylber", "hubertopic"):
         encoder = get_family(family).make_config("tiny")["encoder"]
         assert {key: encoder[key] for key in HUBERT_TINY_ENCODER} == HUBERT_TINY_ENCODER, family
+
+
+def test_train_a_card_fine_tunes_its_weights_or_trains_its_size_from_scratch():
+    """`zoo train sylber-tiny` used to set model.init to a card without weights and fail with
+    "'sylber-tiny' has no released weights; train it with `zoo train`"."""
+    with_weights = load_recipe(None, [], family="sylber-base")["model"]
+    assert with_weights["init"] == "sylber-base"
+    assert load_recipe(None, [], family="sylber-tiny")["model"]["init"] is None
+    without = load_recipe(None, [], family="hubertopic-base")["model"]  # the trainer's default size is tiny
+    assert without["init"] is None and without["size"] == "base"
+    assert load_recipe(None, ["model.size=tiny"], family="hubertopic-base")["model"] == {**without, "size": "tiny"}

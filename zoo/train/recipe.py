@@ -128,8 +128,9 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
     """Read a YAML recipe, apply ``key=value`` overrides, fill defaults and validate.
 
     ``family`` (the ``zoo train FAMILY`` argument) must agree with the recipe's ``family:``;
-    a model card name is accepted too (its family is trained, starting from ``model.init`` = the card
-    when the trainer has that key).
+    a model card name is accepted too: its family is trained, starting from ``model.init`` = the card when the
+    trainer has that key, or, for a card without released weights, from scratch at the card's size
+    (``model.size``, unless the recipe or an override sets it).
 
     Raises ConfigError for a missing or malformed recipe file, an unknown key or a wrong type (naming the file
     or the override), and a recipe whose family or trainer contradicts the command line's.
@@ -157,9 +158,16 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
     trainer_cls = resolve_trainer(probe, trainer_cls)
     defaults = recipe_defaults(trainer_cls)
     config = build_config(defaults, recipe, parsed, source=source, types=ENGINE_TYPES)
-    if init_from_card and isinstance(config.get("model"), dict) and "init" in config["model"] \
-            and not config["model"]["init"]:
-        config["model"]["init"] = init_from_card
+    model = config.get("model")
+    if init_from_card and isinstance(model, dict) and "init" in model and not model["init"]:
+        from zoo.cards import get_card
+
+        card = get_card(init_from_card)
+        size_given = "model.size" in parsed or "size" in (recipe.get("model") or {})
+        if card.has_weights or card.config or "size" not in model:
+            model["init"] = init_from_card
+        elif not size_given:  # nothing released to start from: the card is its size, trained from scratch
+            model["size"] = card.size
     return config
 
 
