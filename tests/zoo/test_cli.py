@@ -152,3 +152,13 @@ def test_info_of_a_folder_shows_its_config(toy_card, tmp_path, capsys):
     assert info["config"] == {"dim": 8, "hidden": 4, "num_classes": 3, "size": "tiny"}
     assert main(["info", str(tmp_path / "absent")]) == 2
     assert "No folder at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb, named", [("convert", "family, src, dst"), ("eval", "name, --data"),
+                                         ("train", "FAMILY|NAME")])
+def test_missing_arguments_do_not_ask_for_the_optional_key_values(verb, named, capsys):
+    """argparse used to list the key=value options among the required arguments ("... dst, options")."""
+    with pytest.raises(SystemExit) as info:
+        main([verb])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"the following arguments are required: {named}")
