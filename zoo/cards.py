@@ -161,7 +161,8 @@ def list_models(pattern: str = "*", modality: str | None = None, pretrained: boo
     ``pretrained`` (True: cards with released weights only; False: cards without).
 
     Raises :class:`~zoo.errors.ConfigError` for an unknown ``modality`` (a misspelt one would otherwise
-    match nothing and look like an empty zoo).
+    match nothing and look like an empty zoo), and for a ``pattern`` that is a modality name matching no card
+    (``list_models("speech")``: the modality is the keyword argument).
     """
     from zoo.registry import MODALITIES, TEST_MODALITY, get_family
 
@@ -178,6 +179,11 @@ def list_models(pattern: str = "*", modality: str | None = None, pretrained: boo
         if modality is not None and get_family(card.family).modality != modality:
             continue
         names.append(name)
+    if not names and pattern in MODALITIES + (TEST_MODALITY,):
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"No model name matches the pattern {pattern!r}; for the {pattern} models call "
+                          f"list_models(modality={pattern!r}) (CLI: zoo list --modality {pattern}).")
     return names
 
 

@@ -77,6 +77,10 @@ def test_list_models_filters(toy_card):
     assert "toy-tiny" not in zoo.list_models("*", modality="speech")
     assert "toy-tiny" not in zoo.list_models(pretrained=True)
     assert "toy-tiny" in zoo.list_models(pretrained=False)
+    # a modality given as the pattern used to return [] as if the zoo had no speech models
+    with pytest.raises(ConfigError, match=r"list_models\(modality='speech'\)"):
+        zoo.list_models("speech")
+    assert zoo.list_models("test*") == []  # other patterns that match nothing are just empty
 
 
 def test_model_info_has_full_config(toy_card):
