@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import struct
 import threading
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError
+from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError, OutputExistsError
 from zoo.files import atomic_open, write_text
 
 logger = logging.getLogger("zoo")
@@ -599,7 +600,7 @@ def plan_shards(state_dict: Mapping[str, torch.Tensor], max_shard_size: int | st
 
 def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: str | Path, *,
                  max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, metadata: dict[str, str] | None = None,
-                 filename_pattern: str = "model{suffix}.safetensors") -> list[str]:
+                 filename_pattern: str = "model{suffix}.safetensors", overwrite: bool = False) -> list[str]:
     """Write a state dict (or a module's) as safetensors shards into an existing ``folder``; returns the names.
 
     At most ``max_shard_size`` per file (a larger tensor gets a file of its own); one file is
@@ -608,11 +609,22 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
     shard is copied to the CPU at a time. Names that share a tensor are each written in full. Each file
     is written atomically (``zoo.files``); stage the whole folder (``zoo.files.staging_folder``, as
     ``save_pretrained`` does) when a reader must never see some shards new and others old.
+    Weight files of ``filename_pattern`` already in ``folder`` (a single file, shards, an index) are
+    replaced only with ``overwrite=True``, and then the ones this save does not write are deleted: a
+    stale ``model.safetensors`` next to a new index would otherwise be what loading reads.
 
-    Raises :class:`~zoo.errors.ConfigError` for a ``max_shard_size`` that is not a positive size and
-    :class:`~zoo.errors.CheckpointFormatError` for a dtype safetensors cannot store.
+    Raises :class:`~zoo.errors.OutputExistsError` (naming the files) when ``folder`` already holds such
+    weight files and ``overwrite`` is False, :class:`~zoo.errors.ConfigError` for a ``max_shard_size``
+    that is not a positive size and :class:`~zoo.errors.CheckpointFormatError` for a dtype safetensors
+    cannot store.
     """
     folder = Path(folder)
+    before, _, after = filename_pattern.partition("{suffix}")
+    ours = re.compile(re.escape(before) + r"(-\d+-of-\d+)?" + re.escape(after) + r"(\.index\.json)?")
+    existing = sorted(p.name for p in folder.iterdir() if ours.fullmatch(p.name)) if folder.is_dir() else []
+    if existing and not overwrite:
+        raise OutputExistsError(f"{folder} already holds weights ({', '.join(existing)}); pass overwrite=True to "
+                                "replace them, or choose another folder.")
     state = tensors.state_dict() if isinstance(tensors, torch.nn.Module) else dict(tensors)
     split = plan_shards(state, max_shard_size, filename_pattern=filename_pattern)
     written = []
@@ -626,6 +638,9 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
         index = {"metadata": {**split.metadata, **(metadata or {})}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
         write_text(folder / index_name, json.dumps(index, indent=2) + "\n")
         written.append(index_name)
+    for name in existing:
+        if name not in written:
+            (folder / name).unlink(missing_ok=True)
     return written
 
 

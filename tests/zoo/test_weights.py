@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo import weights
-from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError
+from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError, OutputExistsError
 from zoo.registry import list_families
 from zoo.testing.toy_family import ToyModel, register
 from zoo.train.toy_lm import TINY, ToyCausalLM, from_transformers_key
@@ -362,3 +362,21 @@ def test_load_bf16_straight_onto_cuda(tmp_path):
     assert {b.device.type for b in loaded.buffers()} == {"cuda"}
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key].cpu(), value.to(torch.bfloat16)), key
+
+
+def test_save_weights_into_a_folder_with_weights_needs_overwrite_and_leaves_no_stale_file(tmp_path):
+    """A sharded save over an earlier single-file save used to keep the old model.safetensors, which
+    weight_files (and so loading) then picked instead of the new index."""
+    old = {"a": torch.zeros(64), "b": torch.zeros(64)}
+    new = {"a": torch.arange(64.0), "b": torch.ones(64)}
+    assert weights.save_weights(old, tmp_path) == ["model.safetensors"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"already holds weights \(model.safetensors\); pass overwrite=True"):
+        weights.save_weights(new, tmp_path, max_shard_size=256)
+    written = weights.save_weights(new, tmp_path, max_shard_size=256, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written + ["notes.txt"])
+    assert weights.weight_files(tmp_path)[0] == "model.safetensors.index.json"
+    loaded = dict(weights.stream_tensors(weights.read_index(tmp_path).values()))
+    assert torch.equal(loaded["a"], new["a"]) and torch.equal(loaded["b"], new["b"])
+    assert weights.save_weights(old, tmp_path, overwrite=True) == ["model.safetensors"]  # and back: no shards left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "notes.txt"]
