@@ -444,7 +444,8 @@ class ImageDataset:
     manifest. An item is ``{"image": Tensor[3, H, W] (or the PIL image when transform is None
     and ``as_pil``), "path", "id", "caption"?, "label"?, "masks"?: BoolTensor[N, H, W]}``;
     masks go through the same geometry as the image. Bad rows raise ``ConfigError``/
-    ``ImageInputError`` naming the file.
+    ``ImageInputError`` naming the file; a source that lists no image raises ``ImageInputError``
+    (as ``prepare_images([])`` does), when the dataset is made rather than at the first batch.
     """
 
     def __init__(self, source, transform: ImageTransform | None = None, *, masks: bool = False,
@@ -463,7 +464,7 @@ class ImageDataset:
             else:
                 rows, base = read_manifest(path), path.resolve().parent
         if not rows:
-            raise ConfigError(f"ImageDataset: {source!r} lists no images (looked for "
+            raise ImageInputError(f"ImageDataset: {source!r} lists no images (looked for "
                               f"{', '.join(sorted(IMAGE_EXTENSIONS))} files, or rows of a JSONL manifest).")
         for row in rows:
             if "path" not in row:

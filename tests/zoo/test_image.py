@@ -236,7 +236,7 @@ def test_image_dataset_from_folder_and_plain_manifest(tmp_path):
         ImageDataset(manifest, masks=True)
     (tmp_path / "none").mkdir()
     (tmp_path / "none" / "notes.txt").write_text("no images here")
-    with pytest.raises(ConfigError, match="lists no images"):
+    with pytest.raises(ImageInputError, match="lists no images"):
         ImageDataset(tmp_path / "none")  # used to be a dataset of length 0 that fails later, far from the cause
 
 
