@@ -369,3 +369,8 @@ def test_train_a_card_fine_tunes_its_weights_or_trains_its_size_from_scratch():
     without = load_recipe(None, [], family="hubertopic-base")["model"]  # the trainer's default size is tiny
     assert without["init"] is None and without["size"] == "base"
     assert load_recipe(None, ["model.size=tiny"], family="hubertopic-base")["model"] == {**without, "size": "tiny"}
+    # a trainer whose default model.init is a card (UniCTokens starts from unictokens-tiny): the named card used
+    # to be ignored silently; an explicit model.init still wins
+    assert load_recipe(None, [], family="unictokens-shapes")["model"]["init"] == "unictokens-shapes"
+    assert load_recipe(None, ["model.init=unictokens-tiny"], family="unictokens-shapes")["model"]["init"] == \
+        "unictokens-tiny"

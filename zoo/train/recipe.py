@@ -129,8 +129,9 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
 
     ``family`` (the ``zoo train FAMILY`` argument) must agree with the recipe's ``family:``;
     a model card name is accepted too: its family is trained, starting from ``model.init`` = the card when the
-    trainer has that key, or, for a card without released weights, from scratch at the card's size
-    (``model.size``, unless the recipe or an override sets it).
+    trainer has that key (replacing the trainer's default, not a recipe's or an override's ``model.init``), or,
+    for a card without released weights, from scratch at the card's size (``model.size``, unless the recipe or
+    an override sets it).
 
     Raises ConfigError for a missing or malformed recipe file, an unknown key or a wrong type (naming the file
     or the override), and a recipe whose family or trainer contradicts the command line's.
@@ -159,11 +160,13 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
     defaults = recipe_defaults(trainer_cls)
     config = build_config(defaults, recipe, parsed, source=source, types=ENGINE_TYPES)
     model = config.get("model")
-    if init_from_card and isinstance(model, dict) and "init" in model and not model["init"]:
+    section = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    init_given = bool(parsed.get("model.init") or section.get("init"))  # a trainer's default init is not "given"
+    if init_from_card and isinstance(model, dict) and "init" in model and not init_given:
         from zoo.cards import get_card
 
         card = get_card(init_from_card)
-        size_given = "model.size" in parsed or "size" in (recipe.get("model") or {})
+        size_given = "model.size" in parsed or "size" in section
         if card.has_weights or card.config or "size" not in model:
             model["init"] = init_from_card
         elif not size_given:  # nothing released to start from: the card is its size, trained from scratch
