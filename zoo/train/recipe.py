@@ -170,7 +170,7 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
         if card.has_weights or card.config or "size" not in model:
             model["init"] = init_from_card
         elif not size_given:  # nothing released to start from: the card is its size, trained from scratch
-            model["size"] = card.size
+            model["init"], model["size"] = None, card.size
     return config
 
 
