@@ -31,12 +31,9 @@ def build_vae(config: Mapping):
         vae = AutoencoderKL(**dict(config))
     except TypeError as err:
         raise ConfigError(f"vae config: {err}") from err
-    try:
-        from zoo.models.diffusers_attention import use_zoo_attention
-    except ImportError:  # the shared processor has not landed in this checkout yet
-        use_zoo_attention = None
-    if use_zoo_attention is not None:
-        use_zoo_attention(vae)
+    from zoo.models.diffusers_attention import use_zoo_attention
+
+    use_zoo_attention(vae)
     return vae
 
 

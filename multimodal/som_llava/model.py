@@ -12,7 +12,7 @@ import logging
 import torch
 
 from zoo.errors import ConfigError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 
 logger = logging.getLogger("zoo.som_llava")
 
@@ -217,6 +217,7 @@ class SomLlavaModel(ZooModel):
         return collate_conversations(items, self.pad_token_id, padding_side="left")
 
     # ------------------------------------------------------------------ inference
+    @inference
     def generate(self, images, prompts, *, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float | None = None, num_beams: int = 1, return_tokens: bool = False):
         """Answer ``prompts`` about ``images``: one image and prompt, or equal-length lists (batched).
@@ -232,17 +233,11 @@ class SomLlavaModel(ZooModel):
             raise ConfigError(f"generate got {len(images)} images and {len(prompts)} prompts; give one image per prompt.")
         if not prompts:
             return [] if not return_tokens else ([], torch.zeros(0, 0, dtype=torch.long))
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                batch = self.encode_prompts(prompts)
-                pixel_values = self.preprocess_images(images).to(self.device, self.vision_tower.dtype)
-                tokens = self._generate_ids(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-                                            pixel_values, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            top_p=top_p, num_beams=num_beams)
-        finally:
-            self.train(was_training)
+        batch = self.encode_prompts(prompts)
+        pixel_values = self.preprocess_images(images).to(self.device, self.vision_tower.dtype)
+        tokens = self._generate_ids(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                                    pixel_values, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p, num_beams=num_beams)
         texts = [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         out = texts[0] if single else texts
         return (out, tokens) if return_tokens else out

@@ -6,16 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("zoo.text")
-pytest.importorskip("zoo.tools")
-if not hasattr(pytest.importorskip("zoo.image"), "ImageTransform"):
-    pytest.skip("zoo.image.ImageTransform (the platform's LLaVA preprocessing) is not merged yet",
-                allow_module_level=True)
-
-import zoo  # noqa: E402
-from zoo.errors import ConfigError  # noqa: E402
-from zoo.multimodal.som_llava.builder import CLIP_MEAN, CLIP_STD, make_config  # noqa: E402
-from zoo.multimodal.som_llava.model import SomLlavaModel  # noqa: E402
+import zoo
+from zoo.errors import ConfigError
+from zoo.multimodal.som_llava.builder import CLIP_MEAN, CLIP_STD, make_config
+from zoo.multimodal.som_llava.model import SomLlavaModel
 
 TEXTS = ["A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
          "detailed, and polite answers to the user's questions. USER: ASSISTANT:",
@@ -80,6 +74,21 @@ def test_batched_generation_equals_one_at_a_time(model):
     assert not (tokens == model.image_token_id).any()  # suppressed
     with pytest.raises(ConfigError, match="one image per prompt"):
         model.generate([scene(1)], ["a", "b"])
+
+
+def test_generate_runs_in_eval_mode_and_restores_every_flag(model):
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.append(m.training))
+    model.train()
+    model.vision_tower.eval()  # a frozen tower inside a training model keeps its own flag
+    try:
+        first = model.generate(scene(3), "What color is the object tagged 2?", max_new_tokens=4)
+        assert seen and not any(seen)
+        assert model.training and not model.vision_tower.training and torch.is_grad_enabled()
+        assert model.generate(scene(3), "What color is the object tagged 2?", max_new_tokens=4) == first
+    finally:
+        hook.remove()
+        model.eval()
 
 
 def test_zoo_format_round_trip_keeps_the_tokenizer(model, tmp_path):

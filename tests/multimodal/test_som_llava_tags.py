@@ -234,7 +234,7 @@ def test_cli_som_tag_writes_picture_and_json(tmp_path, capsys):
 
 
 def test_cli_with_the_shapes_world_proposer(tmp_path, capsys):
-    shapes = pytest.importorskip("zoo.data.shapes")
+    import zoo.data.shapes as shapes
     spec = {"background": {"color": "white", "texture": "plain"},
             "objects": [{"shape": "circle", "color": "red", "size": 0.3, "center": (0.3, 0.3)},
                         {"shape": "square", "color": "blue", "size": 0.45, "center": (0.7, 0.65)}]}

@@ -7,8 +7,6 @@ import random
 import pytest
 import torch
 
-pytest.importorskip("zoo.text")
-pytest.importorskip("zoo.data.shapes")
 
 import zoo  # noqa: E402
 from zoo.errors import ConfigError  # noqa: E402

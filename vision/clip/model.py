@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.model import ZooModel
-
-try:
-    from zoo.model import inference
-except ImportError:  # zoo.model.inference (platform contract) has not landed on main yet: no_grad only
-    inference = torch.no_grad()
+from zoo.model import ZooModel, inference
 
 
 class ZooMultiheadAttention(torch.nn.Module):

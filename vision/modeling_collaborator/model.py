@@ -12,12 +12,7 @@ import os
 import torch
 
 from zoo.errors import ConfigError
-from zoo.model import ZooModel
-
-try:
-    from zoo.model import inference
-except ImportError:  # zoo.model.inference (platform contract) has not landed on main yet: no_grad only
-    inference = torch.no_grad()
+from zoo.model import ZooModel, inference
 
 __all__ = ["Head", "CollaboratorClassifier"]
 
