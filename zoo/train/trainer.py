@@ -31,19 +31,49 @@ class Trainer:
 
     # ------------------------------------------------------------------ required
     def build_model(self) -> torch.nn.Module:
-        """The model to train (a ZooModel), from ``config["model"]``."""
+        """The model to train (a ZooModel), from ``config["model"]``.
+
+        Raises NotImplementedError: every trainer must override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
 
     def build_datasets(self) -> tuple[Any, Any]:
-        """Map-style datasets ``(train, eval or None)``."""
+        """Map-style datasets ``(train, eval or None)``.
+
+        Raises NotImplementedError: every trainer must override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_datasets()")
+
+    def build_family_model(self, family: str):
+        """The model a recipe's ``model`` section asks for, the convention of every family trainer:
+        ``model.init`` (a card name, zoo folder or ``hf-hub:`` repo; ``zoo train NAME`` sets it) is loaded with
+        ``zoo.load`` and ``model.overrides``; otherwise a random-init ``model.size`` (default: the family's
+        first size) of ``family`` with ``model.overrides`` is built. Returns the model in train mode.
+
+        Raises ``UnknownFamilyError``, ``ConfigError`` (an unknown size or override key, named as coming from
+        ``model.overrides``) and the loading errors of ``zoo.load``.
+        """
+        import zoo
+        from zoo.registry import get_family
+
+        section = self.config.get("model") or {}
+        overrides = dict(section.get("overrides") or {})
+        if section.get("init"):
+            model = zoo.load(section["init"], **overrides)
+        else:
+            builder = get_family(family)
+            model = builder.build(builder.make_config(section.get("size"), overrides, source="model.overrides"))
+        return model.train()
 
     def collate(self, items: list) -> Any:
         """Turn a list of dataset items into a batch (default: ``torch.utils.data.default_collate``)."""
         return torch.utils.data.default_collate(items)
 
     def training_step(self, model, batch) -> dict:
-        """``{"loss": scalar tensor, **metrics}``; ``model`` may be DDP-wrapped: only call it."""
+        """``{"loss": scalar tensor, **metrics}``; ``model`` may be DDP-wrapped: only call it.
+
+        Raises NotImplementedError: every trainer must override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement training_step()")
 
     # ------------------------------------------------------------------ optional hooks
