@@ -115,12 +115,18 @@ class HubertConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, config: dict, *, strict: bool = True) -> "HubertConfig":
-        """Build from a dict; ``strict=False`` ignores keys HubertConfig does not have (e.g. a transformers config.json)."""
+    def from_dict(cls, config: dict, *, strict: bool = True, source: str | None = None) -> "HubertConfig":
+        """Build from a dict; ``strict=False`` ignores keys HubertConfig does not have (e.g. a transformers config.json).
+
+        With ``strict``, an unknown key raises :class:`~zoo.errors.ConfigError` listing the known fields and
+        naming ``source`` (where the dict came from, e.g. ``"Sylber config 'encoder'"``) when given.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown and strict:
-            raise ConfigError(f"HubertConfig has no field(s) {unknown}; known fields: {sorted(known)}.")
+            where = (f"{source} has argument(s) {unknown} HubertConfig does not take" if source
+                     else f"HubertConfig has no field(s) {unknown}")
+            raise ConfigError(f"{where}; known fields: {sorted(known)}.")
         return cls(**{k: v for k, v in config.items() if k in known})
 
 

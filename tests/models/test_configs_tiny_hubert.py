@@ -18,3 +18,20 @@ def test_sylber_and_hubertopic_tiny_use_it_on_their_own_base():
         base, tiny = family.make_config("base")["encoder"], family.make_config("tiny")["encoder"]
         assert tiny == {**base, **TINY}, name
         assert tiny["conv_stride"] == base["conv_stride"] == [5, 2, 2, 2, 2, 2, 2]
+
+
+def test_an_unknown_encoder_key_names_the_family_and_lists_the_fields():
+    import pytest
+
+    from zoo.errors import ConfigError
+    from zoo.models.hubert import HubertConfig
+
+    with pytest.raises(ConfigError, match=r"^HubertConfig has no field\(s\) \['bogus'\]; known fields: \["):
+        HubertConfig.from_dict({"bogus": 1})
+    for name, label in (("sylber", "Sylber"), ("hubertopic", "HuBERTopic")):
+        family = get_family(name)
+        config = family.make_config("tiny")
+        config["encoder"]["bogus"] = 1
+        with pytest.raises(ConfigError, match=rf"^{label} config 'encoder' has argument\(s\) \['bogus'\] HubertConfig "
+                                              r"does not take; known fields: \[.*'hidden_size'"):
+            family.build(config)
