@@ -35,6 +35,7 @@ from torch import nn
 
 from zoo.errors import ConfigError, ImageInputError, ZooError
 from zoo.model import inference
+from zoo.models.embeddings import TimestepEmbedder  # BAGEL's time_embedder: DiT's, keys mlp.0 / mlp.2
 from zoo.models.mot import AttnBlock, MoTForCausalLM, Routing, packed_attention, qwen2_config, split_blocks
 
 __all__ = [
@@ -75,24 +76,6 @@ class PositionEmbedding(nn.Module):
         float32.
         """
         return self.pos_embed[position_ids]
-
-
-class TimestepEmbedder(nn.Module):
-    """DiT's timestep embedder: 256 sinusoidal features (cos first) -> Linear -> SiLU -> Linear (``mlp.0``, ``mlp.2``)."""
-
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
-        super().__init__()
-        self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """t: ``[n]`` times in [0, 1] (float). Returns ``[n, hidden]``."""
-        from diffusers.models.embeddings import get_timestep_embedding
-
-        freq = get_timestep_embedding(t.float(), self.frequency_embedding_size, flip_sin_to_cos=True,
-                                      downscale_freq_shift=0)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
 
 class MLPconnector(nn.Module):

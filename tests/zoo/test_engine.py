@@ -335,19 +335,19 @@ def test_bad_train_device_is_a_config_error_before_anything_is_written(tmp_path)
     assert not out.exists()
 
 
-def test_build_family_model_follows_the_model_section(tmp_path):
+def test_default_build_model_follows_the_model_section(tmp_path):
     from zoo.train import Trainer
     from zoo.testing.toy_family import register
 
     register()
-    fresh = Trainer({"model": {"size": "small", "overrides": {"num_classes": 5}, "init": None}})
-    model = fresh.build_family_model("toy")
+    fresh = Trainer({"family": "toy", "model": {"size": "small", "overrides": {"num_classes": 5}, "init": None}})
+    model = fresh.build_model()
     assert model.training and model.config == {"dim": 8, "hidden": 32, "num_classes": 5, "size": "small"}
     folder = model.save_pretrained(tmp_path / "init")
-    loaded = Trainer({"model": {"init": str(folder), "overrides": {"num_classes": 7}}}).build_family_model("toy")
+    loaded = Trainer({"family": "toy", "model": {"init": str(folder), "overrides": {"num_classes": 7}}}).build_model()
     assert torch.equal(loaded.encoder.weight, model.encoder.weight) and loaded.classifier.out_features == 7
     with pytest.raises(ConfigError, match="Unknown config key 'hiden' in model.overrides"):
-        Trainer({"model": {"overrides": {"hiden": 3}}}).build_family_model("toy")
+        Trainer({"family": "toy", "model": {"overrides": {"hiden": 3}}}).build_model()
 
 
 def test_hubert_tiny_encoder_is_what_the_speech_tiny_sizes_use():
