@@ -115,18 +115,11 @@ class HubertConfig:
         return asdict(self)
 
     @classmethod
-<<<<<<< HEAD
-    def from_dict(cls, config: dict, *, strict: bool = True) -> "HubertConfig":
-        """Build from a dict; ``strict=False`` ignores keys HubertConfig does not have (e.g. a transformers config.json).
-
-        Raises ConfigError for keys HubertConfig does not have when ``strict`` (listing the known fields).
-=======
     def from_dict(cls, config: dict, *, strict: bool = True, source: str | None = None) -> "HubertConfig":
         """Build from a dict; ``strict=False`` ignores keys HubertConfig does not have (e.g. a transformers config.json).
 
         With ``strict``, an unknown key raises :class:`~zoo.errors.ConfigError` listing the known fields and
         naming ``source`` (where the dict came from, e.g. ``"Sylber config 'encoder'"``) when given.
->>>>>>> dedupe
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
