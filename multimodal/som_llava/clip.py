@@ -95,6 +95,7 @@ class ShapesClipModel(ZooModel):
 
     @property
     def tokenizer(self):
+        """The word-level caption tokenizer embedded in the config (ConfigError when there is none)."""
         if self._tokenizer is None:
             from zoo.multimodal.som_llava.model import tokenizer_from_spec
 
@@ -106,6 +107,7 @@ class ShapesClipModel(ZooModel):
 
     @property
     def image_transform(self):
+        """``zoo.image.ImageTransform``: bicubic resize and centre crop to the tower's size, CLIP mean/std."""
         from zoo.image import ImageTransform
 
         size = int(self.config["vision_config"]["image_size"])
@@ -126,11 +128,14 @@ class ShapesClipModel(ZooModel):
         return pad_texts([self.token_ids(t) for t in texts], self.tokenizer.pad_token_id)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values`` float [B, 3, S, S] (normalised) -> L2-normalised image embeddings [B, projection_dim]."""
         features = self.clip.get_image_features(pixel_values=pixel_values)
         features = getattr(features, "pooler_output", features)
         return torch.nn.functional.normalize(features, dim=-1)
 
     def encode_texts(self, texts=None, *, input_ids=None, attention_mask=None) -> torch.Tensor:
+        """Captions (``texts``) or ``input_ids``/``attention_mask`` [B, L] -> L2-normalised text embeddings
+        [B, projection_dim], pooled at ``<|endoftext|>``."""
         if texts is not None:
             batch = self.tokenize(list(texts))
             input_ids, attention_mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
@@ -169,6 +174,7 @@ class ShapesClipModel(ZooModel):
 
 
 def pad_texts(rows: list[list[int]], pad_id: int) -> dict:
+    """Id lists -> right-padded ``input_ids`` and ``attention_mask`` LongTensors [B, longest]."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -237,6 +243,7 @@ def build_clip_pairs(scenes, out_dir, *, seed: int = 0, min_area: int = 12, font
 
 
 def read_pairs(path) -> list[dict]:
+    """The pairs of a ``pairs.jsonl`` written by :func:`build_clip_pairs`; ConfigError when it is missing."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"CLIP pair file {path} does not exist.")
@@ -250,6 +257,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.pairs, self.folder, self.token_ids, self.transform = pairs, Path(folder), token_ids, transform
 
     def tokenize(self, text: str) -> torch.Tensor:
+        """A caption's ids (LongTensor [L], ending in ``<|endoftext|>``)."""
         return torch.tensor(self.token_ids(text), dtype=torch.long)
 
     def __len__(self) -> int:
@@ -402,6 +410,7 @@ def evaluate_clip(model: ShapesClipModel, *, scenes: int = 256, group: int = 32,
 
 
 def print_clip_report(report: dict) -> None:
+    """Print :func:`evaluate_clip`'s figures with their chance levels."""
     print(f"Demo CLIP on {report['scenes']} held-out shapes-world scenes")
     print(f"  caption retrieval: top-1 {report['retrieval_top1']:.1%} of {report['retrieval_images']} images "
           f"(chance {report['retrieval_chance']:.1%})")

@@ -164,12 +164,14 @@ def caption_loss_shapes(model, *, scenes: int = 60, size: int = 128, seed: int =
 
 
 def print_caption_report(report: dict) -> None:
+    """Print :func:`caption_loss_shapes`'s losses with and without the image."""
     print(f"SoM-LLaVA caption stage on {report['scenes']} held-out shapes-world scenes: caption loss "
           f"{report['caption_loss_with_image']:.3f} nats/token with the image, "
           f"{report['caption_loss_blank_image']:.3f} with a blank image ({report['answer_tokens']} tokens)")
 
 
 def print_report(report: dict, title: str = "SoM-LLaVA on held-out shapes-world scenes") -> None:
+    """Print :func:`evaluate_shapes`'s figures, each next to its constant-answer baseline."""
     listing, tags, plain = report["listing"], report["pope_with_tags"], report["pope_without_tags"]
     print(f"{title} ({report['scenes']} scenes)")
     print(f"  tag listing: {listing['tag_accuracy']:.1%} of {listing['tags']} tags named right, "
