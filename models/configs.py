@@ -56,19 +56,6 @@ HUBERT_TINY_ENCODER = {
     "layerdrop": 0.0,
 }
 
-# The speech families' ``tiny`` encoder (overrides of HUBERT_BASE_ENCODER): the same conv kernels and
-# strides, so frames stay at 50 Hz, at a width that trains on a CPU in seconds.
-HUBERT_TINY_ENCODER = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 128,
-    "conv_dim": [32] * 7,
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 4,
-    "layerdrop": 0.0,
-}
-
 
 # WeSpeaker's ECAPA-TDNN (wenet-e2e/wespeaker:wespeaker/models/ecapa_tdnn.py): the DINO recipes use the
 # GLOB variants (global context attention) with emb_bn=True. ``tiny`` is a CPU-test width.

@@ -283,39 +283,45 @@ class TransformersLLM:
 
     def generate_batch(self, prompts, **settings) -> list[str]:
         """Completions of ``prompts`` in order, ``batch_size`` prompts per ``generate`` call (left padded, so every
-        prompt ends at the same column), under ``torch.no_grad`` in eval mode (the train/eval flag is restored).
+        prompt ends at the same column), under ``torch.no_grad`` in eval mode (every module's train/eval flag is
+        restored).
 
         Raises :class:`ToolError` as :meth:`generate`.
         """
-        import torch
-
         rendered = [self._render(p) for p in prompts]
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id
-        options = {**self.settings, **settings}
-        device = next(self.model.parameters()).device
+        return _generate_left_padded(self.model, self.tokenizer, rendered, pad_id, self.batch_size,
+                                     {**self.settings, **settings})
+
+
+def _generate_left_padded(model, tokenizer, rendered, pad_id: int, batch_size: int, options: dict) -> list[str]:
+    """``TransformersLLM.generate_batch``'s loop, run through ``zoo.model.inference`` (eval mode, no grad, every
+    submodule's train/eval flag restored afterwards)."""
+    import torch
+
+    from zoo.model import inference
+
+    @inference
+    def run(model):
+        device = next(model.parameters()).device
         outputs: list[str] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for start in range(0, len(rendered), self.batch_size):
-                chunk = rendered[start:start + self.batch_size]
-                encoded = [self.tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in chunk]
-                width = max(map(len, encoded))
-                ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(encoded), width), dtype=torch.long)
-                for row, tokens in enumerate(encoded):  # left padding: every prompt ends at the same column
-                    ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-                    mask[row, width - len(tokens):] = 1
-                with torch.no_grad():
-                    result = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                                 pad_token_id=pad_id, **options)
-                new = result[:, width:]
-                outputs += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        finally:
-            self.model.train(was_training)
+        for start in range(0, len(rendered), batch_size):
+            chunk = rendered[start:start + batch_size]
+            encoded = [tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in chunk]
+            width = max(map(len, encoded))
+            ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(encoded), width), dtype=torch.long)
+            for row, tokens in enumerate(encoded):  # left padding: every prompt ends at the same column
+                ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, width - len(tokens):] = 1
+            result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), pad_token_id=pad_id,
+                                    **options)
+            outputs.extend(t.strip() for t in tokenizer.batch_decode(result[:, width:], skip_special_tokens=True))
         return outputs
+
+    return run(model)
 
 
 # ---------------------------------------------------------------------------- zoo VLMs

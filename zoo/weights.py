@@ -541,9 +541,10 @@ def load_pretrained(build: Callable[[dict], torch.nn.Module], config: dict, chec
             load_into(model, mapped, dtype=dtype, device=device, source=source, cached=cached, hint=hint)
             left = meta_tensors(model)
             if left:
-                logger.warning("%s: %s stayed on the meta device after loading; building %s normally instead "
-                               "(slower). Compute such tensors from buffers, not parameters, in the constructor.",
-                               source, ", ".join(left[:5]), type(model).__name__)
+                # Not the user's problem: the weights are the same, only the load is slower. (For model authors:
+                # such tensors are computed in the constructor from parameters, not from buffers.)
+                logger.info("%s: %s are not filled by streaming; building %s normally instead (same weights, "
+                            "slower load).", source, ", ".join(left[:5]), type(model).__name__)
                 model = None
     if model is None:
         model = build(config)

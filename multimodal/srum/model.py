@@ -228,6 +228,9 @@ class SrumModel(ZooModel, BagelMixin):
         ``max_new_tokens + 1`` (it counts the start token).
         """
         single = isinstance(prompt, str)
+        if single and isinstance(image, (list, tuple)):
+            raise ConfigError(f"understand: {len(image)} images for one prompt; pass a list of prompts, one per "
+                              "image (e.g. [question] * len(images))")
         prompts = [prompt] if single else list(prompt)
         images = [image] if single else list(image)
         if len(images) != len(prompts):

@@ -104,8 +104,19 @@ class SrumTrainer(Trainer):
         base, _ = demo.prepare(self._demo_folder(), self._demo_sizes(), int(self.config["demo"]["seed"]))
         return base
 
+    def _check_data_path(self) -> None:
+        """Fail on a missing ``data.train`` before any model is built (``model.init: demo`` trains for minutes)."""
+        train = self.config["data"].get("train")
+        if not train:
+            raise ConfigError("data.train is not set: give the self-reward pipeline's rewards.jsonl "
+                              "(zoo.multimodal.srum.pipeline), or 'demo' for the shapes-world demo")
+        if train != "demo" and not Path(str(train)).expanduser().is_file():
+            raise ConfigError(f"data.train={train!r} does not exist; give the pipeline's rewards.jsonl "
+                              "(or 'demo' for the shapes-world demo)")
+
     # ------------------------------------------------------------------ model
     def build_model(self):
+        self._check_data_path()
         cfg = self.config["model"]
         overrides = dict(cfg.get("overrides") or {})
         overrides.setdefault("timestep_shift", float(self.config["srum"]["timestep_shift"]))

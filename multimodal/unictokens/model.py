@@ -377,8 +377,15 @@ class UniCTokensModel(ZooModel):
         scale g, logits ``(1 + g) cond - g uncond`` (0 = off). seed/generator: sampling randomness.
         return_steps: steps whose full predictions to return as codes ``{step: LongTensor[B, N]}``
         (the last step is always included). Returns a list of PIL images (or the codes).
+        Raises ConfigError for no prompts, ``steps < 1`` or ``num_images < 1``.
         """
+        if int(steps) < 1:
+            raise ConfigError(f"generate_image: steps must be >= 1 (MaskGIT decoding steps), got {steps}")
+        if isinstance(prompt, str) and int(num_images) < 1:
+            raise ConfigError(f"generate_image: num_images must be >= 1, got {num_images}")
         prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ConfigError("generate_image: no prompts given; pass a string or a non-empty list")
         texts = [self.concept_prompt(p, concept) for p in prompts]
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))

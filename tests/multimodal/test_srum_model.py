@@ -42,6 +42,13 @@ def test_generate_image_is_batch_invariant_and_seeded(model):
     assert np.array_equal(np.asarray(again), np.asarray(model.generate_image(prompts[0], seed=11, **kwargs)))
 
 
+def test_understand_with_a_list_of_images_needs_a_list_of_prompts(model):
+    images = [Image.new("RGB", (64, 64), (200, 30, 30))] * 2
+    with pytest.raises(ConfigError, match="one per image"):
+        model.understand(images, "What is this?", max_new_tokens=2)
+    assert len(model.understand(images, ["What is this?"] * 2, max_new_tokens=2)) == 2
+
+
 def test_cfg_changes_the_latents_only_inside_the_interval(model):
     ctx = model.new_context(1)
     uncond = ctx.copy()

@@ -168,6 +168,23 @@ def test_sft_baseline_uses_unit_rewards_and_missing_images_are_an_error(pipeline
         run(recipe(data, tmp_path / "gone", "train.max_steps=1"))
 
 
+def test_a_missing_data_path_fails_before_the_demo_base_is_built(tmp_path, monkeypatch):
+    from zoo.multimodal.srum import demo
+
+    def no_demo(*args, **kwargs):
+        raise AssertionError("the demo base was built before data.train was checked")
+
+    monkeypatch.setattr(demo, "prepare", no_demo)
+    from pathlib import Path
+
+    from zoo.multimodal import srum
+
+    config = load_recipe(Path(srum.__file__).with_name("recipes") / "demo.yaml",
+                         [f"train.output_dir={tmp_path / 'out'}", f"data.train={tmp_path / 'nope.jsonl'}"])
+    with pytest.raises(ConfigError, match="nope.jsonl"):
+        run(config)
+
+
 @pytest.mark.parametrize("name, steps", [("comp", 309), ("wise_cul", 398), ("wise_ns", 297), ("wise_st", 296)])
 def test_release_recipes_hold_the_scripts_settings(name, steps):
     from pathlib import Path

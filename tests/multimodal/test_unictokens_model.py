@@ -160,6 +160,16 @@ def test_inference_api_and_errors():
         model.recognize(images[0], "kiki")
 
 
+def test_generate_image_rejects_empty_prompts_and_zero_steps():
+    model = tiny().eval()
+    with pytest.raises(ConfigError, match="no prompts"):
+        model.generate_image([], steps=2)
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        model.generate_image("a red circle", steps=0)
+    with pytest.raises(ConfigError, match="num_images must be >= 1"):
+        model.generate_image("a red circle", steps=2, num_images=0)
+
+
 def test_cached_decoding_equals_the_official_full_recompute():
     model = tiny().eval()
     codes = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(4))

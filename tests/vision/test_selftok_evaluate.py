@@ -6,7 +6,7 @@ import pytest
 import torch
 
 
-from zoo.errors import ConfigError, ImageInputError
+from zoo.errors import ConfigError, ImageInputError, OutputExistsError
 from zoo.vision.selftok.builder import build, make_config
 from zoo.vision.selftok.evaluate import evaluate
 
@@ -75,3 +75,14 @@ def test_bad_inputs(folder, tmp_path):
     (broken / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ImageInputError, match="bad.png"):
         evaluate(tokenizer, data=str(broken), steps=1)
+
+
+def test_an_existing_plot_fails_before_decoding_unless_overwrite(folder, tmp_path):
+    tokenizer = tiny("tiny")
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"mine")
+    with pytest.raises(OutputExistsError, match="overwrite=true"):
+        evaluate(tokenizer, data=str(tmp_path / "no-such-folder"), plot=grid)  # raised before the data is read
+    assert grid.read_bytes() == b"mine"
+    report = evaluate(tokenizer, data=str(folder), steps=1, max_items=2, plot=grid, overwrite=True)
+    assert report["plot"] == str(grid) and grid.read_bytes()[:4] == b"\x89PNG"

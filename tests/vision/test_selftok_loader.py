@@ -102,6 +102,16 @@ def test_flat_checkpoint_loads_strictly_and_encodes(tmp_path):
     assert ids.shape == (2, 16) and int(ids.max()) < 64
 
 
+def test_vae_tensors_in_the_file_are_loaded_not_replaced(tmp_path):
+    state = tiny_official_checkpoint()
+    torch.manual_seed(5)
+    trained_vae = {f"vae.{k}": v + 0.5 for k, v in build(make_config("tiny")).vae.state_dict().items()}
+    torch.save({**state, **trained_vae}, tmp_path / "with-vae.pth")
+    model = load(str(tmp_path / "with-vae.pth"), make_config("tiny"))
+    for key, value in trained_vae.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
 def test_ema_weights_are_preferred_unless_disabled(tmp_path, caplog):
     state = tiny_official_checkpoint()
     ema = {k[len("model."):]: v + 1.0 for k, v in state.items() if k.startswith("model.") and v.is_floating_point()}

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, OutputExistsError
 from zoo.model import inference
 
 logger = logging.getLogger("zoo.selftok")
 
-OPTIONS = ("renderer", "steps", "cfg", "batch_size", "max_items", "plot", "plot_items", "keep", "seed", "lpips", "fid")
+OPTIONS = ("renderer", "steps", "cfg", "batch_size", "max_items", "plot", "plot_items", "keep", "seed", "lpips", "fid",
+           "overwrite")
 
 
 def _keep_list(keep, num_tokens: int) -> list[int]:
@@ -57,14 +58,19 @@ def _mean(values: list[float]) -> float:
 @inference
 def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: float = 1.0, batch_size: int = 16,
              max_items: int | None = None, plot=None, plot_items: int = 8, keep=None, seed: int = 0,
-             lpips: bool | None = None, fid: bool | None = None, **unknown) -> dict:
+             lpips: bool | None = None, fid: bool | None = None, overwrite: bool = False, **unknown) -> dict:
     """Score reconstructions of the images in ``data`` (folder, JSONL manifest, ``shapes`` or ``shapes-heldout``).
 
     Returns (and writes to ``output`` as JSON) ``{"images", "vae": {...}, "decoder": {...}?, "renderer": {...}?,
     "mean_image": {...}, "keep": {...}?}`` with ``psnr`` / ``ssim`` means (and ``lpips`` / ``fid``).
+    An existing ``plot`` file raises ``OutputExistsError`` before any image is read, unless ``overwrite``
+    (``overwrite=true`` on the command line).
     """
     if unknown:
         raise ConfigError(f"Unknown selftok eval options: {', '.join(sorted(unknown))}. Valid: {', '.join(OPTIONS)}.")
+    if plot and Path(plot).exists() and not overwrite:  # say so now, not after minutes of decoding
+        raise OutputExistsError(f"{plot} exists; pass overwrite=true (zoo eval ... overwrite=true) to replace it, "
+                                "or choose another --plot path.")
     from zoo.vision.selftok.trainer import _data_source, image_dataset
 
     dataset = image_dataset(_data_source(data, "eval"), model.image_size)
@@ -172,7 +178,7 @@ def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: f
         if unavailable:
             report["unavailable"] = unavailable
     if plot:
-        _plot(plot, originals, shown, int(plot_items))
+        _plot(plot, originals, shown, int(plot_items), overwrite=bool(overwrite))
         report["plot"] = str(plot)
     if output:
         from zoo.files import write_json
@@ -181,7 +187,7 @@ def evaluate(model, *, data, output=None, renderer=None, steps: int = 50, cfg: f
     return report
 
 
-def _plot(path, originals, shown, items: int) -> None:
+def _plot(path, originals, shown, items: int, overwrite: bool = False) -> None:
     from zoo.plot import save_image_grid
 
     columns = [("original", torch.cat(originals))]
@@ -190,4 +196,4 @@ def _plot(path, originals, shown, items: int) -> None:
             columns.append((name, torch.cat(shown[name])))
     count = min(items, columns[0][1].shape[0])
     rows = [[column[i] for _, column in columns] for i in range(count)]
-    save_image_grid(rows, path, titles=[name for name, _ in columns])
+    save_image_grid(rows, path, titles=[name for name, _ in columns], overwrite=overwrite)

@@ -153,7 +153,12 @@ def config_from_state_dict(state: dict[str, torch.Tensor], config: dict) -> dict
 
 
 def load_into(model, state: dict[str, torch.Tensor], source: str):
-    """Strictly load official ``ImageTokenizer`` tensors into a ``SelftokModel`` (its own VAE, if any, untouched)."""
+    """Strictly load official ``ImageTokenizer`` tensors into a ``SelftokModel``.
+
+    Release files hold no VAE: a model with its own (small) VAE keeps it. ``vae.*`` tensors in the file (a
+    zoo training state dict saved with ``torch.save``) replace it; a model without a VAE reports them as
+    unexpected keys.
+    """
     from zoo.hub import load_state_dict_strict
 
     def hint(missing, unexpected):
@@ -165,7 +170,7 @@ def load_into(model, state: dict[str, torch.Tensor], source: str):
     own_vae = {k: v for k, v in model.state_dict().items() if k.startswith("vae.")}
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     state = {k: (v.to(dtypes[k]) if k in dtypes and isinstance(v, torch.Tensor) else v) for k, v in state.items()}
-    load_state_dict_strict(model, {**state, **own_vae}, source, hint=hint)
+    load_state_dict_strict(model, {**own_vae, **state}, source, hint=hint)
     if not bool(model.encoder.quantizer._codebook.initted.item()):
         logger.warning("%s: the codebook is not initialised (initted=0); the first encode fits it by k-means", source)
     return model
