@@ -7,12 +7,23 @@ templates and conversation encoding with answer-only labels.
   round-trip). Real tokenizers load from their upstream repos at run time; these are for tests
   and demos, which never download.
 * :data:`TEMPLATES`: ``vicuna_v1`` as LLaVA-1.5 trains and prompts (haotian-liu/LLaVA:
-  llava/conversation.py ``conv_vicuna_v1``, llava/train/train.py ``preprocess_v1``) and ``showo``,
+  llava/conversation.py ``conv_vicuna_v1``, llava/train/train.py ``preprocess_v1``), ``plain``, LLaVA's
+  pretraining format (``conv_llava_plain``, ``preprocess_plain``), and ``showo``,
   the Phi-1.5 MMU format of Show-o and UniCTokens (arctanxarc/UniCTokens:
   llava/llava/conversation.py ``conv_phi_v0``, pdata.py ``preprocess_v0``, eval/eval_p_mmu.py).
-* :func:`encode_conversation` renders a conversation with a template, tokenizes the whole prompt
-  and returns ``input_ids`` and ``labels`` that are -100 everywhere except the assistant's answer
-  tokens and the end-of-turn token that follows each answer.
+* :func:`encode_conversation` renders a conversation with a template, tokenizes it and returns
+  ``input_ids`` and ``labels`` that are -100 everywhere except the assistant's answer tokens and the
+  end-of-turn token that follows each answer.
+
+Tokenization around ``<image>``: LLaVA (haotian-liu/LLaVA: llava/mm_utils.py
+``tokenizer_image_token``, used by llava/train/train.py ``preprocess_v1`` and every evaluation
+script) never tokenizes ``<image>`` as text. It cuts the prompt at each ``<image>``, tokenizes every
+piece on its own (each call adds the tokenizer's BOS, dropped again from all pieces but the first)
+and puts the image id between the pieces. With a Llama/Vicuna SentencePiece tokenizer each piece
+starts a new text, so the piece after ``<image>`` gets the leading ``"▁"`` a one-pass tokenization
+would not give it (``"\n..."`` -> ``▁ <0x0A> ...``). Templates with ``image_pieces=True``
+(``vicuna_v1``) tokenize the same way, so ids and labels are the official ones for any tokenizer;
+templates without it (``showo``, whose image block is not in the text) tokenize the prompt in one pass.
 
 Label masking, LLaVA-style: the official code finds answer positions by token-count arithmetic
 on separately tokenized pieces (``len(tokenizer(round))``, ``len(tokenizer(instruction)) - 2``
@@ -21,9 +32,9 @@ tokenizers with tokenizers>=0.14; UniCTokens: ``- 1`` and ``+ 1`` with Phi's BOS
 and masks the whole sample when the count disagrees with the real length. The tokens it means
 are the answer tokens (the space after ``"ASSISTANT:"`` belongs to the first answer token) and the
 ``</s>`` / ``<|endoftext|>`` that closes the turn. Here they are found from the tokenizer's
-character offsets on the one tokenization of the full prompt, so no piece is counted twice and
-no sample is dropped; on tokenizers where the official arithmetic holds the labels are equal
-(tested).
+character offsets on the same tokenization as the ids, so no piece is counted twice and no sample is
+dropped; on tokenizers where the official arithmetic holds the labels are equal (tested, with
+legacy and non-legacy Llama tokenizers too).
 """
 from __future__ import annotations
 
@@ -105,20 +116,26 @@ def build_tokenizer(texts: Iterable[str], special_tokens: Sequence[str] = (), *,
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A two-role conversation format (LLaVA's ``SeparatorStyle.TWO``).
+    """A two-role conversation format: LLaVA's ``SeparatorStyle.TWO`` or ``PLAIN``.
 
-    Rendered as ``system + sep + (role + ": " + message + (sep after user, eos after assistant))*``;
-    a generation prompt ends with ``assistant_role + ":"``.
+    ``style="two"``: rendered as ``system + sep + (role + ": " + message + (sep after user, eos
+    after assistant))*``; a generation prompt ends with ``assistant_role + ":"``.
+    ``style="plain"`` (LLaVA's pretraining format, llava/train/train.py ``preprocess_plain``): a user
+    message holding ``<image>`` is replaced by ``<image>`` alone, each answer is followed by ``sep``
+    and nothing else is added (no system, roles or eos); the answer and its ``sep`` are the targets.
 
     system: the system prompt ("" for none).
     roles: (user role, assistant role) names as they appear in the text.
     sep: what follows the system prompt and each user message.
     eos: what closes each assistant message (the end-of-turn text; learned as a label). Must be
-        one token of the tokenizer.
+        one token of the tokenizer ("" for none: the plain style).
     strip: strip the rendered text (Show-o's ``get_prompt().strip()``).
     image: ``"front"`` puts one ``<image>`` + newline at the start of the message that holds it
         (LLaVA's ``preprocess_multimodal``); ``"remove"`` drops it (Show-o: the image tokens go in
         a block before the text).
+    image_pieces: tokenize the text on either side of each ``<image>`` separately and join the
+        pieces with the image id (LLaVA's ``tokenizer_image_token``; see the module docstring).
+    style: ``"two"`` or ``"plain"`` (above).
     """
 
     name: str
@@ -128,6 +145,8 @@ class ChatTemplate:
     eos: str
     strip: bool = False
     image: str = "front"
+    image_pieces: bool = False
+    style: str = "two"
     source: str = ""
 
     def render(self, conversation, add_generation_prompt: bool = False) -> str:
@@ -145,6 +164,12 @@ class ChatTemplate:
         turn.
         """
         turns = _turns(conversation)
+        if add_generation_prompt and not (turns and turns[-1][0] == "user"):
+            raise ConfigError("add_generation_prompt needs a conversation that ends with a user turn.")
+        if self.style == "plain":
+            return [piece for role, text in turns
+                    for piece in [(IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in text else text, False) if role == "user"
+                                  else (text + self.sep, True)] if piece[0]]
         pieces: list[tuple[str, bool]] = [(self.system + self.sep, False)]
         user, assistant = self.roles
         for index, (role, text) in enumerate(turns):
@@ -155,10 +180,7 @@ class ChatTemplate:
                 pieces.append((f"{assistant}:", False))
                 pieces.append((f" {text}{self.eos}", True))
         if add_generation_prompt:
-            if turns and turns[-1][0] == "user":
-                pieces.append((f"{assistant}:", False))
-            else:
-                raise ConfigError("add_generation_prompt needs a conversation that ends with a user turn.")
+            pieces.append((f"{assistant}:", False))
         if self.strip:
             pieces = _strip_pieces(pieces)
         return [p for p in pieces if p[0]]
@@ -215,20 +237,25 @@ VICUNA_V1 = ChatTemplate(
     name="vicuna_v1",
     system="A chat between a curious user and an artificial intelligence assistant. "
            "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-    roles=("USER", "ASSISTANT"), sep=" ", eos="</s>", image="front",
-    source="haotian-liu/LLaVA:llava/conversation.py conv_vicuna_v1 (LLaVA-1.5, Vicuna v1.5)")
+    roles=("USER", "ASSISTANT"), sep=" ", eos="</s>", image="front", image_pieces=True,
+    source="haotian-liu/LLaVA:llava/conversation.py conv_vicuna_v1 (LLaVA-1.5, Vicuna v1.5); pieces around "
+           "<image> tokenized apart as llava/mm_utils.py tokenizer_image_token")
 # Show-o MMU: the model input is [<|mmu|>] [<|soi|>] image codes [<|eoi|>] + these text tokens, the
 # image block's labels all -100 (UniCTokens train_p_stage_1.py); UniCTokens' eval prompts add <|sot|>
 # (Phi's BOS) before the text, training does not. The family builds that block around encode_conversation.
 SHOWO = ChatTemplate(
     name="showo", system="", roles=("USER", "ASSISTANT"), sep=" ", eos="<|endoftext|>", strip=True, image="remove",
     source="arctanxarc/UniCTokens:llava/llava/conversation.py conv_phi_v0 (Show-o's Phi-1.5 MMU format)")
+# LLaVA's pretraining (feature alignment) stage: "<image>" + caption + "\n", loss on the caption and "\n".
+PLAIN = ChatTemplate(
+    name="plain", system="", roles=("", ""), sep="\n", eos="", image="front", image_pieces=True, style="plain",
+    source="haotian-liu/LLaVA:llava/conversation.py conv_llava_plain, llava/train/train.py preprocess_plain")
 TEMPLATES: dict[str, ChatTemplate] = {"vicuna_v1": VICUNA_V1, "llava_v1": VICUNA_V1, "showo": SHOWO,
-                                      "phi1.5": SHOWO}
+                                      "phi1.5": SHOWO, "plain": PLAIN}
 
 
 def get_template(template) -> ChatTemplate:
-    """A :class:`ChatTemplate` by name (``vicuna_v1``/``llava_v1``, ``showo``/``phi1.5``) or as given.
+    """A :class:`ChatTemplate` by name (``vicuna_v1``/``llava_v1``, ``plain``, ``showo``/``phi1.5``) or as given.
 
     Raises ConfigError for an unknown template name (listing the known ones).
     """
@@ -249,6 +276,30 @@ def _single_token(tokenizer, text: str, what: str) -> int:
     return ids
 
 
+def _tokenize(tokenizer, text: str, image_id: int | None) -> list[tuple[int, int, int]]:
+    """``(id, begin, end)`` per token of ``text`` (character offsets into ``text``).
+
+    ``image_id`` None: one pass with the tokenizer's special tokens. Otherwise LLaVA's
+    ``tokenizer_image_token`` rule: the pieces between ``<image>`` placeholders are tokenized
+    separately (special tokens added each time); when the first piece starts with BOS, that many
+    leading tokens are dropped from every later piece; ``image_id`` (offsets -1) goes between pieces.
+    """
+    pieces = text.split(IMAGE_PLACEHOLDER) if image_id is not None else [text]
+    out: list[tuple[int, int, int]] = []
+    start, skip = 0, 0
+    for index, piece in enumerate(pieces):
+        encoding = tokenizer(piece, return_offsets_mapping=True, add_special_tokens=True)
+        ids, offsets = list(encoding["input_ids"]), list(encoding["offset_mapping"])
+        if index == 0:
+            skip = 1 if ids and ids[0] == tokenizer.bos_token_id and tokenizer.bos_token_id is not None else 0
+        else:
+            out.append((image_id, -1, -1))
+            ids, offsets = ids[skip:], offsets[skip:]
+        out.extend((token, start + begin, start + end) for token, (begin, end) in zip(ids, offsets))
+        start += len(piece) + len(IMAGE_PLACEHOLDER)
+    return out
+
+
 def encode_conversation(tokenizer, conversation, template="vicuna_v1", max_length: int | None = None, *,
                         image_tokens: int = 1, add_generation_prompt: bool = False) -> dict:
     """Tokenize a conversation with ``template``; labels only on the assistant's answers.
@@ -263,6 +314,8 @@ def encode_conversation(tokenizer, conversation, template="vicuna_v1", max_lengt
     image_tokens: copies of the ``<image>`` id to put in its place (e.g. 576 for LLaVA-1.5 in
         transformers' ``LlavaForConditionalGeneration``); their labels are -100.
     add_generation_prompt: end with the assistant's role and ``:`` (an inference prompt).
+    With ``template.image_pieces`` (``vicuna_v1``) the text around each ``<image>`` is tokenized
+    separately as LLaVA's ``tokenizer_image_token`` does (module docstring), else in one pass.
     Returns ``{"input_ids": LongTensor[T], "labels": LongTensor[T], "truncated": int}`` with
         ``truncated`` the number of tokens cut. ``labels[i]`` is ``input_ids[i]`` for answer and
         end-of-turn tokens and -100 elsewhere (shifting is the model's job, as in transformers).
@@ -272,7 +325,8 @@ def encode_conversation(tokenizer, conversation, template="vicuna_v1", max_lengt
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("encode_conversation needs a fast tokenizer (PreTrainedTokenizerFast) for character "
                           "offsets; load it with use_fast=True.")
-    eos_id = _single_token(tokenizer, template.eos, f"the end of an assistant turn in {template.name}")
+    eos_id = _single_token(tokenizer, template.eos, f"the end of an assistant turn in {template.name}") \
+        if template.eos else None
     segments = template.segments(conversation, add_generation_prompt)
     text = "".join(piece for piece, _ in segments)
     image_id = _single_token(tokenizer, IMAGE_PLACEHOLDER, "the image placeholder") if IMAGE_PLACEHOLDER in text \
@@ -282,18 +336,16 @@ def encode_conversation(tokenizer, conversation, template="vicuna_v1", max_lengt
         if target:
             spans.append((start, start + len(piece)))
         start += len(piece)
-    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
     input_ids, labels = [], []
-    for token, (begin, end) in zip(ids, offsets):
-        is_target = end > begin and any(a <= begin < b for a, b in spans)
-        if image_id is not None and token == image_id and image_tokens != 1:
+    for token, begin, end in _tokenize(tokenizer, text, image_id if template.image_pieces else None):
+        if image_id is not None and token == image_id:
             input_ids.extend([image_id] * image_tokens)
             labels.extend([IGNORE_INDEX] * image_tokens)
             continue
+        is_target = end > begin and any(a <= begin < b for a, b in spans)
         input_ids.append(token)
         labels.append(token if is_target else IGNORE_INDEX)
-    if spans and eos_id not in [t for t, l in zip(input_ids, labels) if l != IGNORE_INDEX]:
+    if spans and eos_id is not None and eos_id not in [t for t, l in zip(input_ids, labels) if l != IGNORE_INDEX]:
         raise ConfigError(f"the {template.name} end-of-turn {template.eos!r} did not come out as its own token; "
                           "make it a special token of the tokenizer.")
     truncated = 0
@@ -353,5 +405,5 @@ def collate_conversations(items: Sequence[dict], pad_token_id: int, padding_side
     return out
 
 
-__all__ = ["IGNORE_INDEX", "IMAGE_PLACEHOLDER", "SHOWO", "TEMPLATES", "VICUNA_V1", "ChatTemplate", "TruncationCount",
+__all__ = ["IGNORE_INDEX", "IMAGE_PLACEHOLDER", "PLAIN", "SHOWO", "TEMPLATES", "VICUNA_V1", "ChatTemplate", "TruncationCount",
            "build_tokenizer", "collate_conversations", "encode_conversation", "get_template"]

@@ -114,7 +114,15 @@ def num_image_tokens(config: dict) -> int:
 
 
 def build(config: dict):
-    """A random-init SoM-LLaVA model from a complete config (registry contract)."""
+    """A random-init SoM-LLaVA model from a complete config (registry contract).
+
+    A config with ``architecture: clip`` is the CPU demo's CLIP (``clip.py``), the vision tower's
+    own pretraining model; everything else is the LLaVA model.
+    """
+    if config.get("architecture") == "clip":
+        from zoo.multimodal.som_llava.clip import DEFAULT_CLIP_CONFIG, ShapesClipModel
+
+        return ShapesClipModel(merge(DEFAULT_CLIP_CONFIG, config))
     from zoo.multimodal.som_llava.model import SomLlavaModel
 
     return SomLlavaModel(merge(DEFAULT_CONFIG, config))

@@ -212,6 +212,8 @@ def mix(som: Sequence[dict], plain: Sequence[dict], *, som_fraction: float | Non
 
 # Question of the caption records (the plain-caption baseline and the caption part of the SoM mix).
 CAPTION_QUESTION = "Describe the image briefly."
+# LLaVA-1.5's prompt for short answers (its VQA training data and POPE evaluation, docs/Evaluation.md)
+SHORT_ANSWER = "Answer the question using a single word or phrase."
 # Below this visible share of its own shape an object is "mostly hidden": its listing item is uncertain.
 SURE_FRACTION = 0.5
 
@@ -343,13 +345,16 @@ def tag_questions(tagged, scene: ShapesScene, rng: random.Random, count: int = 1
 
 
 def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLike, *, kind: str = "som",
-                         seed: int = 0, min_area: int = 12, font_size: float = 9, overwrite: bool = False) -> Path:
+                         seed: int = 0, min_area: int = 12, font_size: float = 9, captions_per_scene: int = 3,
+                         overwrite: bool = False) -> Path:
     """LLaVA records from shapes-world scenes: writes ``images/`` and ``conversations.json`` in ``out_dir``.
 
     ``kind="som"``: per scene a caption record (plain image), a listing record (tagged image, an
     instruction from the pool, the ground-truth list in tag order) and a QA record (a tag question
-    and two POPE-style yes/no questions on the tagged image). ``kind="captions"``: the same number
-    of records, all plain captions (the baseline trained on the same steps without SoM data).
+    and two POPE-style yes/no questions with LLaVA-1.5's short-answer prompt, on the tagged image).
+    ``kind="captions"``: plain captions only, ``captions_per_scene`` records per scene (3, the SoM
+    kind's count, for the baseline trained on the same steps without SoM data; 1 for LLaVA's caption
+    pretraining stage).
     Record paths are relative to ``out_dir``. Scenes without a region of ``min_area`` pixels get no
     SoM records, as the official pipeline skips images without a surviving mask.
     """
@@ -367,7 +372,8 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
         scene.image.save(out_dir / plain)
         caption = record(f"{scene.id}-caption", plain, [(CAPTION_QUESTION, _sentence(scene.caption))])
         if kind == "captions":
-            records += [caption, dict(caption, id=f"{scene.id}-caption-2"), dict(caption, id=f"{scene.id}-caption-3")]
+            records += [caption] + [dict(caption, id=f"{scene.id}-caption-{k + 1}")
+                                    for k in range(1, int(captions_per_scene))]
             continue
         records.append(caption)
         tagged = tag_scene(scene, min_area=min_area, font_size=font_size)
@@ -377,9 +383,40 @@ def build_shapes_dataset(scenes: Sequence[ShapesScene], out_dir: str | os.PathLi
         tagged_path = f"images/{scene.id}-som.png"
         tagged.image.save(out_dir / tagged_path)
         records.append(listing_record(f"{scene.id}-listing", tagged_path, scene_items(tagged, scene), rng))
-        qa = tag_questions(tagged, scene, rng) + yes_no_questions(scene, rng)
+        # yes/no questions carry LLaVA-1.5's short-answer prompt, as its VQA data and POPE evaluation do
+        qa = tag_questions(tagged, scene, rng) + [(f"{q}\n{SHORT_ANSWER}", a) for q, a in yes_no_questions(scene, rng)]
         rng.shuffle(qa)  # any question may come first, right after the image
         records.append(qa_record(f"{scene.id}-qa", tagged_path, qa))
     if skipped:
         logger.warning("%d scene(s) had no region of %d px or more; they got no SoM records", skipped, min_area)
     return write_conversations(records, target, overwrite=overwrite)
+
+
+def domain_texts() -> list[dict]:
+    """Records that between them use every word of the shapes-world SoM data: the 42 instructions,
+    a listing line for every texture, colour and shape (sure and not), the tag and yes/no questions,
+    the caption question and LLaVA's short-answer prompt. Training texts for a tiny tokenizer, so
+    one made in the caption stage also covers the instruction stage's data."""
+    from zoo.data import shapes as world
+    from zoo.data.shapes import describe
+
+    phrases = [describe({"shape": shape, "color": color, "texture": texture})
+               for texture in world.TEXTURES for color in world.COLORS for shape in world.SHAPES]
+    items = [Item(str(i % 9 + 1), phrase, sure=i % 5 != 0) for i, phrase in enumerate(phrases)]
+    records = []
+    for index, instruction in enumerate(instruction_pool()):
+        chunk = items[index * 5:(index + 1) * 5] or items[:5]
+        chunk = [Item(str(k + 1), item.text + ("" if item.sure else ", mostly hidden behind another shape"), item.sure)
+                 for k, item in enumerate(chunk)]
+        records.append(record(f"domain-{index}", "domain.png", [(instruction, listing_answer(chunk))]))
+    for color in world.COLORS:
+        for shape in world.SHAPES:
+            article = "an" if color[0] in "aeiou" else "a"
+            records.append(record(f"domain-{color}-{shape}", "domain.png", [
+                (f"Is there {article} {color} {shape} in the image?\n{SHORT_ANSWER}", "Yes"),
+                (f"What color is the object tagged {len(records) % 9 + 1}?", color.capitalize() + "."),
+                (f"What shape is the object tagged {len(records) % 9 + 1}?", shape.capitalize() + "."),
+                (CAPTION_QUESTION, _sentence(describe({"shape": shape, "color": color}, count=2) + " to the left of "
+                                             + describe({"shape": shape, "color": color, "texture": "dotted"}))),
+                ("Is there a shape in the image?", "No")]))
+    return records

@@ -4,7 +4,8 @@
   tagged scene and a listing instruction; the answer is parsed as a numbered list
   (``zoo.tools.parse_numbered_list``). A tag counts as correct when its item names the object's
   colour and shape; a list is an exact match when every tag is correct and nothing extra is listed.
-  Baseline: the per-tag accuracy of always naming the most frequent colour-shape pair.
+  Baselines: the per-tag accuracy of always naming the most frequent colour-shape pair, and the
+  exact-match rate of always giving the most frequent ground-truth list.
 * POPE-style questions ("Is there a red circle in the image?", half yes / half no with random
   negatives, as POPE's "random" split) asked with LLaVA-1.5's short-answer prompt, on the tagged
   and on the plain image. Answers are read with ``zoo.tools.parse_yes_no``; an answer that says
@@ -18,8 +19,8 @@ import random
 from collections import Counter
 
 from zoo.errors import ConfigError
-
-SHORT_ANSWER = "Answer the question using a single word or phrase."
+from zoo.model import inference
+from zoo.multimodal.som_llava.data import SHORT_ANSWER  # LLaVA-1.5's short-answer prompt
 
 
 def _batched(items, size):
@@ -72,12 +73,16 @@ def listing_accuracy(model, scenes, *, instruction: str | None = None, min_area:
                 examples.append({"scene": scene.id, "answer": answer})
     objects = [scene.objects[tag.mask_index] for scene, t in tagged for tag in t.tags]
     pairs = Counter((o["color"], o["shape"]) for o in objects)
+    # the best constant answer for whole lists: the most frequent ground-truth list
+    lists = Counter(tuple((scene.objects[tag.mask_index]["color"], scene.objects[tag.mask_index]["shape"])
+                          for tag in t.tags) for scene, t in tagged)
     top = {name: (Counter(o[name] for o in objects).most_common(1)[0][1] / total) if total else 0.0
            for name in ("color", "shape")}
     return {"tag_accuracy": correct / max(total, 1), "list_exact_match": exact / max(len(tagged), 1),
             "color_accuracy": colors / max(total, 1), "shape_accuracy": shapes / max(total, 1),
             "tags": total, "images": len(tagged),
             "baseline_most_frequent_pair": (pairs.most_common(1)[0][1] / total) if total else 0.0,
+            "baseline_most_frequent_list": (lists.most_common(1)[0][1] / len(tagged)) if tagged else 0.0,
             "baseline_most_frequent_color": top["color"], "baseline_most_frequent_shape": top["shape"],
             "examples": examples}
 
@@ -126,12 +131,53 @@ def evaluate_shapes(model, *, scenes: int = 60, size: int = 128, seed: int = 1, 
             "scenes": len(held_out)}
 
 
+@inference
+def caption_loss_shapes(model, *, scenes: int = 60, size: int = 128, seed: int = 1, start: int = 100_000,
+                        overlap_prob: float = 0.25, template: str = "plain", batch_size: int = 16) -> dict:
+    """Held-out caption loss (mean cross-entropy per answer token, nats) with each scene's image and
+    with a blank one (the CLIP mean colour, all zeros after normalisation): how much the projected
+    image tells the language model. The check of LLaVA's caption (feature alignment) stage."""
+    import torch
+
+    from zoo.multimodal.som_llava.data import CAPTION_QUESTION, _sentence, record, shapes_scenes
+    from zoo.text import collate_conversations, encode_conversation
+
+    held_out = shapes_scenes(int(scenes), size=int(size), seed=int(seed), overlap_prob=overlap_prob, start=int(start))
+    totals = {"image": 0.0, "blank": 0.0}
+    tokens = 0
+    for chunk in _batched(held_out, batch_size):
+        items = [encode_conversation(model.tokenizer, record(s.id, "x.png", [(CAPTION_QUESTION, _sentence(s.caption))]),
+                                     template, image_tokens=model.num_image_tokens) for s in chunk]
+        batch = collate_conversations(items, model.pad_token_id)
+        pixels = model.preprocess_images([s.image for s in chunk]).to(model.device)
+        targets = batch["labels"][:, 1:]
+        count = int((targets != -100).sum())
+        tokens += count
+        for name, values in (("image", pixels), ("blank", torch.zeros_like(pixels))):
+            out = model(input_ids=batch["input_ids"].to(model.device), pixel_values=values,
+                        attention_mask=batch["attention_mask"].to(model.device),
+                        labels=batch["labels"].to(model.device))
+            totals[name] += float(out.loss) * count
+    return {"caption_loss_with_image": totals["image"] / max(tokens, 1),
+            "caption_loss_blank_image": totals["blank"] / max(tokens, 1), "answer_tokens": tokens,
+            "scenes": len(held_out)}
+
+
+def print_caption_report(report: dict) -> None:
+    """Print :func:`caption_loss_shapes`'s losses with and without the image."""
+    print(f"SoM-LLaVA caption stage on {report['scenes']} held-out shapes-world scenes: caption loss "
+          f"{report['caption_loss_with_image']:.3f} nats/token with the image, "
+          f"{report['caption_loss_blank_image']:.3f} with a blank image ({report['answer_tokens']} tokens)")
+
+
 def print_report(report: dict, title: str = "SoM-LLaVA on held-out shapes-world scenes") -> None:
+    """Print :func:`evaluate_shapes`'s figures, each next to its constant-answer baseline."""
     listing, tags, plain = report["listing"], report["pope_with_tags"], report["pope_without_tags"]
     print(f"{title} ({report['scenes']} scenes)")
     print(f"  tag listing: {listing['tag_accuracy']:.1%} of {listing['tags']} tags named right, "
           f"{listing['list_exact_match']:.1%} of {listing['images']} lists exact "
-          f"(always the most frequent colour+shape: {listing['baseline_most_frequent_pair']:.1%} per tag); "
+          f"(always the most frequent colour+shape: {listing['baseline_most_frequent_pair']:.1%} per tag, "
+          f"always the most frequent list: {listing.get('baseline_most_frequent_list', 0.0):.1%} exact); "
           f"colour right {listing['color_accuracy']:.1%} (most frequent colour: "
           f"{listing['baseline_most_frequent_color']:.1%}), shape right {listing['shape_accuracy']:.1%} "
           f"(most frequent shape: {listing['baseline_most_frequent_shape']:.1%})")

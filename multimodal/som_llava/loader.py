@@ -33,8 +33,9 @@ import contextlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 
@@ -227,8 +228,8 @@ def _weights_next_to(config_path: Path) -> Path:
     raise WeightsNotAvailableError(f"{repo_id}@{revision}: no weights found. " + " | ".join(tried))
 
 
-def checkpoint_files(path: str | Path) -> tuple[list[Path], list[str] | None]:
-    """The weight files of a checkpoint (and its keys when an index lists them).
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The weights file or shard index that ``zoo.weights.read_index`` reads for ``path``.
 
     ``path``: one ``.safetensors`` / ``.bin`` / ``.pt`` file, a ``*.index.json`` (shards next to it,
     or fetched from the same Hub snapshot), a repo's ``config.json`` (its weights are found next to
@@ -238,104 +239,185 @@ def checkpoint_files(path: str | Path) -> tuple[list[Path], list[str] | None]:
     if path.is_dir():
         for name in WEIGHT_NAMES:
             if (path / name).is_file():
-                return checkpoint_files(path / name)
+                return resolve_checkpoint(path / name)
         raise CheckpointFormatError(f"{path} holds none of {', '.join(WEIGHT_NAMES)}.")
     if path.name == "config.json" and path.is_file():
-        return checkpoint_files(_weights_next_to(path))
+        return resolve_checkpoint(_weights_next_to(path))
     if not path.is_file():
         raise CheckpointFormatError(f"Checkpoint {path} does not exist; check the path.")
-    if not path.name.endswith(".index.json"):
-        return [path], None
-    try:
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointFormatError(f"{path} is not a checkpoint index (no 'weight_map'): {err}") from err
-    shards = []
-    snapshot = _hub_snapshot(path)
-    for name in sorted(set(weight_map.values())):
-        shard = path.parent / name
-        if not shard.is_file():
-            if snapshot is None:
-                raise CheckpointFormatError(f"{path} names the shard {name}, which is not next to it.")
-            from zoo.hub import download_file
+    if path.name.endswith(".index.json"):
+        from zoo.weights import shard_names
 
-            repo_id, revision, cache_dir = snapshot
-            shard = Path(download_file(repo_id, name, revision=revision, cache_dir=cache_dir))
-        shards.append(shard)
-    return shards, list(weight_map)
+        snapshot = _hub_snapshot(path)
+        for name in shard_names(path):
+            if not (path.parent / name).is_file():
+                if snapshot is None:
+                    raise CheckpointFormatError(f"{path} names the shard {name}, which is not next to it.")
+                from zoo.hub import download_file
+
+                repo_id, revision, cache_dir = snapshot
+                download_file(repo_id, name, revision=revision, cache_dir=cache_dir)  # lands next to the index
+    return path
 
 
-def _file_keys(path: Path) -> list[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+@dataclass
+class _Part:
+    """One checkpoint of a load: what it holds (headers only) and how its keys map to ours."""
 
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                return list(handle.keys())
-        except Exception as err:
-            raise CheckpointFormatError(f"{path} is not a readable safetensors file ({err}).") from err
-    return list(_read(path))
+    infos: dict
+    key_map: Callable[[str], "str | None"]
+    source: str
+    cached: bool
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    from zoo.models.checkpoints import read_checkpoint
+def _part(path: str | Path, key_map, source: str | None = None) -> _Part:
+    from zoo import weights
 
-    state = read_checkpoint(path)
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if others:
-        raise CheckpointFormatError(f"{path}: entries {others[:8]} are not tensors; expected a state dict.")
-    return state
+    resolved = resolve_checkpoint(path)
+    cached = _hub_snapshot(resolved) is not None
+    return _Part(weights.read_index(resolved, cached=cached), key_map, source or str(path), cached)
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], layout: str, *, source: str = "checkpoint"
-                       ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename one (shard of a) state dict to transformers' Llava names.
+def official_key_map(layout: str, own_keys) -> Callable[[str], "str | None"]:
+    """``official_key -> our key`` for ``layout`` (a pure function of the key, given the installed
+    transformers' names ``own_keys``): None for recomputed buffers (dropped on purpose); a key that
+    matches no rule is returned as it is, so the strict check lists it as unexpected."""
+    own_keys = frozenset(own_keys)
 
-    Returns ``(converted, unexpected)``; recomputed buffers are dropped silently.
-    """
-    out, unexpected = {}, []
-    for key, value in state.items():
+    def key_map(key: str) -> str | None:
         if RECOMPUTED_BUFFERS.search(key):
-            continue
+            return None
         new = to_transformers_key(key, layout)
-        if new is None:
-            unexpected.append(key)
-            continue
-        if new in out:
-            raise CheckpointKeysError(source, hint=f"  two keys map to {new!r}.")
-        out[new] = value
-    return out, unexpected
+        return key if new is None else installed_key(new, own_keys)
+
+    return key_map
 
 
-def _widen_vocab(value: torch.Tensor, rows: int, key: str, source: str) -> torch.Tensor:
-    if value.shape[0] == rows:
+def clip_key_map(own_keys) -> Callable[[str], "str | None"]:
+    """``CLIPModel`` / ``CLIPVisionModel`` key -> our vision-tower key; the text half is dropped."""
+    own_keys = frozenset(own_keys)
+
+    def key_map(key: str) -> str | None:
+        if RECOMPUTED_BUFFERS.search(key) or CLIP_UNUSED.match(key):
+            return None
+        new = clip_to_transformers_key(key)
+        return key if new is None else installed_key(new, own_keys)
+
+    return key_map
+
+
+def widen_vocab(value: torch.Tensor, rows: int) -> torch.Tensor:
+    """Vicuna's embedding or head ``[32000, d]`` -> ``[rows, d]``, the new rows the mean of the old ones."""
+    if value.shape[0] >= rows:
         return value
-    if value.shape[0] > rows:
-        raise CheckpointKeysError(source, mismatched=[(key, (rows, value.shape[1]), tuple(value.shape))], hint=(
-            "  The checkpoint's vocabulary is larger than the config's text_config.vocab_size."))
     extra = value.float().mean(0, keepdim=True).to(value.dtype).expand(rows - value.shape[0], -1)
     return torch.cat([value, extra], 0)
 
 
-def clip_vision_state(path: str | Path, source: str) -> dict[str, torch.Tensor]:
-    """The vision-tower weights (Llava names) of a CLIPModel or CLIPVisionModel checkpoint file."""
-    out, unexpected = {}, []
-    for key, value in _read(Path(path)).items():
-        if RECOMPUTED_BUFFERS.search(key) or CLIP_UNUSED.match(key):
-            continue
-        new = clip_to_transformers_key(key)
-        if new is None:
-            unexpected.append(key)
-        else:
-            out[new] = value
-    if unexpected:
-        raise CheckpointKeysError(source, unexpected=unexpected, hint="  Expected a CLIP checkpoint (vision_model.*).")
-    return out
+def _size_hint(model, mismatched: bool) -> str:
+    config = model.config
+    if not mismatched:
+        return ""
+    return (f"  The shapes do not fit this config (size {config.get('size', '?')}, language model width "
+            f"{config['text_config']['hidden_size']}): the checkpoint may be another size (7b is 4096 wide, "
+            "13b 5120); load it with the matching card.")
+
+
+def _stream(model, parts: list[_Part], source: str, *, widen: bool) -> None:
+    """Check every key of ``parts`` against ``model.llava`` (names and shapes from the headers only,
+    ``CheckpointKeysError`` with the full lists), then stream the tensors in one at a time with
+    ``zoo.weights`` (into the config's dtype where the model was built on the meta device).
+
+    ``widen``: the original layout's 32000-row embedding and head go into the config's larger
+    vocabulary (:func:`widen_vocab`); they are checked like any key except for their row count.
+    """
+    from zoo import weights
+
+    target = model.llava
+    own = target.state_dict(keep_vars=True)
+    merged: dict = {}
+    twice = []
+    for part in parts:
+        for name, info in weights.map_keys(part.infos, part.key_map, part.source).items():
+            if name in merged:
+                twice.append(f"{name} ({merged[name].file.name} and {info.file.name})")
+            merged.setdefault(name, info)
+    if twice:  # e.g. the language model's file given as the projector: say what is missing, too
+        missing = [k for k in own if k not in merged]
+        raise CheckpointKeysError(source, missing, hint=f"  {len(twice)} keys come from two checkpoints, e.g. "
+                                  + "; ".join(twice[:3]) + ". Is one of the files the wrong one?")
+    grown = tuple(key for key in (EMBED_KEY, HEAD_KEY) if widen and key in merged and key in own
+                  and merged[key].shape[0] < own[key].shape[0] and merged[key].shape[1:] == tuple(own[key].shape[1:]))
+    mismatched = any(k in own and k not in grown and tuple(own[k].shape) != tuple(i.shape) for k, i in merged.items())
+    meta = weights.has_meta(target)
+    dtype = load_dtype(model.config) if meta else None
+    target.head_keys = grown  # zoo.weights leaves these out of the shape check and the stream; filled below
+    try:
+        left = weights.load_into(target, merged, dtype=dtype, source=source, hint=_size_hint(model, mismatched),
+                                 cached=all(p.cached for p in parts))
+    finally:
+        del target.head_keys
+    for name, value in weights.stream_tensors([merged[k] for k in left], dtype=dtype):
+        weights.load_state_dict(target, {name: widen_vocab(value, own[name].shape[0])}, strict=False)
+    if model.config["text_config"].get("tie_word_embeddings"):
+        target.tie_weights()
+
+
+def load_into(model, path: str | Path, *, source: str | None = None):
+    """Load official weights at ``path`` into ``model`` (a SomLlavaModel), strictly and streamed.
+
+    Keys are read from the file headers (safetensors) or the memory-mapped pickles (``.bin``),
+    mapped with :func:`official_key_map` and checked before any tensor is read; tensors then stream
+    in one at a time (``zoo.weights``). The original layout without a vision tower takes it from
+    ``vision_tower_weights`` (openai/clip-vit-large-patch14-336), checked in the same pass.
+    """
+    source = source or str(path)
+    config = model.config
+    if Path(path).name == "config.json":  # a repo's config says its layout before any weight is fetched
+        announced = config_layout(path)
+        if announced is not None:
+            check_layout(announced, config, source)
+    own = model.llava.state_dict().keys()
+    main = _part(path, None, source)
+    layout = detect_layout(main.infos)
+    check_layout(layout, config, source)
+    main.key_map = official_key_map(layout, own)
+    parts = [main]
+    logger.info("%s: %s layout, %d tensors", source, layout, len(main.infos))
+    has_vision = any(str(main.key_map(k) or "").startswith(VISION_PREFIX) for k in main.infos)
+    if layout == "llava" and not has_vision:
+        clip_path, clip_source = _fetch_vision_tower(config)
+        parts.append(_part(clip_path, clip_key_map(own), clip_source))
+    _stream(model, parts, source, widen=layout == "llava")
+    return model
+
+
+def vision_tower_part(model, spec: str | Path, source: str | None = None) -> _Part:
+    """A CLIP checkpoint (path, folder or Hub repo id) as the vision-tower part of a load."""
+    path = _resolve(spec, "model.safetensors")
+    return _part(path, clip_key_map(model.llava.state_dict().keys()), source or str(spec))
+
+
+def load_vision_tower(model, spec: str | Path) -> None:
+    """Load only the vision tower of ``model`` from a CLIP checkpoint (e.g. the demo's ``clip/`` folder).
+
+    Strict for the tower: every tower key must be there with its shape, nothing else may be; the
+    rest of the model is left as it is.
+    """
+    from zoo import weights
+
+    part = vision_tower_part(model, spec)
+    mapped = weights.map_keys(part.infos, part.key_map, part.source)
+    prefix = VISION_PREFIX
+    tower = {k[len(prefix):]: i for k, i in mapped.items() if k.startswith(prefix)}
+    outside = [k for k in mapped if not k.startswith(prefix)]
+    if outside:
+        raise CheckpointKeysError(part.source, unexpected=outside, hint="  Expected a CLIP checkpoint (vision_model.*).")
+    weights.load_into(model.vision_tower, {k: weights.TensorInfo(k, i.file, i.shape, i.dtype, i.format, i.key_in_file)
+                                           for k, i in tower.items()}, source=part.source, cached=part.cached)
 
 
 def _fetch_vision_tower(config: dict) -> tuple[str, str]:
@@ -381,88 +463,6 @@ def load_dtype(config: dict) -> torch.dtype:
     return dtype
 
 
-def _shards(files: list[Path]) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
-    for path in files:
-        yield path, _read(path)
-
-
-class _Filler:
-    """Fills a model's LlavaForConditionalGeneration from pieces of state dicts; strict at ``finish``."""
-
-    def __init__(self, model):
-        self.model = model
-        self.target = model.llava
-        self.own = self.target.state_dict()
-        self.loaded: set[str] = set()
-        self.unexpected: list[str] = []
-        self.mismatched: list[tuple] = []
-
-    def take(self, state: dict[str, torch.Tensor], layout: str | None, where: str) -> None:
-        """Load ``state`` (official names of ``layout``, or already converted when None)."""
-        if layout is not None:
-            state, extra = convert_state_dict(state, layout, source=where)
-            self.unexpected.extend(extra)
-        usable = {}
-        for key, value in state.items():
-            key = installed_key(key, self.own)
-            if key not in self.own:
-                self.unexpected.append(key)
-                continue
-            if layout == "llava" and key in (EMBED_KEY, HEAD_KEY):
-                value = _widen_vocab(value, self.own[key].shape[0], key, where)
-            if tuple(value.shape) != tuple(self.own[key].shape):
-                self.mismatched.append((key, tuple(self.own[key].shape), tuple(value.shape)))
-                continue
-            usable[key] = value.to(self.own[key].dtype) if value.is_floating_point() else value
-        if usable:
-            # zoo.weights.load_state_dict also fills a model built on the meta device (zoo.load builds
-            # official cards that way): the tensors replace the meta ones instead of being copied
-            from zoo.weights import load_state_dict
-
-            load_state_dict(self.target, usable, strict=False)
-            self.loaded.update(usable)
-
-    def has_vision(self) -> bool:
-        return any(k.startswith(VISION_PREFIX) for k in self.loaded)
-
-    def finish(self, source: str):
-        config = self.model.config
-        missing = [k for k in self.own if k not in self.loaded]
-        if missing or self.unexpected or self.mismatched:
-            hint = ""
-            if self.mismatched:
-                hint = (f"  The shapes do not fit this config (size {config.get('size', '?')}, language model width "
-                        f"{config['text_config']['hidden_size']}): the checkpoint may be another size (7b is 4096 "
-                        "wide, 13b 5120); load it with the matching card.")
-            raise CheckpointKeysError(source, missing, self.unexpected, self.mismatched, hint=hint)
-        if config["text_config"].get("tie_word_embeddings"):
-            self.target.tie_weights()
-        return self.model
-
-
-def load_into(model, path: str | Path, *, source: str | None = None):
-    """Load official weights at ``path`` into ``model`` (a SomLlavaModel), shard by shard, strictly."""
-    source = source or str(path)
-    config = model.config
-    if Path(path).name == "config.json":  # a repo's config says its layout before any weight is fetched
-        announced = config_layout(path)
-        if announced is not None:
-            check_layout(announced, config, source)
-    files, index_keys = checkpoint_files(path)
-    keys = index_keys if index_keys is not None else [k for f in files for k in _file_keys(f)]
-    layout = detect_layout(keys)
-    check_layout(layout, config, source)
-    logger.info("%s: %s layout, %d file(s)", source, layout, len(files))
-    filler = _Filler(model)
-    for file, state in _shards(files):
-        filler.take(state, layout, str(file))
-        del state
-    if layout == "llava" and not filler.has_vision():
-        clip_path, clip_source = _fetch_vision_tower(config)
-        filler.take(clip_vision_state(clip_path, clip_source), None, clip_source)
-    return filler.finish(source)
-
-
 def _resolve(spec: str, default_filename: str) -> Path:
     """A local file/folder, or ``org/name`` (``default_filename`` in it) / ``org/name/file`` on the Hub."""
     path = Path(str(spec)).expanduser()
@@ -483,38 +483,41 @@ def load_components(config: dict, *, language_model=None, projector=None, vision
     e.g. ``lmsys/vicuna-7b-v1.5``); ``projector``: the pretraining stage's ``mm_projector.bin``
     (``model.mm_projector.{0,2}.*``; e.g. ``liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5``);
     ``vision_tower``: a CLIP checkpoint (default: ``vision_tower_weights``, openai's ViT-L/14-336).
-    Each is a path or a Hub repo id. The tokenizer comes from ``tokenizer.repo_id`` or the language model's repo.
+    Each is a path or a Hub repo id. The tokenizer comes from ``tokenizer.repo_id`` or the language
+    model's repo. All three are key-checked together before any tensor is read, then streamed.
     """
-    from transformers.initialization import no_init_weights
-
     from zoo.config import merge
-    from zoo.multimodal.som_llava.model import SomLlavaModel
 
     if not language_model or not projector:
         raise ConfigError("model.components needs language_model and projector (and optionally vision_tower).")
     if not (config.get("tokenizer") or {}).get("repo_id") and not Path(str(language_model)).exists():
         config = merge(config, {"tokenizer": {"repo_id": str(language_model)}})
-    with _default_dtype(load_dtype(config)), no_init_weights():
-        model = SomLlavaModel(config)
-    filler = _Filler(model)
-    for spec, default in ((language_model, "config.json"), (projector, "mm_projector.bin")):
-        files, _ = checkpoint_files(_resolve(spec, default))
-        for file, state in _shards(files):
-            filler.take(state, "llava", str(file))
+    model = _build_empty(config)
+    own = model.llava.state_dict().keys()
+    parts = [_part(_resolve(spec, default), official_key_map("llava", own), str(spec))
+             for spec, default in ((language_model, "config.json"), (projector, "mm_projector.bin"))]
     if vision_tower:
-        clip_path, clip_source = _resolve(vision_tower, "model.safetensors"), str(vision_tower)
+        parts.append(vision_tower_part(model, vision_tower))
     else:
         clip_path, clip_source = _fetch_vision_tower(config)
-    filler.take(clip_vision_state(checkpoint_files(clip_path)[0][0], clip_source), None, clip_source)
-    return filler.finish(f"components {language_model}, {projector}, {vision_tower or clip_source}")
+        parts.append(_part(clip_path, clip_key_map(own), clip_source))
+    _stream(model, parts, f"components {language_model}, {projector}, {vision_tower or parts[-1].source}", widen=True)
+    return model
+
+
+def _build_empty(config: dict):
+    """A SomLlavaModel with its parameters on the meta device (``zoo.weights.init_empty``), to be filled by
+    a load; built normally in the config's dtype when that is not possible."""
+    from zoo import weights
+    from zoo.multimodal.som_llava.model import SomLlavaModel
+
+    model = weights.build_empty(SomLlavaModel, config)
+    if model is None:
+        with _default_dtype(load_dtype(config)):
+            model = SomLlavaModel(config)
+    return model
 
 
 def load(path: str, config: dict):
-    """Registry loader: (official checkpoint path, full config) -> SomLlavaModel, strict."""
-    from transformers.initialization import no_init_weights
-
-    from zoo.multimodal.som_llava.model import SomLlavaModel
-
-    with _default_dtype(load_dtype(config)), no_init_weights():
-        model = SomLlavaModel(config)
-    return load_into(model, path)
+    """Registry loader: (official checkpoint path, full config) -> SomLlavaModel, strict and streamed."""
+    return load_into(_build_empty(config), path)

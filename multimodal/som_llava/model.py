@@ -50,6 +50,25 @@ def llava_config(config: dict):
     return llava
 
 
+def tokenizer_spec(tokenizer) -> dict:
+    """A fast tokenizer as config data: its ``tokenizers`` JSON and special tokens (travels in config.json)."""
+    specials = {name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+                if getattr(tokenizer, name, None) is not None}
+    extra = [t for t in tokenizer.all_special_tokens if t not in specials.values()]
+    return {"repo_id": None, "revision": None, "json": tokenizer.backend_tokenizer.to_str(),
+            "special_tokens": {**specials, "extra_special_tokens": extra}}
+
+
+def tokenizer_from_spec(spec: dict, model_max_length: int = 2048):
+    """The ``PreTrainedTokenizerFast`` a :func:`tokenizer_spec` describes."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = dict(spec.get("special_tokens") or {})
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]), **specials,
+                                   model_max_length=int(model_max_length))
+
+
 class SomLlavaModel(ZooModel):
     """LLaVA-1.5 as SoM-LLaVA trains it; ``forward`` is ``LlavaForConditionalGeneration.forward``.
 
@@ -129,22 +148,12 @@ class SomLlavaModel(ZooModel):
         self._check_tokenizer(tokenizer)
         self._tokenizer = tokenizer
         if embed:
-            specials = {name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
-                        if getattr(tokenizer, name, None) is not None}
-            extra = [t for t in tokenizer.all_special_tokens if t not in specials.values()]
-            self.config["tokenizer"] = {"repo_id": None, "revision": None,
-                                        "json": tokenizer.backend_tokenizer.to_str(),
-                                        "special_tokens": {**specials, "extra_special_tokens": extra}}
+            self.config["tokenizer"] = tokenizer_spec(tokenizer)
 
     def _load_tokenizer(self):
         spec = self.config.get("tokenizer") or {}
         if spec.get("json"):
-            from tokenizers import Tokenizer
-            from transformers import PreTrainedTokenizerFast
-
-            specials = dict(spec.get("special_tokens") or {})
-            tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["json"]), **specials,
-                                                model_max_length=int(self.config.get("model_max_length", 2048)))
+            tokenizer = tokenizer_from_spec(spec, int(self.config.get("model_max_length", 2048)))
         elif spec.get("repo_id"):
             from transformers import AutoTokenizer
 
@@ -225,6 +234,8 @@ class SomLlavaModel(ZooModel):
         Greedy by default (``temperature=0``, as LLaVA's evaluations); ``temperature > 0`` samples.
         Returns the answer text (a list for list input); with ``return_tokens`` also the generated
         token ids (``LongTensor[B, T]``, padded with the pad id after the end of each answer).
+        Runs in eval mode without autograd (``zoo.model.inference``); every module's train/eval flag
+        is restored afterwards.
         """
         single = not isinstance(prompts, (list, tuple))
         prompts = [prompts] if single else list(prompts)

@@ -19,6 +19,11 @@ As ``haotian-liu/LLaVA:scripts/v1_5/finetune.sh`` (which SoM-LLaVA runs on ``som
 in ``output_dir/data`` (``data.shapes``: ``kind: som`` for listing + QA + captions, ``kind:
 captions`` for the plain-caption baseline). A model without a tokenizer (``model.size: tiny``
 from scratch) gets a small byte-level BPE tokenizer trained on the records' text.
+
+LLaVA's first stage (``scripts/v1_5/pretrain.sh``: ``--version plain --tune_mm_mlp_adapter True``,
+captions, lr 1e-3) is the same trainer with ``som_llava.template: plain`` and
+``som_llava.tune_mm_mlp_adapter: true``; ``model.components.vision_tower`` alone puts a pretrained
+CLIP tower (e.g. the demo's, ``clip.py``) under a language model built from scratch.
 """
 from __future__ import annotations
 
@@ -69,6 +74,22 @@ def grouped_order(lengths: list[int], batch_size: int, world_size: int, generato
     order = torch.randperm(len(groups), generator=generator).tolist()
     out = [i for g in order for i in groups[g]]
     return out + sorted(tails, key=lambda i: -abs(lengths[i]))
+
+
+def clip_vision_config(spec) -> dict:
+    """The ``vision_config`` of a CLIP folder's ``config.json`` (a ``CLIPModel`` or ``CLIPVisionModel``)."""
+    import json
+
+    path = Path(str(spec)).expanduser()
+    path = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model.components.vision_tower={spec!r}: no config.json next to the weights, so the "
+                          "tower's shape is unknown; give the CLIP folder (as the demo's clip/).")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    vision = data.get("vision_config", data)
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+            "patch_size", "num_channels", "hidden_act", "layer_norm_eps", "projection_dim")
+    return {k: vision[k] for k in keys if k in vision}
 
 
 # --------------------------------------------------------------------------- dataset
@@ -157,16 +178,22 @@ class SomLlavaTrainer(Trainer):
             "train": "shapes",     # LLaVA conversation JSON/JSONL, or "shapes" (made in output_dir/data)
             "image_folder": None,  # root of the records' image paths (default: the file's folder)
             "shapes": {"kind": "som", "scenes": 300, "size": 128, "seed": 0, "overlap_prob": 0.25,
-                       "min_area": 12, "font_size": 9},
+                       "min_area": 12, "font_size": 9, "captions_per_scene": 3},
         },
         "som_llava": {
+            # LLaVA's --version: the conversation template of the training data (null: the model's,
+            # vicuna_v1); "plain" for the pretraining (feature alignment) stage
+            "template": None,
+            # LLaVA's --tune_mm_mlp_adapter: train the projector only (the pretraining stage)
+            "tune_mm_mlp_adapter": False,
             "freeze_vision_tower": True,
             "model_max_length": None,       # default: the model's (2048 for 7b/13b)
             "group_by_length": True,        # needs train.shuffle=false: the dataset orders itself
             "gradient_checkpointing": False,
             "tokenizer": {"vocab_size": 512},  # tiny models trained from scratch: BPE size
             "lora": {"enabled": False, "r": 128, "alpha": 256, "dropout": 0.05, "projector_lr": 2.0e-5},
-            "eval_scenes": 0,               # >0: tag-listing and POPE accuracy on held-out shapes scenes
+            "eval_scenes": 0,               # >0: held-out shapes scenes: tag listing and POPE accuracy
+                                            # (template plain: caption loss with the image vs a blank one)
         },
     }
 
@@ -198,7 +225,7 @@ class SomLlavaTrainer(Trainer):
                                                 seed=int(shapes["seed"]), overlap_prob=float(shapes["overlap_prob"]))
                 som_data.build_shapes_dataset(scenes, folder, kind=shapes["kind"], seed=int(shapes["seed"]),
                                               min_area=int(shapes["min_area"]), font_size=float(shapes["font_size"]),
-                                              overwrite=True)
+                                              captions_per_scene=int(shapes["captions_per_scene"]), overwrite=True)
             path = target
         else:
             if not source:
@@ -210,8 +237,12 @@ class SomLlavaTrainer(Trainer):
     def _build_tokenizer(self):
         from zoo.text import IMAGE_PLACEHOLDER, build_tokenizer, get_template
 
+        from zoo.multimodal.som_llava.data import domain_texts
+
         template = get_template(self.config["model"]["overrides"].get("template", "vicuna_v1"))
-        texts = [template.render(r) for r in self.records]
+        # the records and the words of every stage's data (a tokenizer made in the pretraining stage
+        # serves the instruction stage too, as Vicuna's serves LLaVA's)
+        texts = [template.render(r) for r in self.records] + [template.render(r) for r in domain_texts()]
         size = int(self.config["som_llava"]["tokenizer"]["vocab_size"])
         return build_tokenizer(texts, special_tokens=[IMAGE_PLACEHOLDER], kind="bpe", vocab_size=size, add_bos=True)
 
@@ -231,13 +262,14 @@ class SomLlavaTrainer(Trainer):
         else:
             config = family.make_config(section.get("size") or "tiny", overrides, source="model.overrides")
             components = {k: v for k, v in (section.get("components") or {}).items() if v}
-            if components:
+            if set(components) - {"vision_tower"}:
                 from zoo.multimodal.som_llava.loader import load_components
 
-                tokenizer = None
                 model = load_components(config, **components)
                 tokenizer = model.tokenizer
-            else:
+            else:  # from scratch (tiny), optionally on a pretrained CLIP tower
+                if components:
+                    config = merge(config, {"vision_config": clip_vision_config(components["vision_tower"])})
                 tokenizer = self._build_tokenizer()
                 config = merge(config, {
                     "text_config": {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
@@ -245,10 +277,17 @@ class SomLlavaTrainer(Trainer):
                     "image_token_id": tokenizer.convert_tokens_to_ids("<image>")})
                 model = family.build(config)
                 model.set_tokenizer(tokenizer)
+                if components:
+                    from zoo.multimodal.som_llava.loader import load_vision_tower
+
+                    load_vision_tower(model, components["vision_tower"])
         self.tokenizer = tokenizer
         som = self.config["som_llava"]
         if som["freeze_vision_tower"]:
             model.vision_tower.requires_grad_(False)
+        if som["tune_mm_mlp_adapter"]:  # LLaVA's pretraining stage: only the projector learns
+            model.llava.requires_grad_(False)
+            model.projector.requires_grad_(True)
         if som["lora"]["enabled"]:
             _add_lora(model, som["lora"])
         if som["gradient_checkpointing"]:
@@ -276,12 +315,17 @@ class SomLlavaTrainer(Trainer):
         max_length = self.config["som_llava"]["model_max_length"] or model.config["model_max_length"]
         train = self.config.get("train", {})
         dataset = ConversationDataset(
-            self.records, self.image_folder, self.tokenizer, template=model.config["template"],
+            self.records, self.image_folder, self.tokenizer, template=self.template,
             image_tokens=model.num_image_tokens, max_length=int(max_length), transform=model.image_transform,
             group_by_length=bool(self.config["som_llava"]["group_by_length"]),
             batch_size=int(train.get("batch_size", 1)), world_size=self.world_size, seed=int(train.get("seed", 0) or 0))
         dataset.set_epoch(0)
         return dataset, None
+
+    @property
+    def template(self) -> str:
+        """The conversation template of the training data (``som_llava.template`` or the model's)."""
+        return self.config["som_llava"]["template"] or self.model_ref.config["template"]
 
     def collate(self, items: list):
         return collate(items, self.model_ref.pad_token_id)
@@ -301,13 +345,18 @@ class SomLlavaTrainer(Trainer):
             _merge_lora(model)
         scenes = int(self.config["som_llava"]["eval_scenes"] or 0)
         if scenes and self.rank == 0:
-            from zoo.multimodal.som_llava.evaluate import evaluate_shapes, print_report
+            from zoo.multimodal.som_llava import evaluate
 
             shapes = self.config["data"]["shapes"]  # held-out scenes drawn and tagged as the training ones
-            report = evaluate_shapes(model, scenes=scenes, size=int(shapes["size"]), seed=int(shapes["seed"]) + 1,
-                                     overlap_prob=float(shapes["overlap_prob"]), min_area=int(shapes["min_area"]),
-                                     font_size=float(shapes["font_size"]))
-            print_report(report)
+            options = dict(scenes=scenes, size=int(shapes["size"]), seed=int(shapes["seed"]) + 1,
+                           overlap_prob=float(shapes["overlap_prob"]))
+            if self.template == "plain":  # the pretraining stage: does the caption use the image?
+                report = evaluate.caption_loss_shapes(model, template="plain", **options)
+                evaluate.print_caption_report(report)
+            else:
+                report = evaluate.evaluate_shapes(model, min_area=int(shapes["min_area"]),
+                                                  font_size=float(shapes["font_size"]), **options)
+                evaluate.print_report(report)
             if self.output_dir is not None:
                 from zoo.files import write_json
 

@@ -259,3 +259,47 @@ def test_loads_into_a_model_built_on_the_meta_device(source, tmp_path):
     model = loader.load_into(empty, str(tmp_path / "hf" / "config.json"))
     assert not any(p.is_meta for p in model.parameters())
     torch.testing.assert_close(logits(model), logits(source), rtol=0, atol=0)
+
+
+def test_keys_are_checked_from_the_headers_before_any_tensor_is_read(source, tmp_path, monkeypatch):
+    """Shards are never read whole: names and shapes come from the headers, a wrong key fails before
+    zoo.weights streams a single tensor; a right checkpoint then streams every tensor once."""
+    from safetensors.torch import load_file
+
+    from zoo import weights
+    from zoo.models import checkpoints
+
+    streamed = []
+    real_stream = weights.stream_tensors
+
+    def spy(infos, **kwargs):
+        for name, value in real_stream(infos, **kwargs):
+            streamed.append(name)
+            yield name, value
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("a checkpoint file was read whole")
+
+    monkeypatch.setattr(weights, "stream_tensors", spy)
+    monkeypatch.setattr(checkpoints, "read_checkpoint", whole_file)
+    source.llava.save_pretrained(tmp_path / "hf", max_shard_size="150KB")
+    shards = sorted((tmp_path / "hf").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    model = loader.load(str(tmp_path / "hf" / "config.json"), tiny_config())
+    assert sorted(streamed) == sorted(model.llava.state_dict())  # each tensor once, one at a time
+    torch.testing.assert_close(logits(model), logits(source), rtol=0, atol=0)
+
+    # the same shards with one key renamed in the last shard (and its index)
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    state = load_file(shards[-1])
+    old = sorted(state)[0]
+    state[old.replace("weight", "wieght").replace("bias", "bais")] = state.pop(old)
+    save_file(state, shards[-1])
+    index["weight_map"] = {(k.replace("weight", "wieght").replace("bias", "bais") if k == old else k): f
+                           for k, f in index["weight_map"].items()}
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+    streamed.clear()
+    with pytest.raises(CheckpointKeysError) as info:
+        loader.load(str(tmp_path / "hf" / "config.json"), tiny_config())
+    assert len(info.value.missing) == 1 and len(info.value.unexpected) == 1
+    assert streamed == []  # nothing was read before the keys were found wrong

@@ -77,6 +77,7 @@ def test_batched_generation_equals_one_at_a_time(model):
 
 
 def test_generate_runs_in_eval_mode_and_restores_every_flag(model):
+    assert getattr(SomLlavaModel.generate, "__zoo_inference__", False)
     seen = []
     hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.append(m.training))
     model.train()

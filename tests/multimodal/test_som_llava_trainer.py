@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,7 +98,8 @@ def test_vision_tower_frozen_and_only_answers_carry_loss(shapes_data, tmp_path):
     from zoo.multimodal.som_llava.trainer import SomLlavaTrainer
 
     path, _ = shapes_data
-    config = _config(path, tmp_path / "c", 1)
+    # room for the QA record's three answers (its yes/no questions carry the short-answer prompt)
+    config = _config(path, tmp_path / "c", 1, **{"model.overrides.model_max_length": 256})
     trainer = SomLlavaTrainer(config)
     trainer.output_dir = tmp_path / "c"
     model = trainer.build_model()
@@ -167,7 +169,8 @@ def test_recipes_parse():
     from zoo.train import load_recipe
 
     root = Path(som_data.__file__).parent / "recipes"
-    for name in ("demo.yaml", "finetune-7b.yaml", "finetune-13b.yaml", "finetune-13b-lora.yaml"):
+    for name in ("demo-clip.yaml", "demo-pretrain.yaml", "demo.yaml", "finetune-7b.yaml", "finetune-13b.yaml",
+                 "finetune-13b-lora.yaml"):
         config = load_recipe(root / name)
         assert config["family"] == "som-llava"
     paper = load_recipe(root / "finetune-13b.yaml")
@@ -190,3 +193,79 @@ def test_a_batch_without_answer_tokens_adds_zero_loss_not_nan(shapes_data, tmp_p
     with caplog.at_level("WARNING"):
         out = trainer.training_step(model, batch)
     assert out["loss"].item() == 0.0 and out["loss"].requires_grad and "no answer tokens" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory):
+    """The demo CLIP trained for a few steps on 10 scenes (tiny towers), through the engine."""
+    from zoo.train import load_recipe, run
+
+    out = tmp_path_factory.mktemp("clip")
+    overrides = [f"train.output_dir={out}", "train.max_steps=8", "train.batch_size=8", "train.log_every=1",
+                 "train.ckpt_every=0", "train.tensorboard=false", "train.progress=false", "optim.lr=3e-3",
+                 "schedule.warmup_steps=0", "data.scenes=10", "data.size=64", "data.font_size=6", "data.min_area=8",
+                 "clip.eval_scenes=16", "clip.eval_group=4",
+                 'model.overrides={"vision_config": {"image_size": 64, "hidden_size": 32, "intermediate_size": 64, '
+                 '"num_hidden_layers": 1}, "text_config": {"hidden_size": 32, "intermediate_size": 64, '
+                 '"num_hidden_layers": 1}, "projection_dim": 16}']
+    final = run(load_recipe(Path(som_data.__file__).parent / "recipes" / "demo-clip.yaml", overrides))
+    return out, final
+
+
+def test_demo_clip_learns_and_reports_against_chance(demo_clip):
+    from zoo.multimodal.som_llava.clip import ShapesClipModel
+
+    out, final = demo_clip
+    losses = _losses(out)
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < losses[0] - 0.3
+    pairs = [json.loads(line) for line in (out / "data" / "pairs.jsonl").read_text().splitlines()]
+    tagged = [p for p in pairs if p["image"].endswith("-som.png")]
+    assert len(pairs) == 10 + len(tagged) and tagged and all(p["text"].startswith("1: ") for p in tagged)
+    for pair in tagged:  # the hard negative names the same objects under other numbers
+        if pair["negative"]:
+            assert pair["negative"] != pair["text"]
+            assert sorted(pair["negative"].split("; ")) != sorted(pair["text"].split("; ")) or ";" not in pair["text"]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["retrieval_chance"] == 0.25 and report["tag_reading_chance"] == 0.5 and report["tag_reading_pairs"]
+    model = zoo.load(str(final))  # a zoo folder of the family: architecture clip
+    assert isinstance(model, ShapesClipModel)
+    embedding = model.encode_texts(["a red circle"])
+    assert embedding.shape == (1, 16) and torch.allclose(embedding.norm(dim=-1), torch.ones(1))
+    assert (out / "clip" / "model.safetensors").is_file() and (out / "clip" / "config.json").is_file()
+
+
+def test_caption_stage_on_the_demo_clip_trains_the_projector_only(demo_clip, shapes_data, tmp_path):
+    """LLaVA's stage 1 (plain template, --tune_mm_mlp_adapter) on a pretrained CLIP folder: the tower is
+    the CLIP's, frozen; only the projector moves; labels are the caption and its newline."""
+    from transformers import CLIPModel
+
+    from zoo.multimodal.som_llava.trainer import SomLlavaTrainer
+
+    out, _ = demo_clip
+    path, _ = shapes_data
+    config = _config(path, tmp_path / "p", 2, **{"model.components.vision_tower": str(out / "clip"),
+                                                 "som_llava.template": "plain",
+                                                 "som_llava.tune_mm_mlp_adapter": "true", "optim.lr": "1e-2"})
+    trainer = SomLlavaTrainer(config)
+    trainer.output_dir = tmp_path / "p"
+    model = trainer.build_model()
+    assert model.image_size == 64 and model.num_image_tokens == 16  # the CLIP folder's vision_config
+    clip = CLIPModel.from_pretrained(out / "clip")
+    for key, value in clip.vision_model.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[key if key in model.vision_tower.state_dict()
+                                                         else "vision_model." + key], value), key
+    dataset, _ = trainer.build_datasets()
+    index = next(i for i in range(len(dataset)) if dataset.records[dataset.order[i]]["id"].endswith("-caption"))
+    item = dataset[index]
+    record = dataset.records[dataset.order[index]]
+    assert model.tokenizer.decode(item["labels"][item["labels"] != -100]) == record["conversations"][1]["value"] + "\n"
+    assert item["input_ids"][0] == model.tokenizer.bos_token_id and item["input_ids"][1] == model.image_token_id
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = {id(p) for group in trainer.param_groups(model) for p in group["params"]}
+    assert trained == {id(p) for p in model.projector.parameters()}
+    optimizer = torch.optim.AdamW([p for g in trainer.param_groups(model) for p in g["params"]], lr=1e-2)
+    batch = trainer.collate([dataset[i] for i in range(4)])
+    trainer.training_step(model, batch)["loss"].backward()
+    optimizer.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".multi_modal_projector." in k for k in changed)

@@ -210,3 +210,124 @@ def test_collate_and_the_loss_falls_only_on_answers(words):
     keep = targets != IGNORE_INDEX
     assert int(keep.sum()) == 5 + 2  # red </s> two shapes </s> ; red </s>
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
+
+
+# ---------------------------------------------------------------------------- Llama / Vicuna SentencePiece BPE
+
+def _llama_tokenizer(legacy: bool):
+    """transformers' LlamaTokenizer (the class Vicuna's tokenizer loads as) on a hand-made vocabulary.
+
+    Like Llama's: <unk> <s> </s>, the 256 byte-fallback tokens (so "\\n" is <0x0A> = 13), then
+    single characters and whole pieces. As in Vicuna's real vocabulary, "USER" after a space is two
+    pieces ("▁US" "ER") but one piece ("USER") where no space precedes it, which is what makes
+    LLaVA's non-legacy label arithmetic subtract one per later round.
+    """
+    from transformers import LlamaTokenizer
+
+    words = ["▁US", "USER", "ER", "▁ASS", "IST", "ANT", "▁what", "▁color", "▁is", "▁red", "▁A", "▁chat"]
+    merges = []
+    for word in words:  # each piece built left to right, one character at a time
+        merges += [(word[:i - 1], word[i - 1]) for i in range(2, len(word) + 1) if (word[:i - 1], word[i - 1]) not in merges]
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)])}
+    for token in list("▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:?") + \
+            [p for a, b in merges for p in (a, b, a + b)]:
+        vocab.setdefault(token, len(vocab))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, legacy=legacy, add_bos_token=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+LLAMA_CONVERSATION = [{"from": "human", "value": "<image>\nwhat is red?"}, {"from": "gpt", "value": "1. red"},
+                      {"from": "human", "value": "what color?"}, {"from": "gpt", "value": "red"}]
+
+
+def _tokenizer_image_token(tokenizer, prompt, image_id):
+    """LLaVA's mm_utils.tokenizer_image_token rule (the reference): pieces around <image> tokenized
+    apart, the BOS of later pieces dropped, the image id in between."""
+    pieces = [tokenizer(p)["input_ids"] for p in prompt.split("<image>")]
+    skip = 1 if pieces[0] and pieces[0][0] == tokenizer.bos_token_id else 0
+    ids = pieces[0][:]
+    for piece in pieces[1:]:
+        ids += [image_id] + piece[skip:]
+    return ids
+
+
+def _preprocess_v1(tokenizer, prompt, image_id):
+    """LLaVA's train.preprocess_v1 labels (the reference), token counts of pieces, for has_image data:
+    BOS masked, per round (split at </s>) the instruction up to ' ASSISTANT: ' masked (its count - 2),
+    - 1 per later round for non-legacy tokenizers (tokenizers >= 0.14); a count that disagrees with
+    the real length masks everything."""
+    ids = _tokenizer_image_token(tokenizer, prompt, image_id)
+    target, cursor = list(ids), 1
+    target[0] = IGNORE_INDEX
+    for index, round_text in enumerate(prompt.split("</s>")):
+        if round_text == "":
+            break
+        instruction = round_text.split(" ASSISTANT: ")[0] + " ASSISTANT: "
+        round_len = len(_tokenizer_image_token(tokenizer, round_text, image_id))
+        instruction_len = len(_tokenizer_image_token(tokenizer, instruction, image_id)) - 2
+        if index and not tokenizer.legacy:
+            round_len, instruction_len = round_len - 1, instruction_len - 1
+        target[cursor:cursor + instruction_len] = [IGNORE_INDEX] * instruction_len
+        cursor += round_len
+    target[cursor:] = [IGNORE_INDEX] * (len(target) - cursor)
+    return ids, target if cursor == len(ids) else [IGNORE_INDEX] * len(ids)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_vicuna_v1_ids_and_labels_equal_llava_with_a_llama_tokenizer(legacy):
+    import dataclasses
+
+    tokenizer = _llama_tokenizer(legacy)
+    template = dataclasses.replace(VICUNA_V1, system="A chat.")
+    prompt = template.render(LLAMA_CONVERSATION)
+    assert prompt == "A chat. USER: <image>\nwhat is red? ASSISTANT: 1. red</s>USER: what color? ASSISTANT: red</s>"
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    encoded = encode_conversation(tokenizer, LLAMA_CONVERSATION, template)
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"].tolist())
+    # worked out from the official rules: "A chat. USER: " and "\nwhat ... </s>" tokenized apart, so the
+    # second piece starts with its own "▁" before <0x0A>; after </s> a legacy tokenizer starts a new
+    # word ("▁US" "ER"), a non-legacy one does not ("USER")
+    user2 = ["▁US", "ER"] if legacy else ["USER"]
+    want = (["<s>", "▁A", "▁chat", ".", "▁US", "ER", ":", "▁", "<image>", "▁", "<0x0A>", "w", "h", "a", "t", "▁is",
+             "▁red", "?", "▁ASS", "IST", "ANT", ":", "▁", "1", ".", "▁red", "</s>"]
+            + user2 + [":", "▁what", "▁color", "?", "▁ASS", "IST", "ANT", ":", "▁red", "</s>"])
+    assert tokens == want
+    assert encoded["input_ids"][10] == 13  # "\n" is Llama's <0x0A>
+    labelled = [i for i, label in enumerate(encoded["labels"].tolist()) if label != IGNORE_INDEX]
+    n = len(user2)
+    assert labelled == [22, 23, 24, 25, 26, 35 + n, 36 + n]  # "▁ 1 . ▁red </s>", "▁red </s>"
+    ids, labels = _preprocess_v1(tokenizer, prompt, image)
+    assert encoded["input_ids"].tolist() == ids and encoded["labels"].tolist() == labels
+    # the one-pass tokenization of the same text is what LLaVA did not train on, for non-legacy Llama
+    # tokenizers (Vicuna-v1.5's): no "▁" after <image>
+    one_pass = tokenizer(prompt)["input_ids"]
+    assert (one_pass == ids) == legacy
+    # the inference prompt of LLaVA's evaluation scripts: the same rule
+    generation = encode_conversation(tokenizer, LLAMA_CONVERSATION[:1], template, add_generation_prompt=True)
+    assert generation["input_ids"].tolist() == _tokenizer_image_token(
+        tokenizer, "A chat. USER: <image>\nwhat is red? ASSISTANT:", image) == ids[:22]
+    assert (generation["labels"] == IGNORE_INDEX).all()
+    # image tokens expand in place; labels move with them
+    expanded = encode_conversation(tokenizer, LLAMA_CONVERSATION, template, image_tokens=4)
+    assert expanded["input_ids"].tolist() == ids[:8] + [image] * 4 + ids[9:]
+    assert expanded["labels"].tolist() == labels[:8] + [IGNORE_INDEX] * 4 + labels[9:]
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_plain_template_equals_llava_pretraining(legacy):
+    """LLaVA's pretraining format: "<image>" + caption + "\\n", the question dropped; labels on
+    everything after the image (preprocess_plain masks len(tokenizer_image_token("<image>")) tokens)."""
+    tokenizer = _llama_tokenizer(legacy)
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    record = [{"from": "human", "value": "<image>\nwhat is red?"}, {"from": "gpt", "value": "a red chat"}]
+    assert get_template("plain").render(record) == "<image>a red chat\n"
+    encoded = encode_conversation(tokenizer, record, "plain", image_tokens=2)
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"].tolist())
+    assert tokens == ["<s>", "<image>", "<image>", "▁", "a", "▁red", "▁chat", "<0x0A>"]
+    official = _tokenizer_image_token(tokenizer, "<image>a red chat\n", image)
+    masked = len(_tokenizer_image_token(tokenizer, "<image>", image))
+    assert official == [1, image] + encoded["input_ids"].tolist()[3:] and masked == 2
+    assert encoded["labels"].tolist() == [IGNORE_INDEX] * 3 + official[masked:]
+    prompt = encode_conversation(tokenizer, record[:1], "plain", add_generation_prompt=True)
+    assert prompt["input_ids"].tolist() == [1, image]
