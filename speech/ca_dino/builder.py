@@ -33,6 +33,9 @@ DEFAULT_CONFIG = {
         # per-utterance mean normalisation (WeSpeaker). Off, the long-term spectrum stays in the input.
         "cmn": True,
     },
+    # Not in the paper or WeSpeaker (False there): concatenate each utterance's mean log-mel vector less its
+    # level, the long-term spectral envelope that CMN removes, to the pooled statistics (CADinoModel.encode).
+    "utterance_mean": False,
     "sample_rate": 16000,
     # embed(): clips shorter than this are tiled (WeSpeaker's repetition padding) rather than rejected.
     "min_embed_seconds": 0.5,

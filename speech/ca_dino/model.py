@@ -36,7 +36,9 @@ class CADinoModel(ECAPALayers, ZooModel):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        self.build_ecapa(**config["encoder"])
+        self.utterance_mean = bool(config.get("utterance_mean", False))
+        extra = int(config["encoder"].get("feat_dim", 80)) if self.utterance_mean else 0
+        self.build_ecapa(**config["encoder"], extra_pool_dim=extra)
         head = config.get("head") or {}
         if head.get("enabled", True):
             self.projection_head = DINOHead(
@@ -75,7 +77,7 @@ class CADinoModel(ECAPALayers, ZooModel):
         """
         groups = feats if isinstance(feats, (list, tuple)) else [feats]
         group_lengths = lengths if isinstance(lengths, (list, tuple)) else [lengths] * len(groups)
-        embedding = torch.cat([self.ecapa_forward(x, n)[1] for x, n in zip(groups, group_lengths)], dim=0)
+        embedding = torch.cat([self.encode(x, n) for x, n in zip(groups, group_lengths)], dim=0)
         out = {"embedding": embedding}
         if head and self.projection_head is not None:
             out["head"] = self.projection_head(embedding)
@@ -89,12 +91,40 @@ class CADinoModel(ECAPALayers, ZooModel):
         ``lengths`` [B] valid samples -> (feats [B, frames, num_mel_bins], frame counts [B]).
 
         Kaldi fbank as configured in ``config["fbank"]``, then per-utterance mean normalisation
-        when ``fbank.cmn`` is true (WeSpeaker's front end). ``dither`` is in 16-bit units.
+        when ``fbank.cmn`` is true (WeSpeaker's front end). With ``utterance_mean`` the features come
+        back without CMN: :meth:`encode` subtracts the mean itself, because it also feeds that mean
+        to the pooling layer. ``dither`` is in 16-bit units.
         """
         fbank = self.config["fbank"]
+        cmn = bool(fbank.get("cmn", True)) and not self.utterance_mean
         return kaldi_fbank(waves.to(self.device), lengths, num_mel_bins=fbank["num_mel_bins"],
                            frame_length_ms=fbank["frame_length_ms"], frame_shift_ms=fbank["frame_shift_ms"],
-                           dither=dither, sample_rate=self.config["sample_rate"], cmn=bool(fbank.get("cmn", True)))
+                           dither=dither, sample_rate=self.config["sample_rate"], cmn=cmn)
+
+    def encode(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`fbank` features [B, T, F] (+ valid frame counts [B]) -> embeddings [B, embed_dim].
+
+        With ``utterance_mean: true`` (an option of this zoo; WeSpeaker and the paper have none) the
+        mean log-mel vector of each utterance over its valid frames, which CMN removes from the
+        frames, is concatenated to the pooled statistics before ``bn`` and ``linear``, less its own
+        average over the bins, so a change of gain (a constant in every log-mel bin) changes nothing;
+        the frames go on with the mean subtracted when ``fbank.cmn`` is true, exactly as the default
+        front end gives them. So the long-term spectral envelope of a voice reaches the embedding.
+        """
+        if not self.utterance_mean:
+            return self.ecapa_forward(feats, lengths)[1]
+        frames = feats.shape[1]
+        if lengths is None:
+            valid = torch.ones(feats.shape[0], frames, 1, device=feats.device, dtype=feats.dtype)
+        else:
+            steps = torch.arange(frames, device=feats.device)
+            valid = (steps[None, :] < torch.as_tensor(lengths, device=feats.device)[:, None]).unsqueeze(-1)
+            valid = valid.to(feats.dtype)
+        mean = (feats * valid).sum(dim=1) / valid.sum(dim=1)
+        if bool(self.config["fbank"].get("cmn", True)):
+            feats = (feats - mean.unsqueeze(1)) * valid
+        envelope = mean - mean.mean(dim=1, keepdim=True)  # level removed: gain-invariant
+        return self.ecapa_forward(feats, lengths, extra=envelope)[1]
 
     def features(self, waves: Sequence[torch.Tensor], *, dither: float = 0.0):
         """Repeat-pad, batch and fbank a list of 1-D 16 kHz waveforms -> (feats [B, T, F], frame counts [B])."""
@@ -127,7 +157,7 @@ class CADinoModel(ECAPALayers, ZooModel):
             outputs = []
             for start in range(0, len(waves), batch_size):
                 feats, counts = self.features(waves[start:start + batch_size])
-                outputs.append(self.ecapa_forward(feats, counts)[1])
+                outputs.append(self.encode(feats, counts))
         finally:
             self.train(was_training)
         return torch.cat(outputs).float()

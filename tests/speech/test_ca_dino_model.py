@@ -104,3 +104,42 @@ def test_embed_in_eval_mode_restores_the_flag():
     assert torch.equal(first, m.embed(clip))  # BatchNorm used its running statistics both times
     m.eval()
     assert torch.equal(first, m.embed(clip)) and not m.training
+
+
+def test_utterance_mean_joins_the_envelope_to_the_pooled_statistics(monkeypatch):
+    m = build(make_config("tiny", utterance_mean=True)).eval()
+    assert m.bn.weight.shape == (2 * 96 + 80,) and m.linear.weight.shape == (192, 2 * 96 + 80)
+    seen = {}
+
+    def capture(feats, lengths=None, extra=None):
+        seen.update(feats=feats.clone(), extra=extra.clone())
+        return None, torch.zeros(feats.shape[0], 192)
+
+    monkeypatch.setattr(m, "ecapa_forward", capture)
+    t = torch.arange(4.0).view(1, 4, 1)
+    f = torch.arange(80.0).view(1, 1, 80)
+    feats = (t + 0.5 * f).repeat(2, 1, 1)       # frame t, bin f: t + f / 2
+    feats[1, 3] = 100.0                          # a padded frame of row 1 (3 valid frames)
+    m.encode(feats, torch.tensor([4, 3]))
+    # utterance means 1.5 + f/2 and 1 + f/2; less their average over the 80 bins: f/2 - 19.75 for both
+    assert torch.equal(seen["extra"], (0.5 * torch.arange(80.0) - 19.75).repeat(2, 1))
+    # CMN for the trunk: row 0 frames t - 1.5, row 1 frames t - 1 with its padded frame zeroed
+    expected = torch.stack([(torch.arange(4.0) - 1.5), torch.tensor([-1.0, 0.0, 1.0, 0.0])]).unsqueeze(-1)
+    assert torch.equal(seen["feats"], expected.expand(2, 4, 80))
+
+
+def test_utterance_mean_front_end_and_gain_invariance():
+    from zoo.speech.ca_dino.fbank import kaldi_fbank
+
+    torch.manual_seed(3)
+    m = build(make_config("tiny", utterance_mean=True))
+    for module in m.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_var.uniform_(0.5, 2.0)
+    clip = torch.randn(12000) * 0.1
+    feats, counts = m.fbank(clip.view(1, -1))
+    assert torch.equal(feats, kaldi_fbank(clip.view(1, -1), cmn=False)[0])  # encode() does the CMN
+    # a gain is the same constant in every log-mel bin: removed from the frames (CMN) and the envelope (level)
+    assert torch.allclose(m.embed(clip), m.embed(clip * 4), atol=1e-5)
+    with pytest.raises(ValueError, match="extra_pool_dim=80"):
+        m.ecapa_forward(feats)  # the widened layers need the envelope
