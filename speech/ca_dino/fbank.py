@@ -36,6 +36,7 @@ FBANK_DEFAULTS = {
 }
 
 _EPS = torch.finfo(torch.float32).eps
+MEL_FLOOR = float(_EPS)  # Kaldi's log floor (torchaudio.compliance.kaldi: EPSILON = float32 eps)
 
 
 def frame_geometry(sample_rate: int = 16000, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0):
@@ -73,12 +74,16 @@ def _mel_matrix(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: fl
 def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num_mel_bins: int = 80,
                 frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0, dither: float = 0.0,
                 sample_rate: int = 16000, low_freq: float = 20.0, preemphasis: float = 0.97,
-                cmn: bool = True, generator: torch.Generator | None = None):
+                cmn: bool = True, generator: torch.Generator | None = None, mel_floor: float = MEL_FLOOR):
     """Batched fbank of 16 kHz waveforms in [-1, 1].
 
     waves: [B, T] float (padded), lengths: valid samples per row (default: all T).
     Returns (feats [B, frames, num_mel_bins], frame_counts LongTensor[B]); frames past a
     row's count are zero. ``dither`` is in 16-bit units (WeSpeaker: 1.0 in training).
+    ``mel_floor``: the smallest mel power before the log, in the units of the waveform x 2^15
+    (Kaldi and WeSpeaker: float32 eps, so digital silence gives log(eps) = -15.9 in every bin,
+    while dither in training lifts silence to about -2.5 .. 8.5; a floor near the dither's power,
+    such as 1000, makes silence look the same with and without dither).
     """
     if waves.dim() == 1:
         waves = waves.unsqueeze(0)
@@ -110,7 +115,7 @@ def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num
     frames = F.pad(frames * window, (0, fft_size - window_size))
     power = torch.fft.rfft(frames).abs().pow(2)
     mel = power @ _mel_matrix(num_mel_bins, fft_size, sample_rate, low_freq).to(device)
-    feats = mel.clamp_min(_EPS).log()
+    feats = mel.clamp_min(float(mel_floor)).log()
     valid = (torch.arange(max_frames, device=device)[None, :] < counts[:, None]).unsqueeze(-1).float()
     if cmn:  # mean normalisation over each row's valid frames (WeSpeaker apply_cmvn: mean only)
         mean = (feats * valid).sum(dim=1, keepdim=True) / counts.view(-1, 1, 1)

@@ -21,7 +21,7 @@ from torch import nn
 from zoo.model import ZooModel
 from zoo.models.dino_head import DINOHead
 from zoo.models.ecapa_tdnn import ECAPALayers
-from zoo.speech.ca_dino.fbank import kaldi_fbank, repeat_pad
+from zoo.speech.ca_dino.fbank import MEL_FLOOR, kaldi_fbank, repeat_pad
 
 
 class CADinoModel(ECAPALayers, ZooModel):
@@ -90,7 +90,7 @@ class CADinoModel(ECAPALayers, ZooModel):
         """The model's front end on a padded batch: ``waves`` [B, T] float at 16 kHz in [-1, 1],
         ``lengths`` [B] valid samples -> (feats [B, frames, num_mel_bins], frame counts [B]).
 
-        Kaldi fbank as configured in ``config["fbank"]``, then per-utterance mean normalisation
+        Kaldi fbank as configured in ``config["fbank"]`` (mel powers floored at ``fbank.mel_floor``), then per-utterance mean normalisation
         when ``fbank.cmn`` is true (WeSpeaker's front end). With ``utterance_mean`` the features come
         back without CMN: :meth:`encode` subtracts the mean itself, because it also feeds that mean
         to the pooling layer. ``dither`` is in 16-bit units.
@@ -99,7 +99,8 @@ class CADinoModel(ECAPALayers, ZooModel):
         cmn = bool(fbank.get("cmn", True)) and not self.utterance_mean
         return kaldi_fbank(waves.to(self.device), lengths, num_mel_bins=fbank["num_mel_bins"],
                            frame_length_ms=fbank["frame_length_ms"], frame_shift_ms=fbank["frame_shift_ms"],
-                           dither=dither, sample_rate=self.config["sample_rate"], cmn=cmn)
+                           dither=dither, sample_rate=self.config["sample_rate"], cmn=cmn,
+                           mel_floor=float(fbank.get("mel_floor", MEL_FLOOR)))
 
     def encode(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`fbank` features [B, T, F] (+ valid frame counts [B]) -> embeddings [B, embed_dim].
