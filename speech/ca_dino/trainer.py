@@ -63,10 +63,16 @@ def _resolve(value) -> Path:
 
 
 def read_split(value, *, exclude=None, only=None) -> list[dict]:
-    """Manifest rows, without the ``exclude`` voices / with only the ``only`` voices."""
+    """Manifest rows, without the ``exclude`` voices / with only the ``only`` voices.
+
+    ``value``: a manifest, an audio folder or ``demo``, or a list of them (their rows joined in order).
+    """
     from zoo.speech.ca_dino.evaluate import read_rows
 
-    rows = read_rows(_resolve(value))
+    sources = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not sources:
+        raise ConfigError("data.train is an empty list: give at least one manifest, audio folder or 'demo'.")
+    rows = [row for source in sources for row in read_rows(_resolve(source))]
     exclude, only = set(map(str, exclude or [])), set(map(str, only or []))
     if exclude:
         rows = [r for r in rows if str(r.get("speaker")) not in exclude]
@@ -189,7 +195,7 @@ class CADinoTrainer(Trainer):
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
         "data": {
-            "train": "demo",              # JSONL manifest, audio folder or 'demo'
+            "train": None,                # JSONL manifest, audio folder or 'demo', or a list of them (None: 'demo')
             "exclude_speakers": [],       # voices kept out of training (held out for verification)
             "eval": None,                 # manifest for EER during training (None = no evaluation)
             "eval_speakers": [],          # restrict evaluation to these voices
@@ -300,7 +306,7 @@ class CADinoTrainer(Trainer):
     def build_datasets(self):
         """(MultiCropDataset or PseudoLabelDataset over ``data.train`` minus ``data.exclude_speakers``, None)."""
         data, cfg = self.config["data"], self.config["ca_dino"]
-        rows = read_split(data["train"], exclude=data["exclude_speakers"])
+        rows = read_split("demo" if data["train"] is None else data["train"], exclude=data["exclude_speakers"])
         seed = int(self._train_section().get("seed", 0) or 0)
         if self.stage == "dino":
             self.train_dataset = MultiCropDataset(
