@@ -123,6 +123,51 @@ def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num
     return feats * valid, counts
 
 
+class GlobalCMVN(torch.nn.Module):
+    """Dataset-level mean and variance normalisation of fbank frames, per mel bin: ``(x - mean) * istd``.
+
+    Buffers ``mean`` and ``istd`` (1 / standard deviation), float32 ``[num_mel_bins]``, named as
+    ``wenet-e2e/wenet:wenet/transformer/cmvn.py``; they start at 0 and 1 (identity) and are set
+    by :meth:`fit` on the training set, so a saved model normalises its input by itself. Unlike
+    per-utterance CMN, it keeps each utterance's long-term spectrum (the envelope of a voice) and
+    only moves every bin to zero mean and unit variance over the whole training set.
+    """
+
+    def __init__(self, num_mel_bins: int = 80):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_mel_bins))
+        self.register_buffer("istd", torch.ones(num_mel_bins))
+
+    def forward(self, feats: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats`` [B, T, F] -> normalised [B, T, F]; frames at or past ``counts`` [B] stay zero."""
+        out = (feats - self.mean) * self.istd
+        if counts is not None:
+            steps = torch.arange(feats.shape[1], device=feats.device)
+            out = out * (steps[None, :] < counts.to(feats.device)[:, None]).unsqueeze(-1).to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def fit(self, batches, *, min_std: float = 1e-5) -> "GlobalCMVN":
+        """Set ``mean`` / ``istd`` from ``batches``: an iterable of (feats [B, T, F], frame counts [B]);
+        only valid frames count. Sums are float64, the standard deviation is the population one
+        floored at ``min_std``. Raises ConfigError when no frame was given."""
+        total, first, second = 0, 0.0, 0.0
+        for feats, counts in batches:
+            steps = torch.arange(feats.shape[1], device=feats.device)
+            valid = (steps[None, :] < counts.to(feats.device)[:, None]).unsqueeze(-1)
+            frames = feats.double() * valid
+            total += int(counts.sum())
+            first = first + frames.sum(dim=(0, 1))
+            second = second + frames.pow(2).sum(dim=(0, 1))
+        if total == 0:
+            raise ConfigError("global CMVN needs at least one frame of training audio; the training set is empty")
+        mean = first / total
+        std = (second / total - mean.pow(2)).clamp_min(0).sqrt().clamp_min(min_std)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.istd.copy_((1.0 / std).to(self.istd.dtype))
+        return self
+
+
 FBANK_STATISTICS = ("mean_fbank", "mean_std_fbank")
 
 

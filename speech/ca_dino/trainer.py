@@ -284,6 +284,8 @@ class CADinoTrainer(Trainer):
         else:
             family = get_family("ca-dino")
             model = family.build(family.make_config(section.get("size") or "tiny", overrides, source="model.overrides"))
+            if model.global_cmvn is not None:
+                self._fit_global_cmvn(model)
         if self.stage == "stage2":
             if model.projection_head is not None:
                 model.drop_projection_head()  # unused in Stage II (and unused parameters upset DDP)
@@ -295,6 +297,18 @@ class CADinoTrainer(Trainer):
                               "or start from a model that has one")
         model.train()
         return model
+
+    def _fit_global_cmvn(self, model) -> None:
+        """Fit a fresh model's ``fbank.global_cmvn`` on the training clips (``data.train`` less
+        ``data.exclude_speakers``, no speed perturbation); a model from ``model.init`` keeps its own."""
+        from zoo.audio import load_audio
+
+        data = self.config["data"]
+        rows = read_split("demo" if data["train"] is None else data["train"], exclude=data["exclude_speakers"])
+        model.fit_global_cmvn([load_audio(row["path"], 16000) for row in rows])
+        logger.info("global CMVN fitted on %d training clips (mean log-mel %.2f .. %.2f, std %.2f .. %.2f)",
+                    len(rows), float(model.global_cmvn.mean.min()), float(model.global_cmvn.mean.max()),
+                    float(1 / model.global_cmvn.istd.max()), float(1 / model.global_cmvn.istd.min()))
 
     def _augment(self):
         data = self.config["data"]

@@ -260,3 +260,17 @@ def test_zoo_convert_takes_a_hub_snapshot_folder(tmp_path):
                                                         "model_args": {"feat_dim": 80, "embed_dim": 192}}))
     assert main(["convert", "ca-dino", str(folder), str(tmp_path / "out")]) == 0
     _same(zoo.load(str(tmp_path / "out")), {k: v for k, v in state.items() if k != "projection.weight"})
+
+
+def test_global_cmvn_is_read_from_the_tensors(tmp_path):
+    torch.manual_seed(0)
+    trained = build(make_config("tiny", fbank={"global_cmvn": True})).eval()
+    trained.global_cmvn.mean.copy_(torch.linspace(10, 18, 80))
+    trained.global_cmvn.istd.fill_(0.25)
+    state = trained.state_dict()
+    assert architecture_from_state_dict(state)["global_cmvn"] is True
+    torch.save(state, tmp_path / "model.pt")
+    model = load(str(tmp_path / "model.pt"), make_config("tiny"))  # the config says False; the buffers win
+    assert model.config["fbank"]["global_cmvn"] is True
+    _same(model, state)
+    assert architecture_from_state_dict(wespeaker_state())["global_cmvn"] is False

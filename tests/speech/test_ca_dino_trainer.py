@@ -261,3 +261,19 @@ def test_train_on_a_list_of_corpora(manifest, tmp_path):
     trainer = CADinoTrainer(config)
     dataset, _ = trainer.build_datasets()
     assert len(dataset) == 13
+
+
+def test_global_cmvn_is_fitted_on_the_training_voices(manifest):
+    from zoo.audio import load_audio
+    from zoo.speech.ca_dino.builder import build, make_config
+    from zoo.speech.ca_dino.trainer import read_split
+
+    config = _config(manifest, "dino", 1)
+    config["model"] = {"size": "tiny", "overrides": {"fbank": {"global_cmvn": True, "cmn": False}}}
+    model = CADinoTrainer(config).build_model()
+    reference = build(make_config("tiny", fbank={"global_cmvn": True, "cmn": False}))
+    rows = read_split(manifest, exclude=["voice3"])  # held-out voice3 never enters the statistics
+    reference.fit_global_cmvn([load_audio(r["path"], 16000) for r in rows])
+    assert torch.equal(model.global_cmvn.mean, reference.global_cmvn.mean)
+    assert torch.equal(model.global_cmvn.istd, reference.global_cmvn.istd)
+    assert not torch.equal(model.global_cmvn.mean, torch.zeros(80))
