@@ -1,15 +1,23 @@
-"""Sylber segmentation speed: fast `segment` vs the per-frame reference (speech.md §1.5).
+"""Sylber segmentation speed: fast `segment` vs the official `get_segment` and the per-frame reference.
 
-One hour of synthetic 50 Hz, 768-d float32 features (180,000 frames, the dtype the official
-Segmenter passes): syllable-like runs of near-constant vectors (norm 3-8) with per-frame
-noise and drift, neighbouring syllables partly correlated, and silent gaps (norm < 2)
-between words. Prints the timings, the speed ratio and whether the boundaries agree.
+Two cases, on synthetic 50 Hz, 768-d float32 features (the dtype the official Segmenter passes):
+syllable-like runs of near-constant vectors (norm 3-8) with per-frame noise and drift,
+neighbouring syllables partly correlated, and silent gaps (norm < 2) between words.
 
-If the official ``sylber/utils/segment_utils.py`` is available (set SYLBER_SEGMENT_UTILS to
-its path, or have ``pip download sylber==0.1.4 --no-deps`` unpacked under
-/tmp/sylber_official), it is loaded by path (never ``import sylber``) and timed too.
+* one long sequence (``--minutes``, default one hour = 180,000 frames): ``segment`` against
+  ``segment_reference`` and the official ``get_segment``;
+* a corpus (``--corpus-minutes``, default one hour) of 5-15 s utterances: ``segment`` on the
+  list (parallel threads, ``--workers``, default every core) against the official
+  ``get_segment`` called on each utterance in turn, as a user of the official code would.
 
-    python benchmarks/sylber_segment.py [--minutes 60] [--reference-minutes 60] [--dim 768]
+Prints the timings, the speed ratios measured in this run, whether every boundary agrees,
+and the machine's load average (the machine may be shared: the ratios are of one run).
+
+The official code is ``Berkeley-Speech-Group/sylber:sylber/utils/segment_utils.py`` from the
+installed ``sylber`` wheel (``pip install --no-deps sylber==0.1.4``), loaded by its path
+(``import sylber`` would pull in the package's heavy dependencies), or from SYLBER_SEGMENT_UTILS.
+
+    python benchmarks/sylber_segment.py [--minutes 60] [--corpus-minutes 60] [--reference-minutes 60]
 """
 from __future__ import annotations
 
@@ -55,10 +63,20 @@ def synthetic_features(n_frames: int, dim: int = 768, seed: int = 0, dtype=np.fl
     return out
 
 
+def official_segment_utils() -> str:
+    """Path of the installed official segment_utils.py (found without importing the package), or ''."""
+    if os.environ.get("SYLBER_SEGMENT_UTILS"):
+        return os.environ["SYLBER_SEGMENT_UTILS"]
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        return str(distribution("sylber").locate_file("sylber/utils/segment_utils.py"))
+    except PackageNotFoundError:
+        return ""
+
+
 def load_official_get_segment():
-    candidates = [os.environ.get("SYLBER_SEGMENT_UTILS", ""),
-                  "/tmp/sylber_official/sylber/utils/segment_utils.py"]
-    for path in candidates:
+    for path in (official_segment_utils(),):
         if path and Path(path).is_file():
             spec = importlib.util.spec_from_file_location("_sylber_official_segment_utils", path)
             module = importlib.util.module_from_spec(spec)
@@ -78,9 +96,49 @@ def timed(fn, *args, repeat: int = 1):
     return best, result
 
 
+def corpus_lengths(total_seconds: float, seed: int = 1) -> list[int]:
+    """Utterance lengths in frames, uniform in 5-15 s, adding up to ``total_seconds`` (the last one cut)."""
+    rng = np.random.default_rng(seed)
+    lengths, left = [], int(total_seconds * FRAME_RATE)
+    while left > 0:
+        n = min(left, int(rng.uniform(5, 15) * FRAME_RATE))
+        lengths.append(n)
+        left -= n
+    return lengths
+
+
+def corpus_case(minutes: float, dim: int, thresholds, workers) -> None:
+    official, path = load_official_get_segment()
+    lengths = corpus_lengths(minutes * 60)
+    corpus = [synthetic_features(n, dim, seed=100 + i) for i, n in enumerate(lengths)]
+    print(f"\ncorpus: {len(corpus)} utterances of 5-15 s ({sum(lengths) / FRAME_RATE / 60:g} min at 50 Hz) x {dim}")
+    segment(corpus[:2], *thresholds)  # threads and the compiled kernel ready outside the timing
+    t_fast, fast = timed(segment, corpus, *thresholds, repeat=3)
+    cpu_fast = timed.cpu
+    count = sum(len(s) for s in fast)
+    print(f"segment(list), {workers or 'all'} threads: {t_fast:8.3f} s  -> {count} segments "
+          f"({count / (sum(lengths) / FRAME_RATE):.2f} per second; CPU {cpu_fast:.2f} s)")
+    t_one, one = timed(lambda: [segment(x, *thresholds) for x in corpus], repeat=3)
+    cpu_one = timed.cpu
+    print(f"segment per utterance, 1 thread: {t_one:8.3f} s  (CPU {cpu_one:.2f} s; identical: "
+          f"{all(np.array_equal(a, b) for a, b in zip(one, fast))})")
+    if official is None:
+        print("official get_segment: not installed (pip install --no-deps sylber==0.1.4); corpus ratio skipped")
+        return
+    t_off, off = timed(lambda: [official(x, *thresholds) for x in corpus], repeat=1)
+    cpu_off = timed.cpu
+    same = all(np.array_equal(np.asarray(o, dtype=np.int64).reshape(-1, 2), f) for o, f in zip(off, fast))
+    print(f"official get_segment per utterance: {t_off:8.3f} s  (CPU {cpu_off:.2f} s)  [{path}]")
+    print(f"  identical boundaries on every utterance: {same}")
+    print(f"  speed-up of segment(list) over the official code: {t_off / t_fast:.1f}x wall time "
+          f"(CPU time: {cpu_off / cpu_fast:.1f}x; over segment one at a time: {t_one / t_fast:.2f}x wall)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=60.0, help="audio length segmented by `segment`")
+    parser.add_argument("--minutes", type=float, default=60.0, help="one sequence of this length (0 = skip)")
+    parser.add_argument("--corpus-minutes", type=float, default=60.0, help="a corpus of 5-15 s utterances (0 = skip)")
+    parser.add_argument("--workers", type=int, default=None, help="threads for the corpus (default: every core)")
     parser.add_argument("--reference-minutes", type=float, default=60.0,
                         help="prefix timed for the slow contestants (scaled linearly to the full length)")
     parser.add_argument("--dim", type=int, default=768)
@@ -88,11 +146,21 @@ def main() -> None:
     parser.add_argument("--merge-threshold", type=float, default=0.8)
     args = parser.parse_args()
 
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+    thresholds = (args.norm_threshold, args.merge_threshold)
+    if args.corpus_minutes > 0:
+        corpus_case(args.corpus_minutes, args.dim, thresholds, args.workers)
+    if args.minutes > 0:
+        sequence_case(args)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def sequence_case(args) -> None:
     n_frames = int(args.minutes * 60 * FRAME_RATE)
     n_ref = min(n_frames, int(args.reference_minutes * 60 * FRAME_RATE))
     states = synthetic_features(n_frames, args.dim)
     thresholds = (args.norm_threshold, args.merge_threshold)
-    print(f"features: {n_frames} frames ({args.minutes:g} min at 50 Hz) x {args.dim}, {states.dtype}")
+    print(f"\none sequence: {n_frames} frames ({args.minutes:g} min at 50 Hz) x {args.dim}, {states.dtype}")
 
     segment(states[:500], *thresholds)  # compile (or load the numba cache) outside the timing
     t_fast, fast = timed(segment, states, *thresholds, repeat=3)

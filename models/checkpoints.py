@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 import struct
@@ -234,6 +235,23 @@ def _fill(target: str, groups: tuple[str, ...]) -> str:
     pieces = re.split(r"(\{\}|\*)", target)
     values = iter(groups)
     return "".join(next(values) if p in ("{}", "*") else p for p in pieces)
+
+
+def rename_key(key: str, rules: list[tuple[str, str]]) -> str | None:
+    """The new name of one ``key`` under ``remap_keys``-style ``rules`` (first match wins), or None.
+
+    A pure function of the key, so streaming loaders can apply a key map shard by shard.
+    """
+    for pattern, target in rules:
+        match = _compiled_rule(pattern).match(key)
+        if match:
+            return _fill(target, match.groups())
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_rule(pattern: str) -> re.Pattern:
+    return _template_regex(pattern)
 
 
 def remap_keys(state_dict: Mapping[str, Any], rules: list[tuple[str, str]], *, strict: bool = True,

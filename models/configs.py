@@ -54,3 +54,48 @@ ECAPA_DEFAULTS = {
 }
 
 __all__ = ["ECAPA_DEFAULTS", "ECAPA_SIZES", "HUBERT_BASE_ENCODER"]
+
+
+# microsoft/phi-1_5's architecture (its config.json): the LLM of Show-o and UniCTokens.
+PHI_1_5 = {
+    "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32, "intermediate_size": 8192,
+    "hidden_act": "gelu_new", "max_position_embeddings": 2048, "layer_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "partial_rotary_factor": 0.5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0,
+    "qk_layernorm": False, "tie_word_embeddings": False, "initializer_range": 0.02,
+}
+
+# showlab/magvitv2 as Show-o builds it: the defaults of the official VQGANEncoder / VQGANDecoder /
+# LFQuantizer (showlab/Show-o:models/modeling_magvitv2.py): 16x downsampling, 13-bit lookup-free codes.
+MAGVITV2_CONFIG = {
+    "encoder": {"ch": 128, "ch_mult": [1, 2, 2, 4, 4], "num_res_blocks": [4, 3, 4, 3, 4], "attn_resolutions": [5],
+                "resolution": 256, "in_channels": 3, "z_channels": 13, "dropout": 0.0},
+    "decoder": {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": [4, 4, 3, 4, 3], "attn_resolutions": [5],
+                "resolution": 256, "out_channels": 3, "z_channels": 13, "dropout": 0.0},
+    "codebook_dim": 13,
+    "norm_groups": 32,
+    # lookup-free quantiser training losses (used only when training a tokenizer)
+    "beta": 0.25,
+    "commit_loss_multiplier": 0.1,
+    "entropy_multiplier": 0.1,
+}
+
+# The FLUX.1 / BAGEL autoencoder (black-forest-labs/flux autoencoder.py ``AutoEncoderParams``: ch 128,
+# ch_mult 1-2-4-4, 2 res blocks, 16 latent channels, scale 0.3611, shift 0.1159) as diffusers'
+# ``AutoencoderKL`` arguments (zoo.models.flux_vae).
+FLUX_VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "mid_block_add_attention": True,
+}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.audio import num_frames
 from zoo.errors import AudioInputError, ConfigError
 from zoo.models.configs import HUBERT_BASE_ENCODER  # noqa: F401  (torch-free; re-exported)
 
@@ -139,19 +140,6 @@ class HubertOutput:
     frame_lengths: torch.Tensor                     # [B] int64 valid frames per utterance
 
 
-def conv_output_lengths(sample_lengths, kernels: Sequence[int], strides: Sequence[int]):
-    """Frames of a conv stack (no padding) for ``sample_lengths`` (int or LongTensor); 0 when too short."""
-    if isinstance(sample_lengths, torch.Tensor):
-        lengths = sample_lengths.to(torch.long)
-        for kernel, stride in zip(kernels, strides):
-            lengths = (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp_min(0)
-        return lengths
-    length = int(sample_lengths)
-    for kernel, stride in zip(kernels, strides):
-        length = max(0, (length - kernel) // stride + 1)
-    return length
-
-
 def compute_span_mask(frame_lengths, mask_prob: float, mask_length: int, min_masks: int = 0, *,
                       max_length: int | None = None, generator: torch.Generator | None = None,
                       require_same_masks: bool = False, shared_rounding: bool = False,
@@ -244,7 +232,7 @@ def _segment_group_norm(x: torch.Tensor, starts: list[int], layer: ConvLayer, va
     ends = starts[1:] + [x.shape[-1]]
     sizes, owners = [], []
     for index, (start, end, samples) in enumerate(zip(starts, ends, valid_samples)):
-        count = min(max(1, (samples - kernel) // stride + 1), end - start)
+        count = min(max(1, num_frames(samples, kernel, stride)), end - start)
         sizes += [count, end - start - count]
         owners += [index, index]
     pieces = x.split(sizes, dim=-1)
@@ -508,8 +496,11 @@ class HubertModel(nn.Module):
 
     # ------------------------------------------------------------------ lengths
     def frame_lengths(self, sample_lengths):
-        """Frames for ``sample_lengths`` samples (int or LongTensor), by the conv kernel/stride formula."""
-        return conv_output_lengths(sample_lengths, self.config.conv_kernel, self.config.conv_stride)
+        """Frames the conv stack makes from ``sample_lengths`` samples (int, or int64 tensor): 0 below one window.
+
+        :func:`zoo.audio.num_frames` with the receptive field (400) and total stride (320).
+        """
+        return num_frames(sample_lengths, self.config.receptive_field, self.config.total_stride)
 
     def _lengths(self, input_values: torch.Tensor, lengths) -> list[int]:
         if input_values.ndim == 1:
@@ -626,4 +617,4 @@ def unpack(packed: torch.Tensor, frames: Sequence[int], width: int | None = None
     return out.reshape(len(frames), width, *packed.shape[1:])
 
 
-__all__ = ["HUBERT_BASE_ENCODER", "HubertConfig", "HubertModel", "HubertOutput", "compute_span_mask", "conv_output_lengths", "pack", "unpack"]
+__all__ = ["HUBERT_BASE_ENCODER", "HubertConfig", "HubertModel", "HubertOutput", "compute_span_mask", "pack", "unpack"]

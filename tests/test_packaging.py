@@ -25,8 +25,9 @@ DISTRIBUTION = {
     "librosa": "librosa", "xformers": "xformers", "sklearn": "scikit-learn", "scipy": "scipy", "numba": "numba",
     "llvmlite": "llvmlite", "numpy": "numpy", "PIL": "pillow", "yaml": "PyYAML", "tqdm": "tqdm",
     "matplotlib": "matplotlib", "tokenizers": "tokenizers", "peft": "peft", "torchmetrics": "torchmetrics",
+    "open_clip": "open_clip_torch", "diffusers": "diffusers", "timm": "timm",
     # optional extras: imported inside the function that needs them, declared under [project.optional-dependencies]
-    "segment_anything": "segment-anything",
+    "segment_anything": "segment-anything", "insightface": "insightface",
     # `from torch.utils.tensorboard import SummaryWriter` needs the tensorboard distribution.
     "torch.utils.tensorboard": "tensorboard",
 }

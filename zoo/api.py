@@ -122,31 +122,49 @@ def _load_card(name: str, *, pretrained, revision, cache_dir, local_files_only, 
             if family.load is None:
                 raise ConfigError(f"{card.source}: family {family.name!r} has no loader for official weights")
             model = _load_official(family, path=hub.download_file(weights.repo_id, weights.filename, **kwargs),
-                                   config=config)
+                                   config=config, dtype=dtype, device=device)
     model.card_name = name
     return model
 
 
-def _load_official(family, path: str, config: dict):
+def _load_official(family, path: str, config: dict, dtype=None, device=None):
     """``family.load(path, config)`` with the model built on the meta device (``zoo.weights.init_empty``), so
     that no weight is randomly initialised only to be overwritten. Family loaders that load through the strict
     loader (``zoo.hub.load_state_dict_strict``) or ``zoo.weights`` fill it; if anything is left on the meta
-    device, or the build needs real parameters, the loader runs again on a normal build."""
+    device, or the build needs real parameters, the loader runs again on a normal build.
+
+    A loader whose signature takes ``dtype`` and ``device`` keywords gets them, so a big checkpoint streams
+    straight into the target dtype and device (a 7B bf16 file never passes through float32 on the CPU);
+    other loaders load as saved and ``zoo.load`` casts afterwards."""
+    import inspect
+
     from zoo import weights
     from zoo.errors import ZooError
 
+    extra = {}
+    if dtype is not None or device is not None:
+        try:
+            parameters = inspect.signature(family.load).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        if "dtype" in parameters and "device" in parameters:
+            extra = {"dtype": dtype, "device": device}
+
+    def run():
+        return family.load(path, config, **extra)
+
     try:
         with weights.init_empty():
-            model = family.load(path, config)
+            model = run()
     except ZooError:
         raise
     except (NotImplementedError, RuntimeError) as err:
         logging.getLogger("zoo").info("%s: loader cannot run on the meta device (%s); loading normally",
                                       family.name, err)
-        return family.load(path, config)
+        return run()
     left = weights.meta_tensors(model)
     if left:
         logging.getLogger("zoo").info("%s: the loader left %d tensors on the meta device (%s ...); loading normally",
                                       family.name, len(left), left[0])
-        return family.load(path, config)
+        return run()
     return model

@@ -72,10 +72,16 @@ def _cmd_eval(args) -> int:
     options = parse_overrides(args.options)
     if args.trials:
         options["trials"] = args.trials
+    if args.plot:
+        options["plot"] = args.plot
     if args.data == "demo":  # the bundled speech corpus, as in recipes
         from zoo.data import demo_corpus
 
         args.data = str(demo_corpus())
+    elif args.data in ("shapes", "shapes-heldout"):  # the bundled shapes world (train / held-out split)
+        from zoo.data.shapes import demo_manifest
+
+        args.data = str(demo_manifest("heldout" if args.data == "shapes-heldout" else "train"))
     if not Path(args.data).exists():
         raise ConfigError(f"--data {args.data!r} does not exist; give a manifest or folder, or 'demo'")
     metrics = evaluate(model, data=args.data, output=args.output, **options)
@@ -111,7 +117,10 @@ def _cmd_convert(args) -> int:
         raise ConfigError(f"{args.src!r} does not exist; give the official checkpoint file, or a folder "
                           "(a Hub snapshot or a save_pretrained folder with config.json and weights).")
     _check_output_dir(Path(args.dst), args.overwrite)
-    config = family.make_config(args.size, parse_overrides(args.options), source="command-line overrides")
+    overrides = parse_overrides(args.options)
+    if getattr(args, "base", None):
+        overrides["base"] = args.base  # an unknown key for families without a base: ConfigError lists the keys
+    config = family.make_config(args.size, overrides, source="command-line overrides")
     model = family.load(args.src, config)  # files and folders alike: the family's loader decides
     out = model.save_pretrained(args.dst, overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -155,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a manifest")
     p.add_argument("name", help="card name, hf-hub:org/name or a local folder")
-    p.add_argument("--data", required=True, help="JSONL manifest, folder, or demo (the bundled speech corpus)")
+    p.add_argument("--data", required=True, help="JSONL manifest, folder, demo (the bundled speech corpus), "
+                   "or shapes / shapes-heldout (the bundled shapes world)")
     p.add_argument("--trials", help="trial list (speaker verification)")
+    p.add_argument("--plot", help="also draw the family's figure into this PNG (e.g. a reconstruction grid)")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")
     p.add_argument("options", nargs="*", help="family options as key=value")
@@ -182,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--size", help="the family's size (default: the first, see `zoo info`)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--base", help="the base model an adapter-style checkpoint applies to (card, hf-hub:org/name or "
+                                   "folder), for families whose config has a 'base' key (e.g. unictokens concepts)")
     p.add_argument("options", nargs="*", help="config overrides as key=value")
     p.set_defaults(func=_cmd_convert)
     return parser

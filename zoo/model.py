@@ -1,13 +1,57 @@
-"""The base class of every zoo model: a torch module with a JSON config and Hub I/O."""
+"""The base class of every zoo model (a torch module with a JSON config and Hub I/O), and the
+``inference`` decorator that every inference method of a model uses."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 
 from zoo.errors import ZooError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def inference(method: F | None = None, *, inference_mode: bool = False) -> F:
+    """Run ``method(module, ...)`` in eval mode without autograd, then restore every flag.
+
+    For the inference methods of a model (``segment``, ``extract_features``, ``embed``,
+    ``generate``, ...) and for functions whose first argument is the model (``evaluate``):
+    dropout and layer drop are off, so two calls on the same input give the same result
+    whatever mode the model was left in (for example ``model.train()`` after fine-tuning in
+    the same process). Every submodule's own ``training`` flag is put back afterwards, so a
+    model with a frozen (eval) part inside a training model comes back exactly as it was,
+    also when ``method`` raises.
+
+    Gradients are off through ``torch.no_grad()``. ``inference_mode=True`` uses
+    ``torch.inference_mode()`` instead (slightly faster, but its outputs can never enter
+    autograd later); use it only where results are not fed back into training.
+
+    Use as ``@inference`` or ``@inference(inference_mode=True)``. Raises ``TypeError`` at
+    call time when the first argument is not a ``torch.nn.Module``.
+    """
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(module, *args, **kwargs):
+            if not isinstance(module, torch.nn.Module):
+                raise TypeError(f"{function.__qualname__} is an inference method: its first argument must be a "
+                                f"torch.nn.Module, got {type(module).__name__}.")
+            flags = [(sub, sub.training) for sub in module.modules()]
+            module.eval()
+            try:
+                with torch.inference_mode() if inference_mode else torch.no_grad():
+                    return function(module, *args, **kwargs)
+            finally:
+                for sub, flag in flags:
+                    sub.training = flag
+
+        wrapper.__zoo_inference__ = True  # lets tests check that an API is decorated
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(method) if method is not None else decorate  # type: ignore[return-value]
 
 
 class ZooModel(torch.nn.Module):

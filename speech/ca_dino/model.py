@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.model import ZooModel
+from zoo.errors import ConfigError
+from zoo.model import ZooModel, inference
 from zoo.models.dino_head import DINOHead
 from zoo.models.ecapa_tdnn import ECAPALayers
-from zoo.errors import ConfigError
 from zoo.speech.ca_dino.fbank import MEL_FLOOR, GlobalCMVN, kaldi_fbank, repeat_pad
 
 
@@ -157,7 +157,7 @@ class CADinoModel(ECAPALayers, ZooModel):
             padded[i, :w.numel()] = w.to(self.device)
         return self.fbank(padded, lengths, dither=dither, normalize=normalize)
 
-    @torch.no_grad()
+    @inference
     def embed(self, wav, sample_rate: int = 16000, *, lengths=None, batch_size: int = 32) -> torch.Tensor:
         """Speaker embeddings, float32 ``[B, embed_dim]`` (192), in eval mode (the caller's mode is restored).
 
@@ -172,18 +172,13 @@ class CADinoModel(ECAPALayers, ZooModel):
         from zoo.audio import prepare_waveforms
 
         waves, _ = prepare_waveforms(wav, sample_rate, self.config["sample_rate"], lengths)
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = []
-            for start in range(0, len(waves), batch_size):
-                feats, counts = self.features(waves[start:start + batch_size])
-                outputs.append(self.encode(feats, counts))
-        finally:
-            self.train(was_training)
+        outputs = []
+        for start in range(0, len(waves), batch_size):
+            feats, counts = self.features(waves[start:start + batch_size])
+            outputs.append(self.encode(feats, counts))
         return torch.cat(outputs).float()
 
-    @torch.no_grad()
+    @inference
     def score(self, a, b, sample_rate: int | None = None) -> torch.Tensor:
         """Cosine similarity of embeddings ([D] or [N, D]); with ``sample_rate``, a and b are audio."""
         if sample_rate is not None:

@@ -1,8 +1,8 @@
 """HuBERTopic (Maekaku et al., arXiv 2310.03975): HuBERT with topic-model labels.
 
-HuBERT's masked prediction of k-means units (speech.md §2.3), plus an auxiliary
+HuBERT's masked prediction of k-means units (Hsu et al., arXiv 2106.07447), plus an auxiliary
 utterance-level task: predict the utterance's topic, found by an LDA topic model
-fitted on bag-of-units documents of the pseudo-labels (§2.2). No official code
+fitted on bag-of-units documents of the pseudo-labels. No official code
 exists; README.md here lists which values are the paper's and which are ours.
 
 Public pieces: HubertopicModel (model.py: ``extract_features``, ``predict_topic``),

@@ -1,9 +1,9 @@
-"""HuBERTopic configs and sizes (speech.md §2.2, §2.3).
+"""HuBERTopic configs and sizes (arXiv 2310.03975; HuBERT base as fairseq's hubert_base_librispeech.yaml).
 
 ``encoder`` holds ``zoo.models.hubert.HubertConfig`` arguments (transformers' names,
 hard-coded ``facebook/hubert-base-ls960`` values for ``base``: nothing is downloaded).
-``pretrain`` holds fairseq's HuBERT objective (§2.3) and ``topic`` the auxiliary
-utterance-level topic head (§2.2). The paper leaves the topic head's details open;
+``pretrain`` holds fairseq's HuBERT objective and ``topic`` the auxiliary
+utterance-level topic head. The paper leaves the topic head's details open;
 our defaults are marked "ours" and listed in README.md here.
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 from zoo.config import merge, sized_config
 from zoo.models.configs import HUBERT_BASE_ENCODER
 
-# speech.md §2.3: HuBERT Base; fairseq's pretraining uses encoder_layerdrop 0.05 and activation_dropout 0.0.
+# HuBERT Base; fairseq's pretraining (hubert_base_librispeech.yaml) uses encoder_layerdrop 0.05 and activation_dropout 0.0.
 # transformers keeps masked_spec_embed only when mask_time_prob > 0; pretraining masks with `pretrain`.
 BASE_ENCODER = {**HUBERT_BASE_ENCODER, "layerdrop": 0.05, "activation_dropout": 0.0}
 
 DEFAULT_CONFIG = {
     "encoder": BASE_ENCODER,
     "sample_rate": 16000,
-    # §2.3: `normalize: false` for Base (the waveform is fed as read); true z-scores it (fairseq's layer_norm).
+    # fairseq: `normalize: false` for Base (the waveform is fed as read); true z-scores it (fairseq's layer_norm).
     "normalize": False,
     # Classes per label set (one set: k-means units). [] = encoder only (e.g. the hubert-base card).
     "num_classes": [500],
@@ -37,7 +37,7 @@ DEFAULT_CONFIG = {
         "pred_nomask_weight": 0.0,
         "label_tolerance_frames": 2,
     },
-    # §2.2: auxiliary topic classification on a pooled utterance representation.
+    # The paper's auxiliary topic classification on a pooled utterance representation.
     "topic": {
         "num_topics": 100,          # ours (paper: unknown T); 0 = no topic head
         "layer": None,              # ours: None = last layer; k = output of layer k (1-based)

@@ -5,7 +5,7 @@
 * the model's predicted topic per utterance (``predict_topic``, argmax), its agreement
   with the LDA topics, and normalised mutual information (NMI) between topics and the
   manifest's ``speaker`` (and ``gender`` where rows have it), for the predicted and the
-  LDA topics (the paper finds topics encode speaker and gender, speech.md §2.2).
+  LDA topics (the paper finds topics encode speaker and gender; arXiv 2310.03975).
 
 Utterances the labels folder does not cover are labelled on the fly with its k-means
 centroids (MFCC labels) and its LDA model.
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from zoo.errors import ConfigError
+from zoo.model import inference
 
 logger = logging.getLogger("zoo.hubertopic")
 
@@ -41,16 +42,15 @@ class _OnTheFlyLabels:
         self.documents, self.ngram = settings["documents"], int(settings["ngram"])
         self.layer = settings.get("layer")
 
-    def units(self, wave: torch.Tensor) -> np.ndarray:
-        from zoo.speech.hubertopic.features import layer_features, mfcc_features
+    def units(self, wave: torch.Tensor, sample_rate: int) -> np.ndarray:
+        from zoo.speech.hubertopic.features import unit_features
         from zoo.speech.hubertopic.kmeans import assign
 
-        if self.source == "mfcc":
-            return assign(mfcc_features(wave), self.centroids)
-        if self.teacher is None:
+        if self.source == "layer" and self.teacher is None:
             raise ConfigError("These labels come from layer features; pass teacher=<the model that made them> to label "
                               "utterances the labels folder does not cover.")
-        return assign(layer_features(self.teacher.hubert, wave, int(self.layer)), self.centroids)
+        features = unit_features(self.source, wave, sample_rate, teacher=self.teacher, layer=self.layer)
+        return assign(features, self.centroids)
 
     def topic(self, units: np.ndarray) -> int:
         from zoo.speech.hubertopic.topics import unit_documents
@@ -84,10 +84,19 @@ def _nmi(a: list, b: list) -> float:
     return float(normalized_mutual_info(a, b))
 
 
-@torch.no_grad()
+@inference
 def evaluate(model, *, data, output=None, labels=None, max_items: int | None = None, seed: int = 0, teacher=None,
              **unknown) -> dict:
-    """Score ``model`` on the utterances of ``data``; returns a dict (also written as JSON to ``output``)."""
+    """Score ``model`` on the utterances of ``data`` (a JSONL manifest, an audio folder, or ``demo``).
+
+    Runs in eval mode without gradients. Returns a dict (also written as JSON to ``output``):
+    ``utterances``; with ``labels`` (a labels folder) ``accuracy_masked`` and
+    ``accuracy_unmasked`` (fractions, under a span mask drawn with ``seed``) and
+    ``masked_frames``; ``predicted_topics_used``/``lda_topics_used``; with ``speaker``
+    (``gender``) fields, ``nmi_{predicted,lda}_topic_{speaker,gender}`` in [0, 1] and
+    ``speakers``; ``topic_accuracy`` (predicted topic = LDA topic, a fraction). Raises
+    :class:`~zoo.errors.ConfigError` for unknown options.
+    """
     from zoo.audio import load_audio
     from zoo.speech.hubertopic.pipeline import Labels, load_teacher, utterance_id
     from zoo.speech.hubertopic.trainer import resolve_rows
@@ -99,36 +108,31 @@ def evaluate(model, *, data, output=None, labels=None, max_items: int | None = N
     label_set = Labels.read(labels) if labels else None
     fallback = None
     generator = torch.Generator().manual_seed(int(seed))
-    was_training = model.training
-    model.eval()
     correct = counted = 0
     correct_u = counted_u = 0
     predicted, lda_topics, speakers, genders = [], [], [], []
-    try:
-        for index, row in enumerate(rows):
-            wave = load_audio(row["path"], model.sample_rate, min_samples=model.hubert.config.receptive_field)
-            key = utterance_id(row, index)
-            units = topic = None
-            if label_set is not None:
-                if key in label_set.units:
-                    units, topic = label_set.units[key], label_set.topics.get(key)
-                else:
-                    if fallback is None:
-                        fallback = _OnTheFlyLabels(label_set, load_teacher(teacher) if teacher else None)
-                    units = fallback.units(wave)
-                    topic = fallback.topic(units)
-            if model.topic_head is not None:
-                predicted.append(int(model.predict_topic(wave).argmax()))
-            if units is not None and model.num_classes:
-                hits, total, hits_u, total_u = _unit_accuracy(model, wave, units, generator, row["path"])
-                correct, counted, correct_u, counted_u = correct + hits, counted + total, correct_u + hits_u, \
-                    counted_u + total_u
-            if topic is not None:
-                lda_topics.append(int(topic))
-            speakers.append(row.get("speaker"))
-            genders.append(row.get("gender"))
-    finally:
-        model.train(was_training)
+    for index, row in enumerate(rows):
+        wave = load_audio(row["path"], model.sample_rate, min_samples=model.hubert.config.receptive_field)
+        key = utterance_id(row, index)
+        units = topic = None
+        if label_set is not None:
+            if key in label_set.units:
+                units, topic = label_set.units[key], label_set.topics.get(key)
+            else:
+                if fallback is None:
+                    fallback = _OnTheFlyLabels(label_set, load_teacher(teacher) if teacher else None)
+                units = fallback.units(wave, model.sample_rate)
+                topic = fallback.topic(units)
+        if model.topic_head is not None:
+            predicted.append(int(model.predict_topic(wave, model.sample_rate).argmax()))
+        if units is not None and model.num_classes:
+            hits, total, hits_u, total_u = _unit_accuracy(model, wave, units, generator, row["path"])
+            correct, counted, correct_u, counted_u = correct + hits, counted + total, correct_u + hits_u, \
+                counted_u + total_u
+        if topic is not None:
+            lda_topics.append(int(topic))
+        speakers.append(row.get("speaker"))
+        genders.append(row.get("gender"))
 
     report: dict = {"utterances": len(rows), "corpus": corpus}
     if counted:

@@ -1,4 +1,7 @@
-"""Frame features the k-means pseudo-labels are made from (speech.md §2.3).
+"""Frame features the k-means pseudo-labels are made from (HuBERT, Hsu et al., arXiv 2106.07447).
+
+As fairseq's ``facebookresearch/fairseq:examples/hubert/simple_kmeans/dump_mfcc_feature.py``
+and ``dump_hubert_feature.py``:
 
 * Iteration 1: 39-d MFCC at 100 Hz: kaldi-compatible 13 coefficients without energy,
   then deltas and delta-deltas, from the waveform as read (values in [-1, 1]).
@@ -8,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from zoo.audio import num_frames
 from zoo.errors import AudioInputError
+from zoo.model import inference
 
 # Labels per second for each feature source.
 FEATURE_RATES = {"mfcc": 100, "layer": 50}
@@ -18,12 +23,17 @@ MFCC_SHIFT = 160    # 10 ms
 
 
 def mfcc_frame_count(num_samples: int) -> int:
-    """Frames kaldi's MFCC makes from ``num_samples`` (snip_edges): 1 + (T - 400) // 160, 0 below 400."""
-    return 0 if num_samples < MFCC_WINDOW else 1 + (int(num_samples) - MFCC_WINDOW) // MFCC_SHIFT
+    """Frames kaldi's MFCC makes from ``num_samples`` at 16 kHz (snip_edges): 1 + (T - 400) // 160, 0 below 400."""
+    return num_frames(num_samples, MFCC_WINDOW, MFCC_SHIFT)
 
 
-def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
-    """[T] waveform -> [N, 39] float32: 13 MFCC (``use_energy=False``), their deltas and delta-deltas."""
+def mfcc_features(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """``[T]`` waveform (values in [-1, 1]) at ``sample_rate`` Hz -> ``[N, 39]`` float32: 13 MFCC
+    (``use_energy=False``), deltas, delta-deltas.
+
+    ``N`` = :func:`mfcc_frame_count` at 16 kHz (25 ms window, 10 ms shift). Raises
+    :class:`~zoo.errors.AudioInputError` for a waveform shorter than one window.
+    """
     import torchaudio
 
     wav = torch.as_tensor(wav).to(torch.float32).reshape(-1)
@@ -38,22 +48,39 @@ def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
     return torch.cat([coefficients, deltas, delta_deltas], dim=0).t().contiguous()
 
 
-@torch.no_grad()
-def layer_features(model, wav: torch.Tensor, layer: int, sample_rate: int = 16000) -> torch.Tensor:
-    """[T] waveform -> [N, D]: output of transformer layer ``layer`` (1-based) of a ``HubertModel``, unmasked.
+@inference
+def layer_features(model, wav: torch.Tensor, layer: int, sample_rate: int) -> torch.Tensor:
+    """``[T]`` waveform -> ``[N, D]`` float32: output of layer ``layer`` (1-based) of a ``HubertModel``, unmasked.
 
-    ``sample_rate`` is checked, not converted: give 16 kHz audio (``zoo.audio.load_audio`` resamples).
+    Runs in eval mode without gradients; ``N`` frames at 50 Hz. ``sample_rate`` is checked, not
+    converted: give 16 kHz audio (:func:`zoo.audio.load_audio` resamples); raises
+    :class:`~zoo.errors.AudioInputError` otherwise.
     """
     if sample_rate != 16000:
         raise AudioInputError(f"layer features need 16 kHz audio, got {sample_rate} Hz; resample it first.")
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        out = model(torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1).to(device), output_layer=int(layer))
-    finally:
-        model.train(was_training)
+    device = next(model.parameters()).device
+    out = model(torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1).to(device), output_layer=int(layer))
     return out.last_hidden_state[0].float()
 
 
-__all__ = ["FEATURE_RATES", "layer_features", "mfcc_features", "mfcc_frame_count"]
+def unit_features(source: str, wave: torch.Tensor, sample_rate: int, *, teacher=None, layer: int | None = None):
+    """The features one utterance's unit labels are made from: ``[N, 39]`` MFCC at 100 Hz (``source="mfcc"``)
+    or ``[N, D]`` output of ``layer`` of ``teacher`` at 50 Hz (``source="layer"``; the teacher's own
+    waveform normalisation applied first), float32 on the CPU.
+
+    The one definition for the label chain and for labelling utterances a labels folder lacks.
+    Raises :class:`~zoo.errors.ConfigError` for layer features without a teacher.
+    """
+    from zoo.errors import ConfigError
+
+    if source == "mfcc":
+        return mfcc_features(wave, sample_rate)
+    if teacher is None or layer is None:
+        raise ConfigError("These labels come from layer features: give the teacher model that made them "
+                          "(and its layer) to label other utterances.")
+    if getattr(teacher, "normalize", False):
+        wave = teacher.normalize_waveform(wave)
+    return layer_features(teacher.hubert, wave.to(teacher.device), int(layer), sample_rate).cpu()
+
+
+__all__ = ["FEATURE_RATES", "layer_features", "mfcc_features", "mfcc_frame_count", "unit_features"]

@@ -1,4 +1,4 @@
-"""k-means pseudo-labels (speech.md §2.3): fairseq's sampling and MiniBatchKMeans settings, label files."""
+"""k-means pseudo-labels (``facebookresearch/fairseq:examples/hubert/simple_kmeans/learn_kmeans.py``): fairseq's sampling and MiniBatchKMeans settings, label files."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 
 from zoo.errors import ConfigError
 
-# speech.md §2.3 (fairseq simple_kmeans/learn_kmeans.py).
+# facebookresearch/fairseq:examples/hubert/simple_kmeans/learn_kmeans.py.
 KMEANS_DEFAULTS = dict(init="k-means++", max_iter=100, batch_size=10000, tol=0.0, max_no_improvement=100,
                        n_init=20, reassignment_ratio=0.0)
 
@@ -54,6 +54,7 @@ def assign(features, centroids) -> np.ndarray:
 
 
 def save_centroids(path, centroids) -> None:
+    """Write k-means centroids ``[K, D]`` as float32 ``.npy`` (no pickle), atomically."""
     from zoo.files import atomic_open
 
     with atomic_open(Path(path), "wb") as handle:
@@ -61,6 +62,7 @@ def save_centroids(path, centroids) -> None:
 
 
 def load_centroids(path) -> np.ndarray:
+    """Read centroids ``[K, D]`` written by :func:`save_centroids` (pickles refused)."""
     return np.load(Path(path), allow_pickle=False)
 
 

@@ -1,109 +1,108 @@
-"""Upstream HuBERT checkpoints -> HubertopicModel (speech.md §2.3), strictly and without running pickled code.
+"""Upstream HuBERT checkpoints -> HubertopicModel, strictly and without running pickled code.
 
-Two layouts are read:
+Read by :func:`zoo.models.hubert_checkpoints.read_hubert_checkpoint`:
 
 * transformers: ``facebook/hubert-base-ls960``'s ``pytorch_model.bin`` / ``model.safetensors``,
-  a ``HubertModel`` state dict (keys optionally under ``hubert.``);
-* fairseq: ``hubert_base_ls960.pt``, weights under ``model`` with fairseq names, mapped
-  through the §2.3 key map; its ``cfg``/``args`` objects are read by the restricted
-  unpickler of ``zoo.models.checkpoints`` as inert stand-ins (fairseq is never imported).
+  a ``HubertModel`` state dict (keys optionally under ``hubert.``), or the whole
+  ``save_pretrained`` folder / Hub snapshot with its ``config.json``;
+* fairseq: ``hubert_base_ls960.pt`` / ``hubert_large_ll60k.pt``, weights under ``model`` with
+  fairseq names, mapped with transformers' own conversion map
+  (``huggingface/transformers:src/transformers/models/hubert/convert_hubert_original_pytorch_checkpoint_to_pytorch.py``);
+  its ``cfg``/``args`` are read as inert stand-ins (fairseq is never imported).
 
-The file decides which heads exist: a fairseq pretraining checkpoint brings its own
-``final_proj``/``label_embs_concat`` (504 rows for the released base: 500 units + 4
-dictionary symbols), and neither upstream layout has a topic head, so the registry
-loader sizes those heads from the checkpoint and says so in the log. Every encoder key
-must match: a missing, unexpected or mis-shaped key is a ``CheckpointKeysError``.
+The checkpoint decides the architecture (``config.json``, fairseq's config, or the tensor
+shapes: a 24-layer, 1024-wide pre-LN ``hubert-large`` converts with no override) and which
+heads exist: a fairseq pretraining checkpoint brings its ``final_proj``/``label_embs_concat``
+(504 rows for the released base: 500 units + 4 dictionary symbols) and its ``normalize``
+setting; neither upstream layout has a topic head. The loader sizes the model from the file
+and logs what it changed. Every key must match: a missing, unexpected or mis-shaped key is a
+:class:`~zoo.errors.CheckpointKeysError`.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import torch
-
-from zoo.errors import CheckpointFormatError, CheckpointKeysError
-
 log = logging.getLogger(__name__)
 
-TRANSFORMERS_PREFIX = "hubert."
+
+def is_upstream_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is an upstream checkpoint for :func:`load` (a file, or a folder that is not a zoo folder).
+
+    A zoo folder's ``config.json`` names its ``family``; a transformers folder's does not.
+    """
+    import json
+
+    path = Path(str(path)).expanduser()
+    if path.is_file():
+        return True
+    config = path / "config.json"
+    if not path.is_dir():
+        return False
+    if not config.is_file():
+        return True
+    try:
+        return "family" not in json.loads(config.read_text(encoding="utf-8"))
+    except ValueError:
+        return True
 
 
-def _weight_norm_spelling(module: torch.nn.Module) -> str:
-    keys = module.state_dict().keys()
-    return "parametrizations" if any(".parametrizations.weight.original" in k for k in keys) else "legacy"
+def load_encoder(model, path: str | Path) -> str:
+    """Load only the encoder (``model.hubert``) from an upstream checkpoint file or folder, strictly.
 
-
-def is_fairseq(checkpoint: dict) -> bool:
-    weights = checkpoint.get("model") if isinstance(checkpoint.get("model"), dict) else checkpoint
-    return any(k.startswith(("post_extract_proj.", "encoder.pos_conv.0.", "w2v_encoder.")) or k == "mask_emb"
-               for k in weights)
-
-
-def split_checkpoint(checkpoint: dict, source: str, prefer: str) -> tuple[dict, dict, str]:
-    """(encoder state dict in transformers names, pretraining head tensors, layout name)."""
-    from zoo.models.checkpoints import fairseq_hubert_to_hf, find_state_dict, normalize_weight_norm_keys
-
-    if is_fairseq(checkpoint):
-        encoder, heads = fairseq_hubert_to_hf(checkpoint, prefer=prefer, source=source)
-        return encoder, heads, "fairseq"
-    state = find_state_dict(checkpoint, source)
-    if any(k.startswith(TRANSFORMERS_PREFIX) for k in state):
-        outside = sorted(k for k in state if not k.startswith(TRANSFORMERS_PREFIX))
-        if outside:
-            raise CheckpointKeysError(source, unexpected=outside, hint=(
-                "  This looks like a transformers task model (e.g. HubertForCTC) whose head zoo does not load; "
-                "load a HubertModel checkpoint such as facebook/hubert-base-ls960."))
-        state = {k[len(TRANSFORMERS_PREFIX):]: v for k, v in state.items()}
-    if not any(k.startswith("feature_extractor.") for k in state):
-        raise CheckpointFormatError(
-            f"{source} is neither a transformers HubertModel state dict nor a fairseq HuBERT checkpoint "
-            f"(first keys: {sorted(state)[:8]}).")
-    return normalize_weight_norm_keys(state, prefer=prefer), {}, "transformers"
-
-
-def load_encoder(model, path: str | Path, source: str | None = None) -> str:
-    """Load only the encoder (``model.hubert``) from an upstream checkpoint, strictly; returns the layout.
-
-    Used to initialise pretraining from ``hubert-base``: the model's own heads stay as built.
+    For starting pretraining from ``hubert-base``: the model's own heads stay as built, and its
+    architecture must be the checkpoint's (else :class:`~zoo.errors.CheckpointKeysError` lists
+    the keys). Returns the layout ("transformers" or "fairseq").
     """
     from zoo.hub import load_state_dict_strict
-    from zoo.models.checkpoints import read_checkpoint
+    from zoo.models.hubert_checkpoints import read_hubert_checkpoint
 
-    source = source or str(path)
-    encoder, _, layout = split_checkpoint(read_checkpoint(path), source, _weight_norm_spelling(model.hubert))
-    load_state_dict_strict(model.hubert, encoder, source)
-    return layout
+    found = read_hubert_checkpoint(path)
+    load_state_dict_strict(model.hubert, found.encoder, str(found.file))
+    return found.layout
 
 
 def load(path: str, config: dict):
-    """Registry loader: (upstream checkpoint path, full config) -> HubertopicModel, strict."""
+    """Registry loader: (upstream checkpoint file or folder, full config) -> HubertopicModel, strict.
+
+    ``encoder`` comes from the checkpoint; ``num_classes`` and ``pretrain.final_dim`` from its
+    fairseq pretraining head (none: ``num_classes = []``); ``normalize`` from fairseq's task
+    config; ``topic.num_topics`` becomes 0 (no upstream topic head). Raises
+    :class:`~zoo.errors.CheckpointKeysError` / :class:`~zoo.errors.CheckpointFormatError` naming
+    the file.
+    """
     from zoo.hub import load_state_dict_strict
-    from zoo.models.checkpoints import read_checkpoint
+    from zoo.models.hubert_checkpoints import encoder_config, read_hubert_checkpoint
     from zoo.speech.hubertopic.builder import build
 
-    source = str(path)
-    checkpoint = read_checkpoint(path)
-    config = {**config, "topic": {**config.get("topic", {})}}
-    prefer = "parametrizations"
-    encoder, heads, layout = split_checkpoint(checkpoint, source, prefer)
-    rows = int(heads["label_embs_concat"].shape[0]) if "label_embs_concat" in heads else 0
+    found = read_hubert_checkpoint(path)
+    source = str(found.file)
+    config = {**config, "topic": {**config.get("topic", {})}, "pretrain": {**config.get("pretrain", {})}}
+    config["encoder"] = encoder_config(found, config["encoder"], source)
+    rows = int(found.heads["label_embs_concat"].shape[0]) if "label_embs_concat" in found.heads else 0
     wanted = [rows] if rows else []
     if list(config.get("num_classes") or []) != wanted:
-        log.info("%s: %s checkpoint %s; num_classes set to %s", source, layout,
+        log.info("%s: %s checkpoint %s; num_classes set to %s", source, found.layout,
                  f"has {rows} label embeddings" if rows else "has no pretraining head", wanted)
         config["num_classes"] = wanted
     if int(config["topic"].get("num_topics") or 0):
         log.info("%s: upstream HuBERT has no topic head; topic.num_topics set to 0", source)
         config["topic"]["num_topics"] = 0
-    if rows and "final_proj.weight" in heads:
-        config["pretrain"] = {**config.get("pretrain", {}), "final_dim": int(heads["final_proj.weight"].shape[0])}
+    if rows and "final_proj.weight" in found.heads:
+        config["pretrain"]["final_dim"] = int(found.heads["final_proj.weight"].shape[0])
+    for key in ("untie_final_proj", "logit_temp"):
+        if key in found.extras:
+            config["pretrain"][key] = found.extras[key]
+    if "label_rate" in found.extras and rows:
+        config["label_rate"] = found.extras["label_rate"]
+    if "normalize" in found.extras and bool(config.get("normalize")) != found.extras["normalize"]:
+        log.info("%s: fairseq's task config says normalize=%s", source, found.extras["normalize"])
+        config["normalize"] = found.extras["normalize"]
     model = build(config)
-    if _weight_norm_spelling(model.hubert) != prefer:
-        encoder, heads, layout = split_checkpoint(checkpoint, source, _weight_norm_spelling(model.hubert))
-    state = {f"hubert.{k}": v for k, v in encoder.items()}
-    state.update(heads)
+    state = {f"hubert.{k}": v for k, v in found.encoder.items()}
+    state.update(found.heads)
     load_state_dict_strict(model, state, source)
     return model
 
 
-__all__ = ["is_fairseq", "load", "load_encoder", "split_checkpoint"]
+__all__ = ["is_upstream_checkpoint", "load", "load_encoder"]

@@ -1,9 +1,13 @@
-"""The HuBERTopic model: HuBERT masked prediction + an utterance-level topic head (speech.md §2.2).
+"""The HuBERTopic model: HuBERT masked prediction plus an utterance-level topic head.
 
+Maekaku et al., *HuBERTopic* (arXiv 2310.03975): an auxiliary utterance-level topic
+classification task, whose labels come from a topic model over each utterance's HuBERT
+pseudo-labels, is added to HuBERT's masked prediction. No official code exists.
 State-dict keys: ``hubert.*`` (transformers' ``HubertModel`` names), ``final_proj.*`` and
-``label_embs_concat`` (fairseq's pretraining head, §2.3) and ``topic_head.*`` (ours).
-``forward`` is the training path; ``extract_features`` and ``predict_topic`` are the
-inference API.
+``label_embs_concat`` (fairseq's pretraining head, ``facebookresearch/fairseq:fairseq/models/hubert/hubert.py``)
+and ``topic_head.*`` (ours). ``forward`` is the training path; ``extract_features`` and
+``predict_topic`` are the inference API (eval mode, no gradients), and take anything
+:func:`zoo.audio.prepare_waveforms` accepts (paths, waveforms with their rate, lists, padded batches).
 """
 from __future__ import annotations
 
@@ -15,14 +19,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 from zoo.models.hubert import HubertConfig, pack
 from zoo.models.hubert_pretrain import HubertPretrainModel
 from zoo.speech.hubertopic.builder import POOLINGS
 
 
 class HubertopicModel(HubertPretrainModel, ZooModel):
-    """``HubertPretrainModel`` with an optional ``topic_head`` on pooled frames of one encoder layer."""
+    """``HubertPretrainModel`` with an optional ``topic_head`` (``Linear(D, T)``) on pooled frames of one layer.
+
+    Built from a config dict (``zoo.speech.hubertopic.builder``): ``encoder`` (HubertConfig
+    fields), ``pretrain`` (the fairseq HuBERT objective), ``num_classes`` (units per label
+    set), ``label_rate`` (labels per second), ``normalize`` (layer-norm the waveform) and
+    ``topic`` (``num_topics`` T, ``layer``, ``pooling``, ``dropout``, ``weight`` lambda).
+    Raises :class:`~zoo.errors.ConfigError` for an unknown key or a value out of range.
+    """
 
     family = "hubertopic"
     head_keys = ("topic_head.", "final_proj.", "label_embs_concat")
@@ -64,13 +75,14 @@ class HubertopicModel(HubertPretrainModel, ZooModel):
 
     # ------------------------------------------------------------------ pooling / topic logits
     def pool(self, packed: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
-        """Packed frames [sum(L), D] -> one vector per utterance [B, D] (mean or max over its frames)."""
+        """Packed frames ``[sum(L), D]`` -> one vector per utterance ``[B, D]`` (mean or max over its ``L_i`` frames)."""
         pieces = packed.split([int(n) for n in frames])
         if self.topic_pooling == "max":
             return torch.stack([p.max(0).values for p in pieces])
         return torch.stack([p.mean(0) for p in pieces])
 
     def topic_logits(self, packed: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """Topic logits ``[B, T]`` float32 of packed frames ``[sum(L), D]``; ConfigError without a topic head."""
         if self.topic_head is None:
             raise ConfigError("This model has no topic head (topic.num_topics=0); build it with "
                               "topic.num_topics=T to predict topics.")
@@ -80,11 +92,14 @@ class HubertopicModel(HubertPretrainModel, ZooModel):
     def forward(self, input_values: torch.Tensor, lengths: torch.Tensor | None = None, labels=None,
                 label_lengths=None, topics: torch.Tensor | None = None, *, mask: bool = True,
                 mask_indices: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict:
-        """Masked prediction plus topic classification on a padded batch [B, T] (already normalised).
+        """Masked prediction plus topic classification on a padded batch ``[B, T]`` (already normalised).
 
-        ``topics`` [B] are the utterances' hard topic labels. Adds ``loss_topic``,
-        ``accuracy_topic`` and ``topic_logits`` to ``HubertPretrainModel.forward``'s output;
-        ``loss`` = HuBERT loss + topic.weight * topic CE (speech.md §2.2).
+        ``topics`` ``[B]`` are the utterances' hard topic labels in ``0..T-1``. Adds ``loss_topic``,
+        ``accuracy_topic`` (a fraction) and ``topic_logits`` ``[B, T]`` to
+        ``HubertPretrainModel.forward``'s output; ``loss`` = HuBERT loss + topic.weight x topic
+        cross-entropy (the paper's auxiliary task). Runs in the module's current mode with
+        gradients. Raises :class:`~zoo.errors.ConfigError` for topic labels out of range or
+        without a topic head.
         """
         use_topics = topics is not None and self.topic_head is not None and self.topic_weight > 0
         intermediate = use_topics and self.topic_layer < self.hubert.config.num_hidden_layers
@@ -111,42 +126,51 @@ class HubertopicModel(HubertPretrainModel, ZooModel):
 
     # ------------------------------------------------------------------ inference
     def normalize_waveform(self, wave: torch.Tensor) -> torch.Tensor:
-        """fairseq's ``normalize: true``: layer norm over the whole waveform (biased std, eps 1e-5)."""
+        """fairseq's ``normalize: true`` (layer norm over the whole waveform, biased std, eps 1e-5), else as is.
+
+        ``[T]`` float -> ``[T]`` float32.
+        """
         wave = wave.to(torch.float32)
         return F.layer_norm(wave, wave.shape) if self.normalize else wave
 
-    def prepare_inputs(self, wav, sample_rate: int | None = None, lengths=None) -> tuple[list[torch.Tensor], bool]:
-        """One waveform, a list, or a padded batch with ``lengths`` -> list of 16 kHz mono tensors."""
+    def prepare_inputs(self, audio, sample_rate: int | None = None, lengths=None, *,
+                       channel_axis: int | None = None) -> tuple[list[torch.Tensor], bool]:
+        """Audio -> (list of 16 kHz mono float32 tensors, normalised as configured; whether it was a batch).
+
+        ``audio`` is anything :func:`zoo.audio.prepare_waveforms` accepts; each waveform must
+        cover one frame (the encoder's receptive field, 400 samples at 16 kHz). Raises
+        :class:`~zoo.errors.AudioInputError` for unusable audio.
+        """
         from zoo.audio import prepare_waveforms
 
-        waves, batched = prepare_waveforms(wav, int(sample_rate or self.sample_rate), self.sample_rate, lengths,
-                                           min_samples=self.hubert.config.receptive_field)
-        waves = [self.normalize_waveform(wave) for wave in waves]
-        return waves, batched
+        waves, batched = prepare_waveforms(audio, sample_rate, self.sample_rate, lengths,
+                                           min_samples=self.hubert.config.receptive_field, channel_axis=channel_axis)
+        return [self.normalize_waveform(wave) for wave in waves], batched
 
     def _run_encoder(self, waves: list[torch.Tensor], layer: int | None, all_layers: bool):
         from zoo.audio import pad_batch
 
         padded, sample_lengths = pad_batch(waves)
         dtype = next(self.hubert.parameters()).dtype
-        out = self.hubert(padded.to(self.device, dtype), sample_lengths.to(self.device),
-                          output_hidden_states=all_layers, output_layer=layer)
-        return out
+        return self.hubert(padded.to(self.device, dtype), sample_lengths.to(self.device),
+                           output_hidden_states=all_layers, output_layer=layer)
 
-    @torch.no_grad()
-    def extract_features(self, wav, sample_rate: int | None = None, layer: int | None = None, lengths=None):
-        """Frame features at 50 Hz: ``(features, frame_lengths)``.
+    @inference
+    def extract_features(self, audio, sample_rate: int | None = None, layer: int | None = None, lengths=None, *,
+                         channel_axis: int | None = None):
+        """Frame features at 50 Hz, in eval mode without gradients: ``(features, frame_lengths [B] int64)``.
 
-        ``layer=None`` gives every layer, ``features`` [num_layers + 1, B, L, D] (index 0 is
+        ``layer=None`` gives every layer, ``features`` ``[num_layers + 1, B, L, D]`` (index 0 is
         the transformer input, index k the output of layer k, as transformers'
-        ``hidden_states``); ``layer=k`` gives [B, L, D]. Input: one waveform, a list, or a
-        padded batch with ``lengths``; the batch dimension is always present.
-        Frames after an utterance's length are zeros.
+        ``hidden_states``); ``layer=k`` gives ``[B, L, D]``. The batch dimension is always
+        present (B = 1 for one input). Frames after an utterance's length are zeros. Raises
+        :class:`~zoo.errors.ConfigError` for a layer outside ``0..num_layers`` and
+        :class:`~zoo.errors.AudioInputError` for unusable audio.
         """
         layers = self.hubert.config.num_hidden_layers
         if layer is not None and not 0 <= int(layer) <= layers:
             raise ConfigError(f"layer must be in 0..{layers} (0 = the transformer input), got {layer}")
-        waves, _ = self.prepare_inputs(wav, sample_rate, lengths)
+        waves, _ = self.prepare_inputs(audio, sample_rate, lengths, channel_axis=channel_axis)
         out = self._run_encoder(waves, None if layer is None else int(layer), all_layers=layer is None)
         if layer is None:
             return torch.stack(out.hidden_states), out.frame_lengths
@@ -155,12 +179,17 @@ class HubertopicModel(HubertPretrainModel, ZooModel):
             return out.hidden_states[0], out.frame_lengths
         return out.last_hidden_state, out.frame_lengths
 
-    @torch.no_grad()
-    def predict_topic(self, wav, sample_rate: int | None = None, lengths=None) -> torch.Tensor:
-        """Topic distribution per utterance: [T] for one waveform, [B, T] for a list or padded batch."""
+    @inference
+    def predict_topic(self, audio, sample_rate: int | None = None, lengths=None, *,
+                      channel_axis: int | None = None) -> torch.Tensor:
+        """Topic distribution (softmax, rows sum to 1) in eval mode: ``[T]`` for one input, ``[B, T]`` for a batch.
+
+        Raises :class:`~zoo.errors.ConfigError` when the model has no topic head and
+        :class:`~zoo.errors.AudioInputError` for unusable audio.
+        """
         if self.topic_head is None:
             raise ConfigError("This model has no topic head (topic.num_topics=0); there is nothing to predict.")
-        waves, batched = self.prepare_inputs(wav, sample_rate, lengths)
+        waves, batched = self.prepare_inputs(audio, sample_rate, lengths, channel_axis=channel_axis)
         out = self._run_encoder(waves, self.topic_layer, all_layers=False)
         frames = out.frame_lengths.tolist()
         packed = pack(out.last_hidden_state, frames)

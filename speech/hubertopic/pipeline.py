@@ -13,7 +13,7 @@ manifest of label files the trainer reads:
     lda/               the LDA model (npz + json, no pickle)
     topics.txt         "<id>\\t<topic>" one line per utterance
 
-Iteration 1 (speech.md §2.3) uses 39-d MFCC at 100 Hz with K=100; iteration 2 the
+Iteration 1 (HuBERT, arXiv 2106.07447) uses 39-d MFCC at 100 Hz with K=100; iteration 2 the
 features of layer 6 of the previous model at 50 Hz with K=500 (``source: layer`` and
 ``teacher``: a card name, a zoo folder, or an upstream HuBERT checkpoint).
 """
@@ -36,7 +36,7 @@ STEPS = ("features", "kmeans", "labels", "lda")
 LABELS_FILE = "labels.json"
 STEPS_FILE = "steps.json"
 
-# Defaults of the `labels` and `lda` sections (trainer recipe); speech.md §2.3 values where they exist.
+# Defaults of the `labels` and `lda` sections (trainer recipe); HuBERT's / fairseq's values where they exist.
 LABEL_DEFAULTS = {
     "dir": None,             # null = <train.output_dir>/labels
     "source": "mfcc",        # mfcc (iteration 1) | layer (iteration 2)
@@ -50,7 +50,7 @@ LABEL_DEFAULTS = {
 }
 LDA_DEFAULTS = {
     "num_topics": None,      # null = the model's topic.num_topics
-    "documents": "dedup",    # ours: frames | dedup | ngram (speech.md §2.2 unknown)
+    "documents": "dedup",    # ours: frames | dedup | ngram (the paper does not say)
     "ngram": 2,
     "doc_topic_prior": None,  # null = 1 / num_topics (sklearn)
     "topic_word_prior": None,
@@ -106,6 +106,7 @@ class LabelChain:
     # ------------------------------------------------------------------ settings per step
     @property
     def label_rate(self) -> int:
+        """Labels per second of the configured source: 100 for MFCC, 50 for layer features."""
         from zoo.speech.hubertopic.features import FEATURE_RATES
 
         return FEATURE_RATES[self.labels["source"]]
@@ -137,20 +138,18 @@ class LabelChain:
 
     # ------------------------------------------------------------------ features
     def teacher(self):
+        """The iteration-2 teacher model (loaded once, on first use) from ``labels.teacher``."""
         if self._teacher is None:
             self._teacher = load_teacher(self.labels["teacher"])
         return self._teacher
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Features of one raw waveform at the label rate: [N, 39] MFCC or [N, D] layer output."""
-        from zoo.speech.hubertopic.features import layer_features, mfcc_features
+        from zoo.speech.hubertopic.features import unit_features
 
-        if self.labels["source"] == "mfcc":
-            return mfcc_features(wave, self.sample_rate)
-        teacher = self.teacher()
-        if getattr(teacher, "normalize", False):
-            wave = teacher.normalize_waveform(wave)
-        return layer_features(teacher.hubert, wave.to(teacher.device), int(self.labels["layer"]), self.sample_rate).cpu()
+        source = self.labels["source"]
+        return unit_features(source, wave, self.sample_rate, teacher=self.teacher() if source == "layer" else None,
+                             layer=int(self.labels["layer"]))
 
     def _audio(self, index: int) -> torch.Tensor:
         from zoo.audio import load_audio
@@ -223,6 +222,7 @@ class Labels:
 
     @classmethod
     def read(cls, folder) -> "Labels":
+        """Read a finished labels folder (``labels.json`` and the files it names); ConfigError if it is none."""
         from zoo.speech.hubertopic.kmeans import read_labels
         from zoo.speech.hubertopic.topics import read_topics
 
@@ -238,9 +238,11 @@ class Labels:
 
     @property
     def units_file(self) -> Path:
+        """Path of the unit-label file (``units.km``)."""
         return self.folder / self.manifest["units"]
 
     def check_covers(self, ids: list[str]) -> None:
+        """Raise ConfigError naming the first utterance ids that have no unit labels here."""
         missing = [i for i in ids if i not in self.units]
         if missing:
             raise ConfigError(f"{self.units_file} has no labels for {len(missing)} utterance(s) of the manifest, e.g. "
@@ -248,13 +250,15 @@ class Labels:
 
 
 def load_teacher(source):
-    """The previous iteration's model for layer features: a zoo model, or an upstream HuBERT checkpoint."""
+    """The previous iteration's model for layer features (eval mode): a card name, a zoo folder, or an
+    upstream HuBERT checkpoint file or folder. Raises :class:`~zoo.errors.ConfigError` for a model
+    without a HuBERT encoder."""
     import zoo
 
-    path = Path(str(source)).expanduser()
-    if path.is_file():
-        from zoo.speech.hubertopic import builder, loader
+    from zoo.speech.hubertopic import builder, loader
 
+    path = Path(str(source)).expanduser()
+    if loader.is_upstream_checkpoint(path):
         model = loader.load(str(path), builder.make_config("base"))
     else:
         model = zoo.load(str(source))

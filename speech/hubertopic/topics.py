@@ -1,4 +1,4 @@
-"""Topic labels from units (speech.md §2.2): bag-of-units documents, LDA, one hard topic per utterance.
+"""Topic labels from units (HuBERTopic, arXiv 2310.03975): bag-of-units documents, LDA, one hard topic per utterance.
 
 The paper does not say how a document is made from units; three choices are offered:
 ``frames`` counts every frame's unit, ``dedup`` counts runs of a repeated unit once,
@@ -76,6 +76,11 @@ class TopicModel:
     @classmethod
     def fit(cls, counts, num_topics: int, *, doc_topic_prior=None, topic_word_prior=None, max_iter: int = 10,
             learning_method: str = "batch", batch_size: int = 128, seed: int = 0, vocabulary: dict) -> "TopicModel":
+        """Fit scikit-learn's ``LatentDirichletAllocation`` with ``num_topics`` topics on ``counts`` ``[U, V]``.
+
+        Priors of None mean 1 / num_topics (scikit-learn's default). Raises ConfigError for empty
+        counts or an unknown ``learning_method``.
+        """
         from sklearn.decomposition import LatentDirichletAllocation
 
         if counts.shape[0] == 0 or counts.sum() == 0:
@@ -90,6 +95,7 @@ class TopicModel:
 
     @property
     def num_topics(self) -> int:
+        """T, the number of topics."""
         return int(self.lda.n_components)
 
     def transform(self, counts) -> np.ndarray:
@@ -97,9 +103,11 @@ class TopicModel:
         return self.lda.transform(counts)
 
     def hard_topics(self, counts) -> np.ndarray:
+        """The most likely topic of each document, int64 ``[U]`` in ``0..T-1``."""
         return self.transform(counts).argmax(1).astype(np.int64)
 
     def save(self, folder) -> None:
+        """Write ``lda.npz`` (fitted arrays), ``vocabulary.json`` and ``lda.json`` (settings) into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.asarray(getattr(self.lda, name)) for name in _FITTED if hasattr(self.lda, name)}
@@ -112,6 +120,7 @@ class TopicModel:
 
     @classmethod
     def load(cls, folder) -> "TopicModel":
+        """Rebuild a model saved by :meth:`save` exactly (no pickle); ConfigError when ``folder`` holds none."""
         from sklearn.decomposition import LatentDirichletAllocation
 
         folder = Path(folder)
@@ -135,6 +144,7 @@ def write_topics(path, ids: list[str], topics) -> None:
 
 
 def read_topics(path) -> dict[str, int]:
+    """``{utterance id: topic}`` from an ``id<TAB>topic`` file; ConfigError naming the line when malformed."""
     from zoo.speech.hubertopic.kmeans import read_id_file
 
     return read_id_file(path, int, "id<TAB>topic")

@@ -2,7 +2,7 @@
 
 build_datasets runs (or reuses) the resumable label steps of pipeline.py on rank 0
 (features -> k-means -> unit labels -> LDA topics), then every rank reads the labels
-folder. Batches follow fairseq's HuBERT data path (speech.md §2.3): utterances
+folder. Batches follow fairseq's HuBERT data path (``fairseq/data/audio/hubert_dataset.py``): utterances
 shorter than ``data.min_sample_size`` are dropped, every utterance of a batch is
 randomly cropped to the batch's shortest (at most ``data.max_sample_size``; fairseq's
 ``pad_audio: false``), and the labels are cut to the same span. Crops start on the
@@ -41,12 +41,17 @@ def resolve_rows(value) -> tuple[list[dict], str]:
 
 
 def expected_labels(num_samples: int, label_rate: int, receptive_field: int, sample_rate: int = 16000) -> int:
-    """Labels an utterance of ``num_samples`` gets: kaldi MFCC frames at 100 Hz, conv frames at 50 Hz."""
+    """Labels an utterance of ``num_samples`` samples gets: kaldi MFCC frames at 100 Hz, conv frames at 50 Hz.
+
+    Both are :func:`zoo.audio.num_frames` (a window of 400 samples moved by 160 or by
+    ``receptive_field`` / ``sample_rate // label_rate``).
+    """
+    from zoo.audio import num_frames
     from zoo.speech.hubertopic.features import mfcc_frame_count
 
     if label_rate == 100:
         return mfcc_frame_count(num_samples)
-    return max(0, (num_samples - receptive_field) // (sample_rate // label_rate) + 1)
+    return num_frames(num_samples, receptive_field, sample_rate // label_rate)
 
 
 class HubertopicDataset(torch.utils.data.Dataset):
@@ -128,13 +133,21 @@ def _duration(row: dict) -> float:
 
 
 class HubertopicTrainer(Trainer):
+    """``zoo train hubertopic``: the label chain (rank 0), then masked prediction plus the topic task.
+
+    Recipe sections: ``model`` (size, init, overrides), ``data``, ``labels`` and ``lda`` (the
+    label chain, :data:`~zoo.speech.hubertopic.pipeline.LABEL_DEFAULTS` /
+    :data:`~zoo.speech.hubertopic.pipeline.LDA_DEFAULTS`). Logged per step: loss, loss_masked,
+    feature_penalty, accuracy_masked and, with topics, loss_topic and accuracy_topic (fractions).
+    """
+
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
         "data": {
             "train": "demo",              # JSONL manifest, audio folder, or 'demo' (bundled corpus)
             "eval": None,                 # manifest for the evaluation hook (masked accuracy, topic NMI)
-            "min_sample_size": 32000,     # speech.md §2.3: shorter utterances are dropped
-            "max_sample_size": 250000,    # speech.md §2.3: crop length cap (15.6 s)
+            "min_sample_size": 32000,     # fairseq's min_sample_size: shorter utterances are dropped
+            "max_sample_size": 250000,    # fairseq's max_sample_size: crop length cap (15.6 s)
             "cache_audio": False,
             "eval_items": 64,
         },
@@ -168,6 +181,7 @@ class HubertopicTrainer(Trainer):
         return config
 
     def build_model(self):
+        """A fresh HubertopicModel sized by the label settings; its encoder from ``model.init`` when set."""
         from zoo.registry import get_family
 
         model = get_family("hubertopic").build(self.model_config())
@@ -182,10 +196,10 @@ class HubertopicTrainer(Trainer):
         """Start from another model's encoder (e.g. hubert-base); the heads stay freshly initialised."""
         import zoo
         from zoo.hub import load_state_dict_strict
-        from zoo.speech.hubertopic.loader import load_encoder
+        from zoo.speech.hubertopic.loader import is_upstream_checkpoint, load_encoder
 
         path = Path(str(init)).expanduser()
-        if path.is_file():
+        if is_upstream_checkpoint(path):
             layout = load_encoder(model, path)
             logger.info("encoder initialised from %s (%s layout)", path, layout)
             return
@@ -197,10 +211,12 @@ class HubertopicTrainer(Trainer):
 
     # ------------------------------------------------------------------ data
     def labels_folder(self) -> Path:
+        """``labels.dir``, or ``<train.output_dir>/labels``."""
         folder = self.config["labels"]["dir"]
         return Path(str(folder)).expanduser() if folder else Path(self.output_dir) / "labels"
 
     def build_datasets(self):
+        """Run (or reuse) the label chain on rank 0, then the training set of utterances long enough to keep."""
         data = self.config["data"]
         rows, corpus = resolve_rows(data["train"])
         model_config = self.model_config()
@@ -234,10 +250,12 @@ class HubertopicTrainer(Trainer):
         return train, None
 
     def collate(self, items: list):
+        """:func:`crop_batch` with ``data.max_sample_size``."""
         return crop_batch(items, int(self.config["data"]["max_sample_size"]), self.sample_rate, self.label_rate)
 
     # ------------------------------------------------------------------ step
     def training_step(self, model, batch) -> dict:
+        """HuBERT masked prediction + topic.weight x topic cross-entropy on one cropped batch."""
         out = model(batch["input_values"], batch["lengths"], batch["labels"], batch["label_lengths"],
                     topics=batch["topics"])
         metrics = {"loss": out["loss"], "loss_masked": out["loss_masked"].item(),
@@ -247,16 +265,12 @@ class HubertopicTrainer(Trainer):
         return metrics
 
     def evaluate(self, model) -> dict:
+        """:func:`zoo.speech.hubertopic.evaluate.evaluate` on ``data.eval`` with this run's labels (numbers only)."""
         data = self.config["data"]
         if not data["eval"]:
             return {}
         from zoo.speech.hubertopic.evaluate import evaluate as evaluate_model
 
-        was_training = model.training
-        model.eval()
-        try:
-            metrics = evaluate_model(model, data=data["eval"], labels=str(self.labels_folder()),
-                                     max_items=data["eval_items"])
-        finally:
-            model.train(was_training)
+        metrics = evaluate_model(model, data=data["eval"], labels=str(self.labels_folder()),
+                                 max_items=data["eval_items"])
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -1,7 +1,7 @@
 """Sylber (Cho et al., ICLR 2025): syllabic embeddings and segmentation from raw audio.
 
 ``zoo.load("sylber-base")`` gives the released encoder; ``zoo train sylber`` trains it
-(speech.md §1). Public pieces: SylberModel (model.py), segment (segment.py),
+(official code: Berkeley-Speech-Group/sylber). Public pieces: SylberModel (model.py), segment (segment.py),
 NoiseMixer (noise.py), fit_tokenizer (tokenizer.py), evaluate (evaluate.py).
 """
 from zoo.registry import Family, register_family

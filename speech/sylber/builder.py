@@ -1,4 +1,4 @@
-"""Sylber configs and sizes (speech.md §1.2).
+"""Sylber configs and sizes (``Berkeley-Speech-Group/sylber:sylber/model/sylber.py`` builds the encoder).
 
 The backbone is HuBERT-base truncated to 9 transformer layers; its config is
 hard-coded here (the values of ``facebook/hubert-base-ls960``) so building a model
@@ -10,15 +10,15 @@ from __future__ import annotations
 from zoo.config import merge, sized_config
 from zoo.models.configs import HUBERT_BASE_ENCODER
 
-# speech.md §1.2: facebook/hubert-base-ls960 with num_hidden_layers=9.
+# The official HubertConfig.from_pretrained("facebook/hubert-base-ls960", num_hidden_layers=9).
 BASE_ENCODER = {**HUBERT_BASE_ENCODER, "num_hidden_layers": 9}
 
 DEFAULT_CONFIG = {
     "encoder": BASE_ENCODER,
     "sample_rate": 16000,
-    # Frames are 50 Hz: hop 320 samples, receptive field 400 samples (speech.md §1.2).
+    # Frames are 50 Hz: hop 320 samples, receptive field 400 samples (the conv stack's strides and kernels).
     "frame_rate": 50,
-    # Segmenter defaults (speech.md §1.5).
+    # The official Segmenter's defaults (sylber/model/sylber.py).
     "norm_threshold": 2.6,
     "merge_threshold": 0.8,
     # Syllable codebook (k-means centroids) rows; 0 = no tokenizer attached.

@@ -1,11 +1,15 @@
-"""Official Sylber checkpoints -> zoo model (speech.md §1.3).
+"""Official Sylber checkpoints -> zoo model, strictly and without running pickled code.
 
-``sylber.ckpt`` on ``cheoljun95/sylber`` is a plain ``torch.save``d state dict of
-transformers' 9-layer ``HubertModel``. The official code loads it with
-``strict=False``; here every missing or unexpected key is an error that lists them.
-Also accepted: a Lightning training checkpoint (``state_dict`` with keys under
-``net.speech_model.``) and the separately saved teacher (``{'ema': state_dict}``).
-Files are read with ``torch.load(weights_only=True)``: no code is unpickled.
+``sylber.ckpt`` on ``cheoljun95/sylber`` is a plain ``torch.save``d state dict of transformers'
+9-layer ``HubertModel`` (``Berkeley-Speech-Group/sylber:sylber/model/sylber.py`` loads it with
+``strict=False``; here every missing, unexpected or mis-shaped key is a
+:class:`~zoo.errors.CheckpointKeysError`). Also accepted: a Lightning training checkpoint
+(``state_dict`` with keys under ``net.speech_model.``), the separately saved teacher
+(``{'ema': state_dict}``, ``ema_dict.ckpt``), a transformers ``save_pretrained`` folder or Hub
+snapshot (``config.json`` + weights; in a folder ``sylber.ckpt`` is picked first), and a
+fairseq HuBERT encoder. The architecture comes from ``config.json`` when there is one, else
+from the tensor shapes (:mod:`zoo.models.hubert_checkpoints`). Files are read with
+``torch.load(weights_only=True)`` or zoo's restricted reader: no code is unpickled.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ LIGHTNING_PREFIX = "net.speech_model."
 
 
 def official_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
-    """The HubertModel state dict inside any of the official layouts."""
+    """The ``HubertModel`` state dict inside any of the official layouts (plain, Lightning, ``{'ema': ...}``).
+
+    Raises :class:`~zoo.errors.CheckpointFormatError` naming ``source`` for anything else.
+    """
     if not isinstance(obj, dict):
         raise CheckpointFormatError(f"{source} holds a {type(obj).__name__}, not a state dict.")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):  # Lightning training checkpoint
@@ -37,44 +44,29 @@ def official_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _weight_norm_spelling(keys) -> str:
-    return "parametrizations" if any(".parametrizations.weight.original" in k for k in keys) else "weight_g"
-
-
-def load_into(model, path: str, source: str | None = None):
-    """Load an official checkpoint file into ``model.hubert`` (strict)."""
-    from zoo.hub import load_state_dict_strict, normalize_weight_norm_keys
-    from zoo.models.checkpoints import read_checkpoint
-
-    source = source or str(path)
-    state = official_state_dict(read_checkpoint(path), source)
-    prefer = _weight_norm_spelling(model.hubert.state_dict())
-    state = normalize_weight_norm_keys(state, prefer=prefer)
-    has_mask_embed = "masked_spec_embed" in dict(model.hubert.named_parameters())
-    if "masked_spec_embed" in state and not has_mask_embed:
-        raise CheckpointKeysError(source, unexpected=["masked_spec_embed"], hint=(
-            "  The checkpoint was trained with time masking (mask_time_prob > 0, speech.md §1.3) but the "
-            "config sets encoder.mask_time_prob=0; keep the default 0.05."))
-    try:
-        load_state_dict_strict(model.hubert, state, source)
-    except CheckpointKeysError as err:
-        if "masked_spec_embed" in err.missing:
-            # speech.md §1.3: HubertModel has masked_spec_embed whenever mask_time_prob > 0.
-            raise CheckpointKeysError(source, err.missing, err.unexpected, err.mismatched, hint=(
-                "  masked_spec_embed is missing: the checkpoint was saved with mask_time_prob=0. Load it with "
-                "the override encoder.mask_time_prob=0.0, or check that it is a Sylber/HuBERT checkpoint.")) from None
-        raise
-    return model
-
-
 def load(path: str, config: dict):
-    """Registry loader: (official checkpoint path, full config) -> SylberModel, strict."""
+    """Registry loader: (official checkpoint file or folder, full config) -> SylberModel, strict.
+
+    The encoder's architecture is the checkpoint's (``config.json``, else tensor shapes); the
+    rest of ``config`` (sample rate, thresholds) is kept. Raises
+    :class:`~zoo.errors.ConfigError` when ``config`` asks for a codebook (the official file has
+    none), :class:`~zoo.errors.CheckpointKeysError` listing every key that does not fit, and
+    :class:`~zoo.errors.CheckpointFormatError` for files that are not Sylber/HuBERT checkpoints.
+    """
+    from zoo.hub import load_state_dict_strict
+    from zoo.models.hubert_checkpoints import encoder_config, read_hubert_checkpoint
     from zoo.speech.sylber.builder import build
 
     if int(config.get("num_tokens", 0) or 0):
         raise ConfigError(
             "The official sylber.ckpt holds no syllable codebook, so num_tokens must be 0 when loading it; "
             "fit a codebook afterwards with zoo.speech.sylber.tokenizer.fit_tokenizer or `zoo train sylber`.")
-    model = build(config)
-    load_into(model, path)
+    found = read_hubert_checkpoint(path, preferred=("sylber.ckpt",), state_dict_of=official_state_dict)
+    source = str(found.file)
+    if found.heads:
+        raise CheckpointKeysError(source, unexpected=sorted(found.heads), hint=(
+            "  This is a HuBERT pretraining checkpoint: Sylber has no prediction head. Convert it with "
+            "`zoo convert hubertopic`, or pass a checkpoint of the encoder alone."))
+    model = build({**config, "encoder": encoder_config(found, config["encoder"], source)})
+    load_state_dict_strict(model.hubert, found.encoder, source)
     return model

@@ -1,4 +1,4 @@
-"""Syllable boundary detection metrics (speech.md §1.7).
+"""Syllable boundary detection metrics (the protocol of ``cheoljun95/sdhubert:evaluate_boundary.py``).
 
 The protocol of the SD-HuBERT / Sylber authors' evaluation code:
 

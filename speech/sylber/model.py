@@ -1,9 +1,13 @@
 """The Sylber model: a 9-layer HuBERT encoder whose frame features segment into syllables.
 
-``model(wav, sample_rate)`` returns 50 Hz frame features (the last of the 9 layers,
-speech.md §1.2); ``model.segment(wav, sample_rate)`` runs the greedy segmentation
-(speech.md §1.5) and returns segments, their mean features and, when a syllable
-codebook is attached, token ids.
+Cho et al., *Sylber: Syllabic Embedding Representation of Speech from Raw Audio* (ICLR 2025,
+arXiv 2410.07168); official inference code ``Berkeley-Speech-Group/sylber:sylber/model/sylber.py``
+(``Segmenter``). ``model.extract_features(audio)`` (also ``model(audio, rate)``) returns the
+50 Hz frame features (the output of the last of the 9 layers); ``model.segment(audio)`` runs the
+greedy segmentation of :mod:`zoo.speech.sylber.segment` and returns segments, their mean
+features and, when a syllable codebook is attached, token ids. Audio is anything
+:func:`zoo.audio.prepare_waveforms` accepts: a path, a list of paths, a waveform with its
+sample rate, a list of waveforms, or a padded batch with lengths.
 """
 from __future__ import annotations
 
@@ -14,25 +18,37 @@ import numpy as np
 import torch
 
 from zoo.errors import AudioInputError, ConfigError
-from zoo.model import ZooModel
+from zoo.model import ZooModel, inference
 
-# A frame needs 400 samples (receptive field); hop 320 (speech.md §1.2).
-RECEPTIVE_FIELD = 400
-HOP = 320
+# Clips shorter than this have no meaningful syllable rate (a 50 ms clip with one segment is not
+# "20 syllables per second"); SegmentResult.rate is None for them.
+RATE_MIN_SECONDS = 1.0
 
 
 @dataclass
 class SegmentResult:
-    """Segmentation of one utterance (all tensors on the CPU)."""
+    """Segmentation of one utterance (all tensors on the CPU).
 
-    segments: torch.Tensor          # [N, 2] float64, [start, end) in seconds
-    frames: torch.Tensor            # [N, 2] int64, [start, end) frame indices at 50 Hz
-    features: torch.Tensor          # [N, D] mean frame feature of each segment
-    hidden_states: torch.Tensor     # [L, D] frame features
-    tokens: torch.Tensor | None = None   # [N] int64 syllable ids, when the model has a codebook
+    Attributes:
+        segments: ``[N, 2]`` float64, ``[start, end)`` in seconds (frame index / 50).
+        frames: ``[N, 2]`` int64, ``[start, end)`` frame indices at 50 Hz.
+        features: ``[N, D]`` float32 mean frame feature of each segment (NaN row for an empty
+            segment, see :func:`zoo.speech.sylber.segment.segment_means`).
+        hidden_states: ``[L, D]`` float32 frame features of the whole utterance.
+        tokens: ``[N]`` int64 syllable ids when the model has a codebook (-1 for an empty
+            segment), else None.
+        norm_threshold, merge_threshold: the thresholds used.
+        duration: seconds of audio at the model's sample rate.
+    """
+
+    segments: torch.Tensor
+    frames: torch.Tensor
+    features: torch.Tensor
+    hidden_states: torch.Tensor
+    tokens: torch.Tensor | None = None
     norm_threshold: float = 2.6
     merge_threshold: float = 0.8
-    duration: float = 0.0           # seconds of audio at 16 kHz
+    duration: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -40,32 +56,34 @@ class SegmentResult:
 
     @property
     def norms(self) -> torch.Tensor:
-        """Per-frame feature norm (the quantity the norm threshold is applied to)."""
-        return (self.hidden_states.double().pow(2).sum(-1) + 1e-8).sqrt()
+        """``[L]`` float64 per-frame feature norm ``sqrt(sum(h^2) + 1e-8)``: what the norm threshold applies to."""
+        from zoo.speech.sylber.segment import frame_norms
+
+        return frame_norms(self.hidden_states.double())
+
+    @property
+    def rate(self) -> float | None:
+        """Segments per second, or None when the clip is shorter than ``RATE_MIN_SECONDS`` (1 s)."""
+        return len(self) / self.duration if self.duration >= RATE_MIN_SECONDS else None
 
     def to_dict(self) -> dict:
+        """JSON-able summary: segments (s), frames, tokens, duration (s), rate (segments/s or None), thresholds."""
         return {
             "segments": self.segments.tolist(),
             "frames": self.frames.tolist(),
             "tokens": None if self.tokens is None else self.tokens.tolist(),
             "duration": self.duration,
+            "segments_per_second": self.rate,
             "norm_threshold": self.norm_threshold,
             "merge_threshold": self.merge_threshold,
         }
 
 
-def num_frames(num_samples: int | torch.Tensor):
-    """Frames the HuBERT conv stack makes from ``num_samples`` samples (0 below 400)."""
-    if isinstance(num_samples, torch.Tensor):
-        return torch.div(num_samples - RECEPTIVE_FIELD, HOP, rounding_mode="floor").clamp_min(-1) + 1
-    return max(0, (int(num_samples) - RECEPTIVE_FIELD) // HOP + 1)
-
-
 def znorm(wav: torch.Tensor) -> torch.Tensor:
-    """Per-utterance z-score as the official Segmenter does (unbiased std, speech.md §1.2).
+    """Per-utterance z-score ``(x - mean) / std`` (unbiased std) as the official ``Segmenter`` does.
 
-    A constant signal (digital silence) has std 0; it is centred and left at zero
-    instead of becoming NaN.
+    ``Berkeley-Speech-Group/sylber:sylber/model/sylber.py``. A constant signal (digital silence)
+    has std 0: it is centred and left at zero instead of becoming NaN. ``[T]`` float -> ``[T]`` float32.
     """
     wav = wav.to(torch.float32)
     centred = wav - wav.mean()
@@ -73,19 +91,15 @@ def znorm(wav: torch.Tensor) -> torch.Tensor:
     return centred / std if float(std) > 0 else centred
 
 
-def segment_mean_features(states: torch.Tensor, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Mean of ``states[s:e]`` for each frame segment, via a cumulative sum (one pass)."""
-    frames = torch.as_tensor(np.asarray(frames), dtype=torch.long).reshape(-1, 2)
-    if frames.shape[0] == 0:
-        return states.new_zeros(0, states.shape[-1])
-    cumulative = torch.cat([states.new_zeros(1, states.shape[-1]), states.double().cumsum(0).to(states.dtype)])
-    starts, ends = frames[:, 0].to(states.device), frames[:, 1].to(states.device)
-    sums = cumulative[ends] - cumulative[starts]
-    return sums / (ends - starts).clamp_min(1).to(states.dtype)[:, None]
-
-
 class SylberModel(ZooModel):
-    """HuBERT (transformers parameter names, under ``hubert.``) + an optional ``codebook`` buffer."""
+    """HuBERT (transformers parameter names, under ``hubert.``) plus an optional ``codebook`` buffer ``[K, D]``.
+
+    Built from a config dict (``zoo.speech.sylber.builder``): ``encoder`` (HubertConfig
+    fields), ``sample_rate`` (16000), ``frame_rate`` (50), ``norm_threshold`` (2.6) and
+    ``merge_threshold`` (0.8) for :meth:`segment`, ``num_tokens`` (codebook rows, 0 = none).
+    Raises :class:`~zoo.errors.ConfigError` for an encoder argument HubertConfig does not
+    take or a negative ``num_tokens``.
+    """
 
     family = "sylber"
 
@@ -111,18 +125,27 @@ class SylberModel(ZooModel):
     # ------------------------------------------------------------------ codebook
     @property
     def num_tokens(self) -> int:
+        """Rows of the syllable codebook (0 when none is attached)."""
         return 0 if self.codebook is None else int(self.codebook.shape[0])
 
     def attach_codebook(self, centroids: torch.Tensor | np.ndarray) -> None:
-        """Store k-means centroids [K, D] as the ``codebook`` buffer (saved in model.safetensors)."""
+        """Store k-means centroids ``[K, D]`` as the ``codebook`` buffer (saved in model.safetensors).
+
+        Raises :class:`~zoo.errors.ConfigError` unless the shape is ``[K, hidden_size]`` with K > 0.
+        """
         centroids = torch.as_tensor(np.asarray(centroids), dtype=torch.float32)
         if centroids.ndim != 2 or centroids.shape[1] != self.hidden_size or centroids.shape[0] == 0:
             raise ConfigError(f"codebook must have shape [K, {self.hidden_size}] with K > 0, got {tuple(centroids.shape)}")
         self.codebook = centroids.to(self.device)  # assigns the registered buffer
         self.config["num_tokens"] = int(centroids.shape[0])
 
+    @inference
     def assign_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """Nearest centroid (squared Euclidean) for each row of ``features`` [N, D] -> [N] int64."""
+        """Nearest centroid (squared Euclidean) for each row of ``features`` ``[N, D]`` -> ``[N]`` int64.
+
+        A row that is not finite (the NaN mean of an empty segment) gets -1. Raises
+        :class:`~zoo.errors.ConfigError` when no codebook is attached.
+        """
         if self.codebook is None:
             raise ConfigError("This Sylber model has no syllable codebook; fit one with "
                               "`zoo train sylber ... tokenizer.num_tokens=K` or zoo.speech.sylber.tokenizer.fit_tokenizer.")
@@ -130,26 +153,31 @@ class SylberModel(ZooModel):
         features = features.to(torch.float32)
         if features.shape[0] == 0:
             return torch.zeros(0, dtype=torch.long, device=features.device)
-        distances = features.pow(2).sum(-1, keepdim=True) - 2 * features @ codebook.T + codebook.pow(2).sum(-1)[None]
-        return distances.argmin(-1)
+        finite = torch.isfinite(features).all(-1)
+        clean = torch.where(finite[:, None], features, torch.zeros_like(features))
+        distances = clean.pow(2).sum(-1, keepdim=True) - 2 * clean @ codebook.T + codebook.pow(2).sum(-1)[None]
+        return torch.where(finite, distances.argmin(-1), torch.full_like(finite, -1, dtype=torch.long))
 
     # ------------------------------------------------------------------ input
-    def prepare_inputs(self, wav, sample_rate: int | None = None, lengths=None) -> tuple[list[torch.Tensor], bool]:
-        """Waveform(s) -> list of z-scored 16 kHz mono tensors, and whether the input was a batch.
+    def prepare_inputs(self, audio, sample_rate: int | None = None, lengths=None, *,
+                       channel_axis: int | None = None) -> tuple[list[torch.Tensor], bool]:
+        """Audio -> (list of z-scored 16 kHz mono float32 tensors, whether the input was a batch).
 
-        Accepted: a 1-D waveform; a [C, T] / [T, C] multi-channel recording (mixed down);
-        a list of waveforms; a padded batch [B, T] together with ``lengths``.
+        ``audio`` is anything :func:`zoo.audio.prepare_waveforms` accepts (path, list of paths,
+        waveform with ``sample_rate``, list, padded batch with ``lengths``; ``channel_axis``
+        for one multi-channel array). Each waveform must cover at least one frame (400
+        samples at 16 kHz, the encoder's receptive field); raises
+        :class:`~zoo.errors.AudioInputError` otherwise.
         """
         from zoo.audio import prepare_waveforms
 
-        waves, batched = prepare_waveforms(wav, int(sample_rate or self.sample_rate), self.sample_rate, lengths,
-                                           min_samples=RECEPTIVE_FIELD)
-        waves = [znorm(wave) for wave in waves]
-        return waves, batched
+        waves, batched = prepare_waveforms(audio, sample_rate, self.sample_rate, lengths,
+                                           min_samples=self.hubert.config.receptive_field, channel_axis=channel_axis)
+        return [znorm(wave) for wave in waves], batched
 
     # ------------------------------------------------------------------ encoder
-    def encode(self, waves: Sequence[torch.Tensor], *, batch_size: int | None = None) -> list[torch.Tensor]:
-        """Prepared waveforms -> frame features [L_i, D] each (true lengths, no padding frames)."""
+    def _encode(self, waves: Sequence[torch.Tensor], batch_size: int | None = None) -> list[torch.Tensor]:
+        """Prepared waveforms -> frame features ``[L_i, D]`` each (true lengths, no padding frames)."""
         from zoo.audio import pad_batch
 
         outputs: list[torch.Tensor | None] = [None] * len(waves)
@@ -160,65 +188,83 @@ class SylberModel(ZooModel):
             chunk = order[start:start + step]
             padded, lengths = pad_batch([waves[i] for i in chunk])
             out = self.hubert(padded.to(self.device, dtype), lengths.to(self.device))
-            frame_lengths = out.frame_lengths if out.frame_lengths is not None else num_frames(lengths)
             for row, index in enumerate(chunk):
-                outputs[index] = out.last_hidden_state[row, : int(frame_lengths[row])]
+                outputs[index] = out.last_hidden_state[row, : int(out.frame_lengths[row])]
         return outputs  # type: ignore[return-value]
 
-    def forward(self, wav=None, sample_rate: int | None = None, lengths=None, *, batch_size: int | None = None,
-                input_values: torch.Tensor | None = None, mask_time_indices: torch.Tensor | None = None):
-        """Frame features at 50 Hz (the last encoder layer).
+    @inference
+    def extract_features(self, audio, sample_rate: int | None = None, lengths=None, *,
+                         channel_axis: int | None = None, batch_size: int | None = None):
+        """Frame features at 50 Hz (the last encoder layer), in eval mode without gradients.
 
-        1-D input -> [L, D]; a list -> a list of [L_i, D]; a padded batch with
-        ``lengths`` -> [B, L_max, D] with zeros after each utterance's frames.
-        Wrap in ``torch.no_grad()`` for inference.
+        One input -> ``[L, D]``; a list -> a list of ``[L_i, D]``; a padded batch with
+        ``lengths`` -> ``[B, L_max, D]`` with zeros after each utterance's frames. ``L`` is
+        :func:`zoo.audio.num_frames` of the 16 kHz length (window 400, hop 320).
+        ``batch_size`` caps how many utterances run through the encoder together.
+        Raises :class:`~zoo.errors.AudioInputError` for unusable audio.
+        """
+        waves, batched = self.prepare_inputs(audio, sample_rate, lengths, channel_axis=channel_axis)
+        features = self._encode(waves, batch_size)
+        if not batched:
+            return features[0]
+        if lengths is None:
+            return features
+        return torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
 
-        Training path: ``input_values`` (an already z-scored 16 kHz batch [B, T]) with
-        ``lengths`` returns the encoder's output (``last_hidden_state``, ``frame_lengths``);
+    def forward(self, audio=None, sample_rate: int | None = None, lengths=None, *, channel_axis: int | None = None,
+                batch_size: int | None = None, input_values: torch.Tensor | None = None,
+                mask_time_indices: torch.Tensor | None = None):
+        """``model(audio, sample_rate)`` = :meth:`extract_features` (eval mode, no gradients).
+
+        Training path: ``input_values`` (an already z-scored 16 kHz batch ``[B, T]``) with
+        ``lengths`` ``[B]`` returns the encoder's ``HubertOutput`` (``last_hidden_state``
+        ``[B, L, D]``, ``frame_lengths`` ``[B]``) in the module's current mode, with gradients;
         trainers call the model this way so a DDP wrapper sees the forward.
         """
         if input_values is not None:
             lengths = None if lengths is None else torch.as_tensor(lengths, device=input_values.device)
             return self.hubert(input_values, lengths, mask_time_indices=mask_time_indices)
-        if wav is None:
-            raise AudioInputError("Pass a waveform (or a list of waveforms) and its sample rate.")
-        waves, batched = self.prepare_inputs(wav, sample_rate, lengths)
-        features = self.encode(waves, batch_size=batch_size)
-        if not batched:
-            return features[0]
-        if isinstance(wav, (list, tuple)):
-            return features
-        return torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
+        if audio is None:
+            raise AudioInputError("Pass audio (a path, a waveform with its sample rate, or a list of them).")
+        return self.extract_features(audio, sample_rate, lengths, channel_axis=channel_axis, batch_size=batch_size)
 
     # ------------------------------------------------------------------ segmentation
-    @torch.no_grad()
-    def segment(self, wav, sample_rate: int | None = None, lengths=None, *, norm_threshold: float | None = None,
-                merge_threshold: float | None = None, batch_size: int | None = None):
-        """Syllable segments of each utterance: one SegmentResult, or a list for batched input.
+    @inference
+    def segment(self, audio, sample_rate: int | None = None, lengths=None, *, norm_threshold: float | None = None,
+                merge_threshold: float | None = None, channel_axis: int | None = None,
+                batch_size: int | None = None, workers: int | None = None):
+        """Syllable segments: one :class:`SegmentResult`, or a list of them for batched input.
 
-        Thresholds default to the config (2.6 and 0.8 as the official Segmenter).
-        Silence gives a result with no segments.
+        Runs in eval mode without gradients (the official ``Segmenter`` calls ``.eval()`` too).
+        Thresholds default to the model's config (2.6 and 0.8 as the official ``Segmenter``):
+        frames whose feature norm is below ``norm_threshold`` are silence, and
+        ``merge_threshold`` (a cosine in [-1, 1]) decides whether a frame joins the current
+        segment. Digital silence (all-zero samples) gives a result with no segments. A batch
+        is segmented in parallel over ``workers`` threads (default: all cores), with the
+        same segments as one at a time. Raises :class:`~zoo.errors.AudioInputError` for
+        unusable audio.
         """
         from zoo.speech.sylber.segment import segment as greedy_segment
 
         norm_threshold = float(self.config.get("norm_threshold", 2.6) if norm_threshold is None else norm_threshold)
         merge_threshold = float(self.config.get("merge_threshold", 0.8) if merge_threshold is None else merge_threshold)
-        waves, batched = self.prepare_inputs(wav, sample_rate, lengths)
-        features = self.encode(waves, batch_size=batch_size)
-        results = []
-        for wave, states in zip(waves, features):
-            states = states.float().cpu()
-            if float(wave.abs().max()) == 0.0:  # digital silence: no speech, no segments
-                frames = np.zeros((0, 2), dtype=np.int64)
-            else:
-                frames = np.asarray(greedy_segment(states.numpy(), norm_threshold, merge_threshold),
-                                    dtype=np.int64).reshape(-1, 2)
-            results.append(self._result(states, frames, wave.shape[-1], norm_threshold, merge_threshold))
+        waves, batched = self.prepare_inputs(audio, sample_rate, lengths, channel_axis=channel_axis)
+        features = [states.float().cpu() for states in self._encode(waves, batch_size)]
+        speech = [index for index, wave in enumerate(waves) if float(wave.abs().max()) > 0.0]
+        found = greedy_segment([features[i].numpy() for i in speech], norm_threshold, merge_threshold,
+                               workers=workers) if speech else []
+        frames = [np.zeros((0, 2), dtype=np.int64)] * len(waves)  # digital silence: no speech, no segments
+        for index, segments in zip(speech, found):
+            frames[index] = segments
+        results = [self._result(states, segments, wave.shape[-1], norm_threshold, merge_threshold)
+                   for wave, states, segments in zip(waves, features, frames)]
         return results if batched else results[0]
 
     def _result(self, states, frames, num_samples, norm_threshold, merge_threshold) -> SegmentResult:
+        from zoo.speech.sylber.segment import segment_means
+
         frames_t = torch.as_tensor(frames, dtype=torch.long).reshape(-1, 2)
-        means = segment_mean_features(states, frames_t)
+        means = segment_means(states, frames_t)
         tokens = self.assign_tokens(means.to(self.device)).cpu() if self.codebook is not None else None
         return SegmentResult(
             segments=frames_t.double() / self.frame_rate, frames=frames_t, features=means, hidden_states=states,

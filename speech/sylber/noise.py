@@ -1,4 +1,4 @@
-"""Noise augmentation of the student's input (speech.md §1.4, NoiseMixer).
+"""Noise augmentation of the student's input (``NoiseMixer`` of ``Berkeley-Speech-Group/sylber:sylber/utils/noise_utils.py``).
 
 Only the student sees the corrupted waveform; the teacher gets the clean one.
 Each utterance is augmented with probability ``augment_prob``. Of the augmented
@@ -15,6 +15,11 @@ import torch
 
 
 class NoiseMixer:
+    """The student's input corruption (module docstring). Probabilities in [0, 1], gains relative to unit variance.
+
+    Raises :class:`~zoo.errors.ConfigError` for a probability outside [0, 1].
+    """
+
     def __init__(self, augment_prob: float = 0.2, utterance_mix_ratio: float = 0.25,
                  shift_range: tuple[float, float] = (0.0, 0.7), magnitude_range: tuple[float, float] = (0.05, 0.7),
                  utterance_magnitude_max_scale: float = 0.2):

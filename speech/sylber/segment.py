@@ -1,15 +1,26 @@
 """Sylber's greedy linear-time syllable segmentation and its adaptive norm threshold.
 
-speech.md §1.5 (segmentation) and §1.4 (stage-2 ``Thresholder``).
+Cho et al., *Sylber* (ICLR 2025, arXiv 2410.07168): the paper's greedy, linear-time
+segmentation and the adaptive norm threshold of its second training stage. The official code
+is ``get_segment`` and ``Thresholder`` in ``Berkeley-Speech-Group/sylber:sylber/utils/segment_utils.py``.
+
+The algorithm, per utterance of L frames (features h_t at 50 Hz): a frame is speech when
+``sqrt(|h_t|^2 + 1e-8) >= norm_threshold``; a greedy pass grows a segment while the cosine
+between the frame and the segment's running mean is at least ``merge_threshold`` and opens a
+new one otherwise (the running count is *not* reset at such a break: an official quirk kept
+here); then each similarity-made boundary is revisited in order: two neighbours whose means
+have cosine >= ``merge_threshold`` are merged, otherwise the boundary moves to the cut inside
+a window around it that maximises the summed cosine of the frames to their side's mean.
 
 Two implementations give the same segments on every input:
 
-* :func:`segment_reference`: a plain per-frame loop that reads like the algorithm in §1.5,
+* :func:`segment_reference`: a plain per-frame loop that reads like the algorithm above,
   written with the same numpy expressions as the official ``get_segment``, so its floats
   (and therefore every threshold comparison and tie) are those of the official code;
 * :func:`segment`: the fast version (one numba pass over the frames, 8-wide vector dot
-  products; ~16-19x the reference on an hour of 768-d float32 features on a shared
-  2-core machine, with about 40% of its time spent reading the features from memory once). It reproduces numpy's summation order
+  products; ``benchmarks/sylber_segment.py`` measures it against the official
+  ``get_segment``); a list of utterances is segmented in parallel threads (the kernel
+  releases the GIL). It reproduces numpy's summation order
   (pairwise sums over a row, whose 8 accumulators are the lanes of one vector;
   sequential sums down a column) and the scalar-vs-array ``** 0.5`` distinction, so its
   floats are the reference's floats bit for bit.
@@ -26,6 +37,7 @@ Segments are ``[start, end)`` frame indices at 50 Hz, shape ``(N, 2)``, int64.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -56,7 +68,7 @@ __all__ = [
 ]
 
 FRAME_RATE = 50  # HuBERT frames per second (hop 320 samples at 16 kHz)
-_EPS = 1e-8  # added to squared norms before the square root (speech.md §1.5)
+_EPS = 1e-8  # added to squared norms before the square root, as the official cossim/norms
 
 
 class SegmentInputError(ZooError, ValueError):
@@ -124,7 +136,7 @@ def _empty_segments() -> np.ndarray:
 
 
 def _cosine(a: np.ndarray, b: np.ndarray):
-    """speech.md §1.5 cosine, with the official expression's numpy semantics.
+    """The official ``cossim`` (``Berkeley-Speech-Group/sylber:sylber/utils/segment_utils.py``), with its numpy semantics.
 
     For 1-D rows the norms are numpy scalars and ``** 0.5`` calls libm ``pow``; for a
     stack of rows ``** 0.5`` is numpy's array square root. The two differ in the last
@@ -142,7 +154,7 @@ def segment_reference(
     norms=None,
     dtype=None,
 ) -> np.ndarray:
-    """Greedy segmentation, one frame at a time (speech.md §1.5, line by line).
+    """Greedy segmentation, one frame at a time (the official ``get_segment``, line by line).
 
     Readable reference for tests and benchmarks; use :func:`segment` for real work.
     ``norms`` (optional, one per frame) replaces the frame norms for the speech mask
@@ -170,7 +182,7 @@ def segment_reference(
             count += 1
         else:
             running_mean = x[i]
-            count += 1  # speech.md §1.5: cnt is not reset to 1 (official quirk)
+            count += 1  # the official seg_cnt is not reset to 1 here (quirk kept)
             segments.append([start, i])
             similarity_breaks.append((i, len(segments) - 1))
             start = i
@@ -430,7 +442,7 @@ if HAVE_NUMBA:
     def _refine_break(x, squared, eps, half, one, merge_threshold, unit_roundoff,
                       segments, k, boundary, m, merged, merge_similarity,
                       mean_a, mean_b, sim_a, sim_b, score, leaf, frames, values):
-        """Second pass of speech.md §1.5 for one similarity-made boundary (break ``m``,
+        """Second pass of the official ``get_segment`` for one similarity-made boundary (break ``m``,
         closing segment ``k``): merge segments k and k+1 or move the boundary between them.
 
         The sweep argmax uses O(w) prefix/suffix sums in float64 to find candidates,
@@ -501,7 +513,7 @@ if HAVE_NUMBA:
     def _segment_kernel(x, is_speech, mask_from_norms, norm_threshold, merge_threshold,
                         eps, half, one, unit_roundoff, squared, segments, breaks,
                         similarity, merged, merge_similarity, leaf, frames, values):
-        """speech.md §1.5 in one pass over the frames; returns (n_segments, n_breaks).
+        """The official ``get_segment`` in one pass over the frames; returns (n_segments, n_breaks).
 
         Each frame's squared norm (and, unless the caller gave norms, its speech flag) is
         computed when the greedy pass reaches it, while the row is in cache. A boundary's
@@ -568,7 +580,7 @@ if HAVE_NUMBA:
                     else:
                         running[:] = row
                         running_sq = row_sq
-                        count = count + one  # speech.md §1.5: not reset to 1 (official quirk)
+                        count = count + one  # official seg_cnt: not reset to 1 (quirk kept)
                         segments[n_seg, 0] = start
                         segments[n_seg, 1] = i
                         breaks[n_break, 0] = i
@@ -637,20 +649,35 @@ def segment(
     *,
     norms=None,
     dtype=None,
-) -> np.ndarray:
-    """Syllable segments of one utterance's features (speech.md §1.5).
+    workers: int | None = None,
+):
+    """Syllable segments of one utterance's features, or of every utterance of a corpus.
 
     Args:
-        states: (L, d) frame features at 50 Hz (numpy array or torch tensor).
-        norm_threshold: frames whose feature norm is below it are silence (2.6 at inference;
-            the stage-2 trainer uses :meth:`Thresholder.threshold`).
-        merge_threshold: cosine similarity needed to stay in the current segment (0.8).
-        norms: optional per-frame norms for the speech mask (defaults to the feature norms).
+        states: ``(L, d)`` frame features at 50 Hz (numpy array or torch tensor), or a list
+            (or tuple) of such arrays, one per utterance. A list is always a corpus: to
+            segment one utterance held as nested Python lists, pass ``np.asarray(...)``.
+        norm_threshold: frames whose feature norm ``sqrt(|h|^2 + 1e-8)`` is below it are
+            silence (2.6 at inference; the stage-2 trainer uses :meth:`Thresholder.threshold`).
+        merge_threshold: cosine similarity (in [-1, 1]) a frame needs with the running mean
+            to stay in the current segment (0.8).
+        norms: optional per-frame norms for the speech mask (defaults to the feature norms);
+            for a corpus, a list with one array (or None) per utterance.
         dtype: compute precision; default is the features' dtype, as in the official code.
+        workers: threads for a corpus (default: every core this process may use). The
+            kernel releases the GIL, so utterances run in parallel; the segments are those
+            of segmenting each utterance alone.
 
     Returns:
-        int64 array (N, 2) of ``[start, end)`` frame indices; ``(0, 2)`` when no frame is speech.
+        int64 array ``(N, 2)`` of ``[start, end)`` frame indices (``(0, 2)`` when no frame is
+        speech), or a list of them in the corpus's order.
+
+    Raises:
+        SegmentInputError: features that are not ``(frames, dim)`` with dim >= 1, or a
+            dtype that cannot be segmented; norms of the wrong length.
     """
+    if isinstance(states, (list, tuple)):
+        return _segment_corpus(list(states), norm_threshold, merge_threshold, norms, dtype, workers)
     x = _prepare_states(states, dtype)
     if not HAVE_NUMBA:  # pragma: no cover
         return segment_reference(x, norm_threshold, merge_threshold, norms=norms)
@@ -659,36 +686,92 @@ def segment(
     return _segment_fast(x, float(norm_threshold), float(merge_threshold), norms)
 
 
+def _workers(requested: int | None) -> int:
+    if requested is not None:
+        if int(requested) < 1:
+            raise SegmentInputError(f"workers must be >= 1, got {requested}.")
+        return int(requested)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _segment_corpus(corpus: list, norm_threshold, merge_threshold, norms, dtype, workers) -> list[np.ndarray]:
+    if norms is None:
+        norms = [None] * len(corpus)
+    elif not isinstance(norms, (list, tuple)) or len(norms) != len(corpus):
+        raise SegmentInputError(f"For a corpus of {len(corpus)} utterances, norms must be a list of "
+                                f"{len(corpus)} arrays (or None).")
+    for index, item in enumerate(corpus):
+        if isinstance(item, (list, tuple)):
+            raise SegmentInputError(f"Utterance {index} of the corpus is a {type(item).__name__}; give each "
+                                    "utterance as a (frames, dim) numpy array or tensor.")
+
+    def one(index: int) -> np.ndarray:
+        return segment(corpus[index], norm_threshold, merge_threshold, norms=norms[index], dtype=dtype)
+
+    count = min(_workers(workers), len(corpus))
+    if count <= 1:
+        return [one(index) for index in range(len(corpus))]
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Longest first, so one long utterance does not finish alone at the end.
+    order = sorted(range(len(corpus)), key=lambda i: -int(np.shape(corpus[i])[0]) if np.ndim(corpus[i]) else 0)
+    results: list = [None] * len(corpus)
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="sylber-segment") as pool:
+        for index, found in zip(order, pool.map(one, order)):
+            results[index] = found
+    return results
+
+
 def segments_to_seconds(segments, frame_rate: float = FRAME_RATE) -> np.ndarray:
-    """Frame-index segments -> seconds (float64), as the official ``in_second=True``."""
+    """Frame-index segments ``(N, 2)`` -> seconds (float64), as the official ``in_second=True`` (index / 50)."""
     return np.asarray(segments, dtype=np.float64).reshape(-1, 2) / frame_rate
 
 
 def segment_means(states, segments):
-    """Mean feature of each segment, (N, d): the official ``segment_features``.
+    """Mean feature of each segment, ``(N, d)``: the official ``segment_features``.
 
-    numpy in, numpy out (computed in the features' dtype); a torch tensor in gives a torch
-    tensor out. An empty segment gives a NaN row.
+    The one segment-mean of the zoo (the model's results and the trainer's targets use it).
+    ``states`` is ``(L, d)`` numpy or torch; the result has the same kind, device and
+    floating dtype (float64 for integer input). Sums accumulate in float64 (float32 on
+    devices without float64), so each mean is the float64 mean rounded to the output dtype.
+
+    An empty segment ``[s, s)`` gives a NaN row, as the official
+    ``states[s:e].mean(0)`` does: it has no frames, so no mean. The official refinement
+    can produce one (a one-frame segment whose frame moves to the next segment); a zero
+    row would look like a real feature (it is the training target of silence).
+
+    Raises:
+        SegmentInputError: states that are not 2-D, or segments outside ``0 <= s <= e <= L``.
     """
-    segments = np.asarray(segments, dtype=np.int64).reshape(-1, 2)
-    if isinstance(states, torch.Tensor):
-        if states.ndim != 2:
-            raise SegmentInputError(f"Expected features of shape (frames, dim), got {tuple(states.shape)}.")
-        if len(segments) == 0:
-            return states.new_zeros((0, states.shape[1]))
-        return torch.stack([states[s:e].mean(0) for s, e in segments])
-    x = np.asarray(states)
+    as_numpy = not isinstance(states, torch.Tensor)
+    x = torch.from_numpy(np.asarray(states)) if as_numpy else states
     if x.ndim != 2:
         raise SegmentInputError(f"Expected features of shape (frames, dim), got {tuple(x.shape)}.")
-    out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-    out = np.empty((len(segments), x.shape[1]), dtype=out_dtype)
-    for n, (s, e) in enumerate(segments):
-        out[n] = x[s:e].mean(0) if e > s else np.nan
-    return out
+    frames = torch.as_tensor(np.asarray(segments.cpu() if isinstance(segments, torch.Tensor) else segments),
+                             dtype=torch.long).reshape(-1, 2)
+    if frames.numel() and (int(frames.min()) < 0 or int(frames.max()) > x.shape[0]
+                           or bool((frames[:, 1] < frames[:, 0]).any())):
+        raise SegmentInputError(f"Segments must satisfy 0 <= start <= end <= {x.shape[0]} (the number of frames).")
+    out_dtype = x.dtype if x.dtype.is_floating_point else torch.float64
+    if frames.shape[0] == 0:
+        means = x.new_zeros((0, x.shape[1]), dtype=out_dtype)
+    else:
+        accumulate = torch.float32 if x.device.type == "mps" else torch.float64
+        cumulative = torch.cat([x.new_zeros((1, x.shape[1]), dtype=accumulate), x.to(accumulate).cumsum(0)])
+        starts, ends = frames[:, 0].to(x.device), frames[:, 1].to(x.device)
+        counts = (ends - starts).to(accumulate)[:, None]
+        means = ((cumulative[ends] - cumulative[starts]) / counts).to(out_dtype)  # 0 / 0 = NaN when empty
+    return means.numpy() if as_numpy else means
 
 
 def frame_norms(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Per-frame feature norm ``sqrt(sum(h^2) + 1e-8)`` (speech.md §1.5), any leading shape."""
+    """Per-frame feature norm ``sqrt(sum(h^2) + 1e-8)`` as the official ``get_segment``: ``[..., D]`` -> ``[...]``.
+
+    The quantity ``norm_threshold`` is compared with; same dtype as ``hidden_states``.
+    """
     return ((hidden_states ** 2).sum(-1) + _EPS) ** 0.5
 
 
@@ -696,7 +779,8 @@ def frame_norms(hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 class Thresholder(torch.nn.Module):
-    """Adaptive norm threshold for stage-2 training (speech.md §1.4).
+    """Adaptive norm threshold for stage-2 training (the official ``Thresholder`` in
+    ``Berkeley-Speech-Group/sylber:sylber/utils/segment_utils.py``).
 
     Keeps running Gaussians of the frame norms of "signal" (speech) and "noise"
     (silence) frames and places the threshold where the two densities cross, between
@@ -737,6 +821,7 @@ class Thresholder(torch.nn.Module):
             self.register_buffer(name, torch.full((1,), float(value), dtype=torch.float32))
 
     def extra_repr(self) -> str:
+        """``decay=..., eta=...`` in the module's repr."""
         return f"decay={self.decay}, eta={self.eta}"
 
     @torch.no_grad()

@@ -1,7 +1,9 @@
-"""``zoo train sylber``: self-segmentation distillation (speech.md §1.4).
+"""``zoo train sylber``: self-segmentation distillation (Cho et al., *Sylber*, arXiv 2410.07168).
 
-The released training script crashes (it reads attributes that are never set);
-this is a clean reimplementation of the objective it describes:
+The objective of ``Sylber.forward`` in ``Berkeley-Speech-Group/sylber:sylber/model/sylber.py``,
+with the hyper-parameters of ``sylber_configs/sylber_base.yaml`` and ``sylber_base_stage2.yaml``.
+The released training path crashes (it reads attributes that are never set); this is a clean
+reimplementation of the objective it describes:
 
 * teacher = a copy of the student taken when training starts, updated by EMA with
   ``sylber.ema_decay`` (1.0 as released, i.e. frozen at its initialisation);
@@ -13,7 +15,7 @@ this is a clean reimplementation of the objective it describes:
 * target = each frame replaced by its segment's mean teacher feature, zero outside
   segments; the student sees a noise-augmented input (NoiseMixer);
 * loss = squared error summed over the feature dimension, averaged over all frames
-  of the padded batch, padding included (speech.md §1.4).
+  of the padded batch, padding included (:meth:`SylberTrainer.distillation_loss`).
 """
 from __future__ import annotations
 
@@ -24,15 +26,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.audio import num_frames
 from zoo.errors import ConfigError
-from zoo.speech.sylber.model import HOP, segment_mean_features
 from zoo.speech.sylber.noise import NoiseMixer
+from zoo.speech.sylber.segment import segment_means
 from zoo.train import Trainer
 
 logger = logging.getLogger("zoo.sylber")
 
-# speech.md §1.2: crops are padded with 160 zeros per side so 320-sample frames line up with segment indices.
+# HuBERT frames at 16 kHz: a 400-sample window (the conv stack's receptive field) every 320 samples (50 Hz).
+WINDOW, HOP = 400, 320
+# Crops are padded with 160 zeros per side so the 320-sample frames line up with segment indices, as the
+# official dataset does (Berkeley-Speech-Group/sylber:sylber/dataset/collective_audio_segment.py).
 BUFFER = 160
+
+
+def demo_clip() -> Path:
+    """The bundled clip the demo report segments (an English sentence of the demo corpus)."""
+    from zoo.data import demo_corpus, read_manifest
+
+    rows = read_manifest(demo_corpus())
+    return Path(rows[0]["path"])
 
 
 def _resolve_manifest(value) -> Path:
@@ -60,26 +74,33 @@ def _read_rows(value) -> tuple[list[dict], Path]:
     return rows, (path if path.is_dir() else path.parent)
 
 
-def energy_syllables(wave: torch.Tensor, *, floor_db: float = 30.0, min_depth_db: float = 3.0,
-                     smooth_frames: int = 5, min_frames: int = 3) -> np.ndarray:
-    """A classic energy-valley syllable segmenter, aligned with the HuBERT frames of a padded crop.
+def energy_syllables(wave: torch.Tensor, *, floor_db: float = 30.0, silence_dbfs: float = -45.0,
+                     min_depth_db: float = 3.0, smooth_frames: int = 5, min_frames: int = 3) -> np.ndarray:
+    """A classic energy-valley syllable segmenter on the HuBERT frame grid of a padded crop.
 
-    Only for bootstrapping the demo's stage 1 where the paper uses SD-HuBERT segments
-    (unavailable offline): frame i covers samples [320 i, 320 i + 400); frames more than
-    ``floor_db`` below the loudest are silence; speech runs are split at valleys of the
-    smoothed log energy at least ``min_depth_db`` below the peaks on both sides.
+    Only for bootstrapping the demo's stage 1, where the paper uses SD-HuBERT segments
+    (unavailable offline). ``wave`` ``[T]`` is the crop as read (values in [-1, 1], before
+    z-scoring); frame i covers samples ``[320 i, 320 i + 400)``. A frame is silence when its
+    mean energy is more than ``floor_db`` dB below the loudest frame of the crop or below
+    ``silence_dbfs`` dB full scale (so a crop of background noise alone has no syllable);
+    speech runs are split at valleys of the ``smooth_frames``-frame smoothed log energy at
+    least ``min_depth_db`` dB below the peaks on both sides, into pieces of at least
+    ``min_frames`` frames. Returns int64 ``[N, 2]`` ``[start, end)`` frame indices.
     """
     wave = wave.to(torch.float64)
-    count = max(0, (wave.shape[0] - 400) // HOP + 1)
+    count = num_frames(wave.shape[0], WINDOW, HOP)
     if count == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    frames = wave.unfold(0, 400, HOP)[:count]
+    frames = wave.unfold(0, WINDOW, HOP)[:count]
     energy = 10 * torch.log10(frames.pow(2).mean(-1) + 1e-10)
     if smooth_frames > 1:
+        # Edges repeat the end frames: zero padding would be 0 dB (full scale) and turn edge silence into speech.
         kernel = torch.ones(1, 1, smooth_frames, dtype=energy.dtype) / smooth_frames
-        energy = torch.nn.functional.conv1d(energy[None, None], kernel, padding=smooth_frames // 2)[0, 0, :count]
+        side = smooth_frames // 2
+        padded = torch.nn.functional.pad(energy[None, None], (side, side), mode="replicate")
+        energy = torch.nn.functional.conv1d(padded, kernel)[0, 0, :count]
     energy = energy.numpy()
-    speech = energy > energy.max() - floor_db
+    speech = (energy > energy.max() - floor_db) & (energy > silence_dbfs)
     segments = []
     index = 0
     while index < count:
@@ -115,12 +136,25 @@ def znorm_processor(wave: torch.Tensor) -> torch.Tensor:
 class SylberCropDataset(torch.utils.data.Dataset):
     """Random ``max_len`` crops of manifest utterances, frame aligned and padded with 160 zeros per side.
 
+    Items: ``{"wav": [T] float32 as read, "segments": [N, 2] int64 frames of the crop or None,
+    "noise": [T] or None}``. ``pad_silence`` (seconds, 0 = off) adds up to that much silence
+    at each end of an utterance before cropping, with a background-noise floor at a random
+    level in [-80, -50] dBFS (digital silence in a quarter of the cases); ``silence_only`` is
+    the probability that an item is that silence alone (no segments). Both teach a model
+    trained on trimmed clips (such as the bundled corpus) that silence is not a syllable.
     Randomness uses torch's global generator (seeded per worker and restored by the engine).
     """
 
     def __init__(self, rows: list[dict], root: Path, *, max_len: int = 80000, segments_field: str | None = None,
                  noise_dir: str | None = None, sample_rate: int = 16000, cache_audio: bool = False,
-                 energy_segments: bool = False):
+                 energy_segments: bool = False, pad_silence: float = 0.0, silence_only: float = 0.0):
+        if pad_silence < 0 or not 0.0 <= silence_only <= 1.0:
+            raise ConfigError(f"data.pad_silence must be >= 0 seconds and data.silence_only a probability in [0, 1]; "
+                              f"got {pad_silence} and {silence_only}")
+        if silence_only and not pad_silence:
+            raise ConfigError("data.silence_only needs data.pad_silence > 0 (the silence it is made of).")
+        self.pad_frames = int(round(pad_silence * sample_rate / HOP))
+        self.silence_only = float(silence_only)
         self.rows = rows
         self.root = Path(root)
         self.max_len = int(max_len)
@@ -164,13 +198,26 @@ class SylberCropDataset(torch.utils.data.Dataset):
         segments = np.load(path, allow_pickle=False)
         return np.asarray(segments, dtype=np.int64).reshape(-1, 2)
 
+    def _with_silence(self, wave: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+        """Whole frames of silence before and after ``wave``: (new wave, frames added before, silence alone)."""
+        left, right = (int(torch.randint(self.pad_frames + 1, ()).item()) for _ in range(2))
+        wave = torch.nn.functional.pad(wave, (left * HOP, right * HOP))
+        level = 0.0 if float(torch.rand(())) < 0.25 else 10 ** ((-80.0 + 30.0 * float(torch.rand(()))) / 20)
+        floor = level * torch.randn(wave.shape[0])
+        if float(torch.rand(())) < self.silence_only:
+            return floor, left, True
+        return wave + floor, left, False
+
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         wave = self._audio(row["path"])
-        num_frames = wave.shape[0] // HOP
-        wave = wave[: num_frames * HOP]
-        if num_frames > self.max_frames:
-            offset = int(torch.randint(num_frames - self.max_frames, ()).item())
+        shift, silent = 0, False
+        if self.pad_frames:
+            wave, shift, silent = self._with_silence(wave)
+        frames = wave.shape[0] // HOP
+        wave = wave[: frames * HOP]
+        if frames > self.max_frames:
+            offset = int(torch.randint(frames - self.max_frames, ()).item())
             wave = wave[offset * HOP: offset * HOP + self.max_len]
         else:
             offset = 0
@@ -178,7 +225,7 @@ class SylberCropDataset(torch.utils.data.Dataset):
         wave = torch.nn.functional.pad(wave, (BUFFER, BUFFER))
         item = {"wav": wave, "segments": None, "noise": None}
         if self.segments_field:
-            segments = self._segments(row)
+            segments = self._segments(row) + shift if not silent else np.zeros((0, 2), dtype=np.int64)
             overlap = np.minimum(segments[:, 1], end) - np.maximum(segments[:, 0], start) > 0
             item["segments"] = np.clip(segments[overlap] - start, 0, self.max_frames)
         elif self.energy_segments:
@@ -213,17 +260,26 @@ def collate_crops(items: list[dict]) -> dict:
 
 
 class SylberTrainer(Trainer):
-    """Stage 1 (segments from files) or stage 2 (online segmentation of the teacher's features)."""
+    """``zoo train sylber``: stage 1 (segments from files, or the energy stand-in) or stage 2 (online
+    segmentation of the teacher's features with the adaptive Thresholder).
+
+    Recipe sections: ``model``, ``data``, ``sylber``, ``noise``, ``tokenizer`` and ``report``
+    (see ``config_defaults``). Logged per step: ``loss`` (:meth:`distillation_loss`),
+    ``segments_per_second`` of the crops, and in stage 2 ``norm_threshold`` and ``merge_threshold``.
+    Raises :class:`~zoo.errors.ConfigError` for settings out of range.
+    """
 
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
         "data": {
             "train": "demo",          # JSONL manifest, audio folder, or 'demo' (bundled corpus)
             "eval": None,
-            "max_len": 80000,         # crop length in samples (5 s), speech.md §1.4
+            "max_len": 80000,         # crop length in samples (5 s, the official max_len)
             "segments_field": "segments",  # stage 1: manifest field -> .npy [N, 2] frame segments
             "noise_dir": None,        # folder of noise audio for additive noise (DNS in the paper)
             "cache_audio": False,     # keep decoded audio in memory (small corpora)
+            "pad_silence": 0.0,       # seconds of silence (with a noise floor) added at most at each end; 0 = off
+            "silence_only": 0.0,      # probability that an item is that silence alone
             "eval_items": 64,
         },
         "sylber": {
@@ -247,6 +303,9 @@ class SylberTrainer(Trainer):
             "utterance_magnitude_max_scale": 0.2,
         },
         "tokenizer": {"num_tokens": 0, "max_items": None, "batch_size": 8, "seed": 0},
+        # After training (rank 0): segments/s of data.eval against its text's syllables/s, a silence check,
+        # and `zoo segment` of one clip with its PNG. clip: a path, or "demo" (a bundled clip); null = off.
+        "report": {"clip": None, "items": None, "silence_seconds": 0.5},
     }
 
     def __init__(self, config: dict):
@@ -283,6 +342,7 @@ class SylberTrainer(Trainer):
 
     # ------------------------------------------------------------------ model and data
     def build_model(self):
+        """``model.init`` (a card, zoo folder or hf-hub name) with its overrides, else a fresh ``model.size``."""
         import zoo
         from zoo.registry import get_family
 
@@ -297,25 +357,29 @@ class SylberTrainer(Trainer):
         return model
 
     def build_datasets(self):
+        """:class:`SylberCropDataset` over ``data.train`` (no separate eval set: ``evaluate`` reads ``data.eval``)."""
         data = self.config["data"]
         rows, root = _read_rows(data["train"])
         from_files = self.stage == 1 and not self.energy_segments
         train = SylberCropDataset(rows, root, max_len=data["max_len"],
                                   segments_field=data["segments_field"] if from_files else None,
                                   noise_dir=data["noise_dir"], cache_audio=bool(data["cache_audio"]),
-                                  energy_segments=self.energy_segments)
+                                  energy_segments=self.energy_segments, pad_silence=float(data["pad_silence"]),
+                                  silence_only=float(data["silence_only"]))
         return train, None
 
     def collate(self, items: list):
+        """:func:`collate_crops`."""
         return collate_crops(items)
 
     # ------------------------------------------------------------------ teacher
     def _ensure_teacher(self, model) -> None:
         if self.teacher is None:
-            # The teacher starts as a copy of the student at the start of the stage (speech.md §1.4).
+            # The teacher starts as a copy of the student at the start of the stage (official EMAModule).
             self.teacher = copy.deepcopy(model.hubert).eval().requires_grad_(False)
 
     def on_train_start(self, model) -> None:
+        """Make the teacher (a frozen copy of the student's encoder) and move the Thresholder to the model's device."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Different noise mixing per rank (resume restores the state saved with the checkpoint).
             self.generator.manual_seed(self._seed + 7919 + torch.distributed.get_rank())
@@ -325,6 +389,7 @@ class SylberTrainer(Trainer):
             self.thresholder.to(model.device)
 
     def on_step_end(self, model, step: int) -> None:
+        """EMA update of the teacher when ``sylber.ema_decay`` < 1 (the released 1.0 keeps it frozen)."""
         if self.ema_decay < 1.0 and self.teacher is not None:
             with torch.no_grad():
                 for ema, live in zip(self.teacher.parameters(), model.hubert.parameters()):
@@ -348,20 +413,25 @@ class SylberTrainer(Trainer):
         return segments, threshold, merge
 
     @staticmethod
-    def _targets(teacher_states, segments) -> torch.Tensor:
-        """Each frame of a segment gets the segment's mean teacher feature; other frames stay zero."""
+    def targets(teacher_states: torch.Tensor, segments) -> torch.Tensor:
+        """Distillation targets ``[B, L, D]``: each frame of a segment gets its segment's mean teacher
+        feature (:func:`~zoo.speech.sylber.segment.segment_means`); frames in no segment stay zero.
+
+        ``teacher_states`` ``[B, L, D]``; ``segments``: one int ``[N_b, 2]`` ``[start, end)`` frame array per row.
+        """
         targets = torch.zeros_like(teacher_states)
         for b, frames in enumerate(segments):
             if len(frames) == 0:
                 continue
             frames = torch.as_tensor(frames, dtype=torch.long).reshape(-1, 2)
-            means = segment_mean_features(teacher_states[b], frames)
+            means = segment_means(teacher_states[b], frames)
             index = torch.cat([torch.arange(s, e) for s, e in frames.tolist()]).to(targets.device)
             repeats = (frames[:, 1] - frames[:, 0]).to(targets.device)
             targets[b, index] = means.repeat_interleave(repeats, dim=0)
         return targets
 
     def training_step(self, model, batch) -> dict:
+        """Teacher features -> segments (files, energy, or online) -> targets -> student on the noisy input -> loss."""
         device = next(iter(self.teacher.parameters())).device if self.teacher is not None else None
         if self.teacher is None:
             raise ConfigError("SylberTrainer.on_train_start was not called before training_step")
@@ -385,21 +455,20 @@ class SylberTrainer(Trainer):
                 noise = None if self.config["sylber"]["use_train_thrupdate"] else norms[below]
                 self.thresholder.update(signal, noise)
             metrics.update(norm_threshold=threshold, merge_threshold=merge)
-        targets = self._targets(teacher_states, segments)
+        targets = self.targets(teacher_states, segments)
 
         student_in = x
         if self.noise_mixer is not None:
             noise = batch["noise"].to(device) if batch["noise"] is not None else None
             student_in = self.noise_mixer(x, noise, lengths, generator=self.generator)
-        # mask_prob is 0.0 in both released configs: an explicit all-False mask (speech.md §1.4), which
-        # also stops the encoder's own SpecAugment (transformers applies it when no mask is given).
+        # mask_prob is 0.0 in both released configs: an explicit all-False mask, which also stops the
+        # encoder's own SpecAugment (transformers applies it when no mask is given).
         no_mask = None
         if getattr(self, "_has_mask_embed", False):
             no_mask = torch.zeros(teacher_states.shape[:2], dtype=torch.bool, device=device)
         out = model(input_values=student_in, lengths=lengths, mask_time_indices=no_mask)
         states = out.last_hidden_state
-        # speech.md §1.4: squared error summed over features, mean over all B x L frames (padding included).
-        loss = (states.float() - targets).pow(2).sum(-1).mean()
+        loss = self.distillation_loss(states, targets)
 
         if below is not None and self.fixed_norm_threshold is None and self.config["sylber"]["use_train_thrupdate"]:
             with torch.no_grad():
@@ -409,6 +478,15 @@ class SylberTrainer(Trainer):
         metrics["segments_per_second"] = sum(len(s) for s in segments) / max(seconds, 1e-6)
         return {"loss": loss, **metrics}
 
+    @staticmethod
+    def distillation_loss(states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The official ``((H - target) ** 2).sum(-1).mean()``: squared error summed over the ``D``
+        features, averaged over all ``B x L`` frames of the padded batch, padding frames included.
+
+        ``states``, ``targets``: ``[B, L, D]``; computed in float32; returns a scalar tensor.
+        """
+        return (states.float() - targets.float()).pow(2).sum(-1).mean()
+
     # ------------------------------------------------------------------ evaluation and tokenizer
     def evaluate(self, model) -> dict:
         data = self.config["data"]
@@ -416,18 +494,50 @@ class SylberTrainer(Trainer):
             return {}
         from zoo.speech.sylber.evaluate import evaluate as evaluate_segments
 
-        was_training = model.training
-        model.eval()
-        try:
-            metrics = evaluate_segments(model, data=str(_resolve_manifest(data["eval"])),
-                                        max_items=data["eval_items"])
-        finally:
-            model.train(was_training)
+        metrics = evaluate_segments(model, data=str(_resolve_manifest(data["eval"])), max_items=data["eval_items"])
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def on_train_end(self, model) -> None:
+        """Fit the codebook (``tokenizer.num_tokens`` > 0) and print the report (``report.clip`` set, rank 0)."""
         if self.config["tokenizer"]["num_tokens"]:
             self.fit_tokenizer(model)
+        if self.config["report"]["clip"] and getattr(self, "rank", 0) == 0:
+            self.report(model)
+
+    def report(self, model) -> dict:
+        """Print what the demo is for: the model's segment rate against the text's syllable rate on
+        ``data.eval``, how many segments fall in added silence, and ``zoo segment`` of one clip with
+        its PNG, then where the model, the picture and the logs are. Returns the figures."""
+        from zoo.speech.sylber.cli import segment_files
+        from zoo.speech.sylber.evaluate import evaluate as evaluate_segments
+
+        section, data = self.config["report"], self.config["data"]
+        output = Path(self.output_dir or ".")
+        figures: dict = {}
+        lines = ["", f"Sylber result ({output}):"]
+        if data["eval"]:
+            rows, _ = _read_rows(data["eval"])
+            rows = rows[: section["items"]] if section["items"] else rows
+            metrics = evaluate_segments(model, data=rows, silence_seconds=float(section["silence_seconds"]))
+            figures.update(metrics)
+            if "syllables_per_second_text" in metrics:
+                lines.append(f"  {metrics['segments_per_second_model']:.2f} segments per second against "
+                             f"{metrics['syllables_per_second_text']:.2f} syllables per second in the text "
+                             f"({len(rows)} clips, {metrics['seconds']:.0f} s; a syllable count error of "
+                             f"{metrics['syllable_count_mae']:.2f} per clip)")
+            else:
+                lines.append(f"  {metrics['segments_per_second']:.2f} segments per second ({len(rows)} clips)")
+            lines.append(f"  {metrics['segments_in_silence']} segments in the {metrics['silence_seconds']:g} s of "
+                         f"silence added before and after each of those clips (noise floor "
+                         f"{metrics['silence_noise_dbfs']:g} dBFS)")
+        clip = str(demo_clip() if section["clip"] == "demo" else section["clip"])
+        lines.append(f"  zoo segment {clip} --model {output / 'final'} --plot {output / 'segments.png'}:")
+        print("\n".join(lines), flush=True)
+        segment_files(model, [clip], plot=output / "segments.png", indent="    ")
+        print(f"  model:    {output / 'final'}  (zoo.load(\"{output / 'final'}\"), written next)\n"
+              f"  picture:  {output / 'segments.png'}\n"
+              f"  logs:     {output / 'log.jsonl'} (TensorBoard: tensorboard --logdir {output})", flush=True)
+        return figures
 
     def fit_tokenizer(self, model) -> dict:
         """Fit the k-means syllable codebook on the training data (final step when tokenizer.num_tokens > 0)."""
@@ -444,6 +554,7 @@ class SylberTrainer(Trainer):
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
+        """Exact-resume state: the generator, the teacher's weights and the Thresholder's statistics."""
         state = {"generator": self.generator.get_state()}
         if self.teacher is not None:
             state["teacher"] = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
@@ -452,6 +563,7 @@ class SylberTrainer(Trainer):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (after ``on_train_start`` made the teacher)."""
         self.generator.set_state(state["generator"])
         if "teacher" in state:
             if self.teacher is None:

@@ -99,8 +99,10 @@ def test_embed_in_eval_mode_restores_the_flag():
             module.running_var.uniform_(0.5, 2.0)
     clip = torch.randn(12000) * 0.1
     m.train()
+    m.projection_head.eval()  # a frozen part inside a training model keeps its own flag
     first = m.embed(clip)
-    assert m.training  # the caller's mode is back
+    assert m.training and not m.projection_head.training  # the caller's flags are back
+    assert any(mod.training for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm1d))
     assert torch.equal(first, m.embed(clip))  # BatchNorm used its running statistics both times
     m.eval()
     assert torch.equal(first, m.embed(clip)) and not m.training

@@ -133,7 +133,7 @@ def test_bad_inputs_and_configs_raise_clear_errors():
     headless = _tiny(topic={"num_topics": 0}, num_classes=[])
     assert not [k for k in headless.state_dict() if not k.startswith("hubert.")]
     with pytest.raises(ConfigError, match="no topic head"):
-        headless.predict_topic(_wave(0.5, 1))
+        headless.predict_topic(_wave(0.5, 1), 16000)
     with pytest.raises(ConfigError, match="no prediction head"):
         headless(padded, lengths, labels, label_lengths)
 
@@ -146,4 +146,24 @@ def test_zoo_format_round_trip_is_bit_identical(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
     wave = _wave(0.8, 11)
-    assert torch.equal(model.eval().predict_topic(wave), loaded.predict_topic(wave))
+    assert torch.equal(model.predict_topic(wave, 16000), loaded.predict_topic(wave, 16000))
+
+
+def test_inference_apis_ignore_train_mode_and_restore_it(tmp_path):
+    """Dropout (0.1) runs in train mode; extract_features and predict_topic switch it off and restore the flag."""
+    import soundfile as sf
+
+    model = zoo.load("hubertopic-tiny", pretrained=False, encoder={"hidden_dropout": 0.3})
+    wave = _wave(1.0, 12)
+    expected, _ = model.extract_features(wave, 16000)
+    topics = model.predict_topic(wave, 16000)
+    model.train()
+    first, _ = model.extract_features(wave, 16000)
+    second, _ = model.extract_features(wave, 16000)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(first, second) and torch.equal(first, expected) and not first.requires_grad
+    assert torch.equal(model.predict_topic(wave, 16000), topics) and model.training
+    # a path gives what its samples give
+    sf.write(tmp_path / "x.wav", wave.numpy(), 16000, subtype="FLOAT")
+    assert torch.equal(model.extract_features(str(tmp_path / "x.wav"))[0], expected)
+    assert torch.equal(model.predict_topic([tmp_path / "x.wav"])[0], topics)

@@ -104,19 +104,63 @@ def test_demo_chain_trains_with_falling_loss_and_both_losses(subset, tmp_path):
         assert math.isfinite(record["loss"]) and math.isfinite(record["loss_masked"])
         assert math.isfinite(record["loss_topic"]) and record["loss_topic"] > 0
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], [r["loss"] for r in steps]
-    evaluation = [r["eval"] for r in log if "eval" in r]
-    assert evaluation and 0.0 <= evaluation[-1]["nmi_lda_topic_speaker"] <= 1.0, log[-1]
-    import zoo
+    # The NMI values are those of the labels the run wrote and of the final model's own predictions,
+    # recomputed here with scikit-learn directly (arithmetic normalisation).
+    from sklearn.metrics import normalized_mutual_info_score as nmi
 
+    import zoo
+    from zoo.speech.hubertopic.topics import read_topics
+
+    rows = read_manifest(subset)
+    speakers = [r["speaker"] for r in rows]
+    lda = read_topics(tmp_path / "run" / "labels" / "topics.txt")
+    lda_nmi = nmi(speakers, [lda[r["id"]] for r in rows])
+    evaluation = [r["eval"] for r in log if "eval" in r]
+    assert evaluation and evaluation[-1]["nmi_lda_topic_speaker"] == pytest.approx(lda_nmi, abs=1e-12), log[-1]
     model = zoo.load(str(final))
     assert model.config["num_classes"] == [20] and model.num_topics == 3 and model.labels_per_frame == 2
     from zoo.speech.hubertopic.evaluate import evaluate
 
     report = evaluate(model, data=str(subset), labels=str(tmp_path / "run" / "labels"), output=tmp_path / "e.json")
     assert report["utterances"] == 24 and report["speakers"] == 3
-    assert 0.0 <= report["nmi_lda_topic_speaker"] <= 1.0 and 0.0 <= report["nmi_predicted_topic_speaker"] <= 1.0
+    predicted = model.predict_topic([r["path"] for r in rows]).argmax(-1).tolist()
+    assert report["nmi_lda_topic_speaker"] == pytest.approx(lda_nmi, abs=1e-12)
+    assert report["nmi_predicted_topic_speaker"] == pytest.approx(nmi(speakers, predicted), abs=1e-12)
+    assert report["topic_accuracy"] == np.mean(np.array(predicted) == np.array([lda[r["id"]] for r in rows]))
     assert report["accuracy_masked"] > 1 / 20  # better than chance on 20 units
     assert json.loads((tmp_path / "e.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_normalized_mutual_info_by_hand():
+    from zoo.speech.hubertopic.topics import normalized_mutual_info
+
+    assert normalized_mutual_info([0, 0, 1, 1], ["x", "x", "y", "y"]) == pytest.approx(1.0)  # a relabelling
+    assert normalized_mutual_info([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0, abs=1e-15)  # independent
+    # joint (0,0): 1/2, (0,1): 1/4, (1,1): 1/4 -> MI / mean(H(a), H(b)), in nats
+    mi = 0.5 * math.log(4 / 3) + 0.25 * math.log(2 / 3) + 0.25 * math.log(2)
+    h_a, h_b = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), math.log(2)
+    assert normalized_mutual_info([0, 0, 0, 1], [0, 0, 1, 1]) == pytest.approx(mi / ((h_a + h_b) / 2), abs=1e-12)
+    assert normalized_mutual_info([0, 0, 0, 1], [0, 0, 1, 1]) == pytest.approx(0.34371, abs=1e-5)
+
+
+def test_evaluate_topic_nmi_on_hand_made_labels(subset, tmp_path):
+    """A labels folder whose topic is the voice gives NMI 1 with the voice; one that splits every voice in
+    half the same way gives NMI 0."""
+    import zoo
+    from zoo.speech.hubertopic.evaluate import evaluate
+    from zoo.speech.hubertopic.topics import write_topics
+
+    rows = read_manifest(subset)
+    _chain(rows, tmp_path / "labels").run()
+    voices = sorted({r["speaker"] for r in rows})
+    model = zoo.load("hubertopic-tiny", pretrained=False, num_classes=[12])
+    write_topics(tmp_path / "labels" / "topics.txt", [r["id"] for r in rows], [voices.index(r["speaker"]) for r in rows])
+    report = evaluate(model, data=str(subset), labels=str(tmp_path / "labels"))
+    assert report["nmi_lda_topic_speaker"] == pytest.approx(1.0) and report["lda_topics_used"] == 3
+    halves = [index % 2 for index in range(len(rows))]  # 8 clips per voice: 4 in each topic
+    write_topics(tmp_path / "labels" / "topics.txt", [r["id"] for r in rows], halves)
+    report = evaluate(model, data=str(subset), labels=str(tmp_path / "labels"))
+    assert report["nmi_lda_topic_speaker"] == pytest.approx(0.0, abs=1e-12) and report["lda_topics_used"] == 2
 
 
 def test_labels_that_do_not_fit_the_audio_are_an_error_naming_the_file(subset, tmp_path):
@@ -196,5 +240,5 @@ def test_iteration_two_labels_come_from_a_teacher_layer_at_50_hz(subset, tmp_pat
     from zoo.speech.hubertopic.features import layer_features
     from zoo.speech.hubertopic.kmeans import assign, load_centroids
 
-    features = layer_features(zoo.load(str(folder)).hubert, load_audio(rows[0]["path"]), 1)
+    features = layer_features(zoo.load(str(folder)).hubert, load_audio(rows[0]["path"]), 1, 16000)
     assert np.array_equal(assign(features, load_centroids(tmp_path / "labels" / "centroids.npy")), units[rows[0]["id"]])

@@ -19,7 +19,7 @@ from zoo.speech.hubertopic.topics import TopicModel, normalized_mutual_info, rea
 def test_mfcc_is_kaldi_mfcc_with_deltas_at_100_hz():
     t = torch.arange(16000) / 16000
     wave = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.01 * torch.randn(16000, generator=torch.Generator().manual_seed(0))
-    features = mfcc_features(wave)
+    features = mfcc_features(wave, 16000)
     assert features.shape == (98, 39) and mfcc_frame_count(16000) == 98
     mfcc = torchaudio.compliance.kaldi.mfcc(wave[None], sample_frequency=16000, use_energy=False).t()
     deltas = torchaudio.functional.compute_deltas(mfcc)
@@ -28,7 +28,7 @@ def test_mfcc_is_kaldi_mfcc_with_deltas_at_100_hz():
     assert torch.equal(features[:, 26:], torchaudio.functional.compute_deltas(deltas).t())
     assert mfcc_frame_count(399) == 0 and mfcc_frame_count(400) == 1 and mfcc_frame_count(560) == 2
     with pytest.raises(AudioInputError, match="shorter than one 25 ms MFCC frame"):
-        mfcc_features(torch.zeros(399))
+        mfcc_features(torch.zeros(399), 16000)
 
 
 def test_layer_features_are_the_hidden_state_of_that_layer():
@@ -37,7 +37,7 @@ def test_layer_features_are_the_hidden_state_of_that_layer():
                                      conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4))
     model.train()
     wave = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(1))
-    features = layer_features(model, wave, 1)
+    features = layer_features(model, wave, 1, 16000)
     assert model.training  # left as it was
     with torch.no_grad():
         expected = model.eval()(wave[None], output_hidden_states=True).hidden_states[1][0]

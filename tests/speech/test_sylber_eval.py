@@ -105,3 +105,29 @@ def test_zoo_segment_plot(saved_tiny, manifest, tmp_path, capsys):
     silent = tmp_path / "empty.wav"
     sf.write(silent, np.zeros(0, dtype=np.float32), 16000)
     assert main(["segment", str(silent), "--model", str(folder)]) == 2
+
+
+def test_zoo_segment_takes_folders_and_manifests_and_gives_no_rate_for_tiny_clips(saved_tiny, manifest, tmp_path,
+                                                                                  capsys):
+    """A folder or a manifest is a corpus; every file once; a 0.05 s clip has segments but no rate."""
+    model, folder = saved_tiny
+    path, rows = manifest
+    audio_dir = path.parent
+    js = tmp_path / "all.json"
+    assert main(["segment", str(audio_dir), "--model", str(folder), "--json", str(js), "--workers", "2"]) == 0
+    by_folder = json.loads(js.read_text())
+    assert [r["path"].rsplit("/", 1)[-1] for r in by_folder] == ["u0.wav", "u1.wav", "u2.wav", "u3.wav"]
+    out = capsys.readouterr().out
+    assert "4 files, " in out and "segments (" in out
+    assert main(["segment", str(path), "--model", str(folder), "--json", str(js), "--batch-size", "3"]) == 0
+    by_manifest = json.loads(js.read_text())
+    assert [r["segments"] for r in by_manifest] == [r["segments"] for r in by_folder]
+    expected = [model.segment(str(audio_dir / f"u{i}.wav")) for i in range(4)]
+    assert [r["segments"] for r in by_folder] == [e.segments.tolist() for e in expected]
+    capsys.readouterr()
+    tiny = tmp_path / "tiny.wav"
+    sf.write(tiny, 0.001 * np.random.default_rng(0).standard_normal(800).astype(np.float32), 16000)
+    assert main(["segment", str(tiny), "--model", str(folder)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith("in 0.05 s (too short for a rate)"), line
+    assert main(["segment", str(tmp_path / "nowhere"), "--model", str(folder)]) == 2

@@ -1,4 +1,4 @@
-"""Official sylber.ckpt loading: both weight-norm spellings, strict keys, other official layouts, convert."""
+"""Official sylber.ckpt loading: both weight-norm spellings, strict keys, other official layouts, folders, convert."""
 from __future__ import annotations
 
 import pickle
@@ -83,25 +83,57 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, official):
     assert "encoder.layers.1.attention.k_proj.weight" in str(info.value)
 
 
-def test_wrong_size_is_a_shape_error(tmp_path, official):
+def test_the_architecture_comes_from_the_checkpoint(tmp_path, official):
+    """The file decides the size: a 3-layer checkpoint converts as 3 layers whatever size was asked."""
+    three = transformers.HubertModel(transformers.HubertConfig(**make_config("tiny", encoder={
+        "num_hidden_layers": 3, "intermediate_size": 96})["encoder"])).eval()
+    torch.save(three.state_dict(), tmp_path / "three.ckpt")
+    model = load(str(tmp_path / "three.ckpt"), make_config("tiny"))
+    encoder = model.config["encoder"]
+    assert encoder["num_hidden_layers"] == 3 and encoder["intermediate_size"] == 96
+    wave = torch.randn(8000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model(wave, 16000), reference_features(three, wave), atol=1e-5, rtol=1e-5)
+    # a stray layer index is not a size: it is reported with the key
     _, state = official
-    path = tmp_path / "tiny.ckpt"
-    torch.save(state, path)
-    with pytest.raises(CheckpointKeysError):
-        load(str(path), make_config("tiny", encoder={"num_hidden_layers": 3}))
-    with pytest.raises(CheckpointKeysError):
-        load(str(path), make_config("tiny", encoder={"intermediate_size": 96}))
+    torch.save({**state, "encoder.layers.5.final_layer_norm.bias": torch.zeros(64)}, tmp_path / "stray.ckpt")
+    with pytest.raises(CheckpointKeysError) as info:
+        load(str(tmp_path / "stray.ckpt"), make_config("tiny"))
+    assert info.value.unexpected == ["encoder.layers.5.final_layer_norm.bias"] and not info.value.missing
 
 
-def test_masked_spec_embed_missing_gives_a_hint(tmp_path, official):
+def test_without_masked_spec_embed_the_model_has_none(tmp_path, official):
+    # transformers' HubertModel has masked_spec_embed exactly when mask_time_prob > 0: follow the weights.
     _, state = official
     path = tmp_path / "nomask.ckpt"
     torch.save({k: v for k, v in state.items() if k != "masked_spec_embed"}, path)
-    with pytest.raises(CheckpointKeysError, match="mask_time_prob"):
-        load(str(path), make_config("tiny"))
-    # speech.md §1.3: present because mask_time_prob > 0; without masking the key is not expected.
-    model = load(str(path), make_config("tiny", encoder={"mask_time_prob": 0.0}))
-    assert "hubert.masked_spec_embed" not in model.state_dict()
+    model = load(str(path), make_config("tiny"))
+    assert "hubert.masked_spec_embed" not in model.state_dict() and model.config["encoder"]["mask_time_prob"] == 0.0
+
+
+def test_a_transformers_folder_converts_with_its_config_json(tmp_path, official, wave):
+    """What `save_pretrained` writes (config.json + model.safetensors), or a Hub snapshot of it."""
+    from zoo.cli import main
+
+    hf_model, _ = official
+    hf_model.save_pretrained(tmp_path / "snapshot")
+    assert {p.name for p in (tmp_path / "snapshot").iterdir()} == {"config.json", "model.safetensors"}
+    # the default size (base, 9 x 768) is not the folder's: no override is needed
+    assert main(["convert", "sylber", str(tmp_path / "snapshot"), str(tmp_path / "out")]) == 0
+    model = zoo.load(str(tmp_path / "out"))
+    assert model.config["encoder"]["hidden_size"] == 64 and model.config["encoder"]["num_hidden_layers"] == 2
+    torch.testing.assert_close(model(wave, 16000), reference_features(hf_model, wave), atol=1e-5, rtol=1e-5)
+    # a folder holding the official file name
+    (tmp_path / "hub").mkdir()
+    torch.save(hf_model.state_dict(), tmp_path / "hub" / "sylber.ckpt")
+    torch.save({"other": torch.zeros(1)}, tmp_path / "hub" / "synthesis_sylber.ckpt")
+    assert load(str(tmp_path / "hub"), make_config("tiny")).config["encoder"]["num_hidden_layers"] == 2
+    # without a config.json, a width that no released HuBERT has leaves the head count unknown: asked, not guessed
+    with pytest.raises(CheckpointFormatError, match="width of 64.*attention heads.*config.json"):
+        load(str(tmp_path / "hub"), make_config("base"))
+    (tmp_path / "hub" / "sylber.ckpt").unlink()
+    torch.save({"other": torch.zeros(1)}, tmp_path / "hub" / "more.ckpt")
+    with pytest.raises(CheckpointFormatError, match="several checkpoint files"):
+        load(str(tmp_path / "hub"), make_config("tiny"))
 
 
 def test_lightning_and_ema_layouts(tmp_path, official, wave):
@@ -113,8 +145,7 @@ def test_lightning_and_ema_layouts(tmp_path, official, wave):
     torch.save({"ema": state}, tmp_path / "ema_dict.ckpt")
     for name in ("last.ckpt", "ema_dict.ckpt"):
         model = load(str(tmp_path / name), make_config("tiny")).eval()
-        with torch.no_grad():
-            torch.testing.assert_close(model(wave, 16000), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(wave, 16000), expected, atol=1e-5, rtol=1e-5)
     torch.save({"state_dict": {"net.other.weight": torch.ones(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointFormatError):
         load(str(tmp_path / "other.ckpt"), make_config("tiny"))
@@ -152,5 +183,7 @@ def test_zoo_convert_writes_zoo_format(tmp_path, official, wave):
     model = zoo.load(str(out))
     with torch.no_grad():
         torch.testing.assert_close(model(wave, 16000), reference_features(hf_model, wave), atol=1e-5, rtol=1e-5)
-    # The wrong size is reported, not silently ignored.
-    assert main(["convert", "sylber", str(tmp_path / "sylber.ckpt"), str(tmp_path / "bad")]) == 2
+    # A file that is no Sylber/HuBERT checkpoint is reported in one line (exit status 2).
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "other.ckpt")
+    assert main(["convert", "sylber", str(tmp_path / "other.ckpt"), str(tmp_path / "bad")]) == 2
+    assert main(["convert", "sylber", str(tmp_path / "missing.ckpt"), str(tmp_path / "bad")]) == 2

@@ -1,4 +1,4 @@
-"""Syllable boundary metrics (speech.md §1.7), checked against hand-computed values."""
+"""Syllable boundary metrics (cheoljun95/sdhubert:evaluate_boundary.py protocol), checked against hand-computed values."""
 import math
 
 import numpy as np

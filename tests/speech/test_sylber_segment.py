@@ -1,4 +1,4 @@
-"""Sylber greedy segmentation (speech.md §1.5) and the stage-2 Thresholder (§1.4).
+"""Sylber greedy segmentation and the stage-2 Thresholder (Berkeley-Speech-Group/sylber:sylber/utils/segment_utils.py).
 
 Hand-made cases use 2-d frames of norm 2 at given angles, so every cosine is the cosine
 of an angle difference and the expected segments can be worked out on paper.
@@ -177,24 +177,70 @@ def test_seconds_and_segment_means():
     assert segment_means(x, np.zeros((0, 2))).shape == (0, 2)
 
 
-def test_matches_official_segment_utils_when_available(monkeypatch):
-    """Optional parity check with the released sylber/utils/segment_utils.py, loaded by path
-    from SYLBER_SEGMENT_UTILS (never downloaded or imported as a package)."""
+def official_segment_utils_path() -> str | None:
+    """The released segment_utils.py of the installed official wheel (`pip install --no-deps sylber==0.1.4`),
+    found through the package's metadata without importing it (`import sylber` needs its heavy dependencies)."""
+    import os
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    if os.environ.get("SYLBER_SEGMENT_UTILS"):
+        return os.environ["SYLBER_SEGMENT_UTILS"]
+    try:
+        return str(distribution("sylber").locate_file("sylber/utils/segment_utils.py"))
+    except PackageNotFoundError:
+        return None
+
+
+def test_matches_the_official_segment_utils():
+    """Parity with the official get_segment on random inputs, float32 and float64, one by one and as a corpus.
+
+    CI installs the wheel (.ci/run); elsewhere the test skips unless ZOO_REQUIRE_OFFICIAL_SYLBER is set,
+    which CI sets, so a broken install fails instead of skipping."""
     import importlib.util
     import os
 
-    path = os.environ.get("SYLBER_SEGMENT_UTILS")
+    path = official_segment_utils_path()
     if not path or not os.path.isfile(path):
-        pytest.skip("set SYLBER_SEGMENT_UTILS to the official segment_utils.py to run")
+        if os.environ.get("ZOO_REQUIRE_OFFICIAL_SYLBER"):
+            pytest.fail("the official sylber wheel is not installed: pip install --no-deps sylber==0.1.4")
+        pytest.skip("the official sylber wheel is not installed (pip install --no-deps sylber==0.1.4)")
     spec = importlib.util.spec_from_file_location("_official_segment_utils", path)
     official = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(official)
     rng = np.random.default_rng(7)
     for dtype in (np.float32, np.float64):
-        for _ in range(10):
-            x = _random_features(rng, 200, 64, dtype)
-            got = np.asarray(official.get_segment(x, 1.0, 0.75), dtype=np.int64).reshape(-1, 2)
-            np.testing.assert_array_equal(segment(x, 1.0, 0.75), got)
+        corpus = [_random_features(rng, int(rng.integers(20, 300)), int(rng.choice([16, 64, 768])), dtype)
+                  for _ in range(12)]
+        for norm_threshold, merge_threshold in ((1.0, 0.75), (2.6, 0.8), (0.5, 0.95)):
+            expected = [np.asarray(official.get_segment(x, norm_threshold, merge_threshold), dtype=np.int64)
+                        .reshape(-1, 2) for x in corpus]
+            assert sum(len(e) for e in expected) > 0
+            for x, want in zip(corpus, expected):
+                np.testing.assert_array_equal(segment(x, norm_threshold, merge_threshold), want)
+            for got, want in zip(segment(corpus, norm_threshold, merge_threshold, workers=3), expected):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_a_corpus_is_segmented_in_parallel_with_the_same_segments():
+    rng = np.random.default_rng(21)
+    corpus = [_random_features(rng, int(rng.integers(1, 250)), 32, np.float32) for _ in range(40)]
+    corpus.append(np.zeros((0, 32), np.float32))
+    alone = [segment(x, 1.0, 0.8) for x in corpus]
+    for workers in (1, 2, 4, None):
+        together = segment(corpus, 1.0, 0.8, workers=workers)
+        assert isinstance(together, list) and len(together) == len(corpus)
+        for got, want in zip(together, alone):
+            np.testing.assert_array_equal(got, want)
+    # tensors and tuples too; norms per utterance
+    norms = [np.full(len(x), 5.0) for x in corpus[:3]]
+    assert [a.tolist() for a in segment(tuple(torch.from_numpy(x) for x in corpus[:3]), 1.0, 0.8, norms=norms)] == \
+        [segment(x, 1.0, 0.8, norms=n).tolist() for x, n in zip(corpus[:3], norms)]
+    with pytest.raises(SegmentInputError, match="norms must be a list of 3"):
+        segment(corpus[:3], 1.0, 0.8, norms=norms[0])
+    with pytest.raises(SegmentInputError, match="Utterance 1 of the corpus is a list"):
+        segment([corpus[0], corpus[1].tolist()], 1.0, 0.8)
+    with pytest.raises(SegmentInputError, match="workers"):
+        segment(corpus, workers=0)
 
 
 # ------------------------------------------------------------------------ Thresholder

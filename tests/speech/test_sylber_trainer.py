@@ -101,9 +101,42 @@ def test_crops_are_frame_aligned_and_padded(corpus):
     assert abs(batch["input_values"][0, :16320].std(unbiased=False).item() - 1) < 1e-3
     assert batch["input_values"][0, 16320:].abs().sum() == 0
     # The crop makes exactly as many HuBERT frames as the crop has 320-sample frames.
-    from zoo.speech.sylber.model import num_frames
+    from zoo.audio import num_frames
 
-    assert num_frames(16320) == 50 and num_frames(32320) == 100
+    assert num_frames(16320, 400, 320) == 50 and num_frames(32320, 400, 320) == 100
+
+
+def test_added_silence_gets_no_segments_and_silence_alone_none_at_all(corpus):
+    """data.pad_silence / data.silence_only: silence (with a noise floor) around and instead of speech, never
+    inside a segment, so the student's target there is zero: silence is not a syllable."""
+    from zoo.data import demo_corpus, read_manifest
+    from zoo.speech.sylber.trainer import HOP, SylberCropDataset, energy_syllables
+
+    rows = read_manifest(demo_corpus())[:4]
+    data = SylberCropDataset(rows, corpus, max_len=80000, energy_segments=True, pad_silence=0.5)
+    torch.manual_seed(3)
+    for index in range(4):
+        clip_frames = __import__("zoo").audio.load_audio(rows[index]["path"]).shape[0] // HOP
+        item = data[index]
+        frames = item["wav"].shape[0] // HOP
+        assert clip_frames <= frames - 1 <= clip_frames + 50  # up to 25 frames (0.5 s) each side
+        energy = item["wav"][:frames * HOP].reshape(frames, HOP).pow(2).mean(-1)
+        quiet = (energy < 1e-5).tolist()  # the added silence: noise floor at -50 dBFS or below
+        lead = next(i for i, q in enumerate(quiet) if not q)  # quiet frames before the speech
+        tail = next(i for i, q in enumerate(reversed(quiet)) if not q)  # and after it
+        assert lead + tail >= 1 and len(item["segments"]) >= 1
+        for start, end in item["segments"]:  # no segment lies in the leading or trailing silence
+            assert end > lead and start < frames - tail
+    # A crop of the noise floor alone: no syllable at all.
+    alone = SylberCropDataset(rows, corpus, max_len=80000, energy_segments=True, pad_silence=0.5, silence_only=1.0)
+    item = alone[0]
+    assert item["segments"].shape == (0, 2) and float(item["wav"].abs().max()) < 0.02
+    assert energy_syllables(1e-3 * torch.randn(16000)).shape == (0, 2)  # -60 dBFS noise is silence
+    assert energy_syllables(0.3 * torch.randn(16000)).shape[0] >= 1  # loud noise is not
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="silence_only needs data.pad_silence"):
+        SylberCropDataset(rows, corpus, silence_only=0.1)
 
 
 def test_stage1_requires_the_segments_field(corpus):
@@ -119,14 +152,40 @@ def test_targets_and_loss_by_hand():
     teacher = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [9.0, 9.0]],
                             [[2.0, 2.0], [4.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
     segments = [np.array([[0, 2], [2, 3]]), np.array([[0, 2]])]
-    targets = SylberTrainer._targets(teacher, segments)
+    targets = SylberTrainer.targets(teacher, segments)
     expected = torch.tensor([[[2.0, 1.0], [2.0, 1.0], [5.0, 4.0], [0.0, 0.0]],
                              [[3.0, 1.0], [3.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
     assert torch.equal(targets, expected)
-    student = torch.zeros_like(teacher)
-    # speech.md §1.4: sum over features, mean over all B x L frames, padding included.
-    loss = (student - targets).pow(2).sum(-1).mean()
-    assert loss.item() == pytest.approx((5 + 5 + 41 + 0 + 10 + 10 + 0 + 0) / 8)
+    # The trainer's own loss: squared error summed over features, mean over all B x L frames, padding
+    # included. Student rows by hand: errors (1,1), (-1,1), (0,0), (9,9) | (0,-1), (1,-1), (0,0), (0,0).
+    student = torch.tensor([[[3.0, 2.0], [1.0, 2.0], [5.0, 4.0], [9.0, 9.0]],
+                            [[3.0, 0.0], [4.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    loss = SylberTrainer.distillation_loss(student, targets)
+    assert loss.item() == (2 + 2 + 0 + 162 + 1 + 2 + 0 + 0) / 8
+
+
+def test_training_step_returns_the_distillation_loss_of_the_student_output(corpus, monkeypatch):
+    """training_step's loss is distillation_loss(student output, targets of the teacher), nothing else."""
+    from zoo.speech.sylber.trainer import SylberTrainer
+
+    trainer = _trainer(corpus, sylber={"stage": 1}, noise={"enabled": False})
+    torch.manual_seed(0)
+    model = trainer.build_model()
+    data, _ = trainer.build_datasets()
+    trainer.on_train_start(model)
+    batch = trainer.collate([data[i] for i in range(3)])
+    seen = {}
+    real = SylberTrainer.distillation_loss
+
+    def spy(states, targets):
+        seen["states"], seen["targets"] = states.detach(), targets
+        return real(states, targets)
+
+    monkeypatch.setattr(SylberTrainer, "distillation_loss", staticmethod(spy))
+    out = trainer.training_step(model, batch)
+    assert out["loss"].item() == real(seen["states"], seen["targets"]).item() > 0
+    teacher_states = trainer.teacher(batch["input_values"], batch["lengths"]).last_hidden_state
+    assert torch.equal(seen["targets"], SylberTrainer.targets(teacher_states.float(), batch["segments"]))
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -208,11 +267,11 @@ def test_energy_bootstrap_segments_by_hand():
     t = torch.arange(3200) / 16000
     tone = torch.sin(2 * torch.pi * 200 * t)
     wave = torch.cat([torch.zeros(160 + 1600), tone, torch.zeros(1600), tone, torch.zeros(1600 + 160)])
-    segments = energy_syllables(wave, smooth_frames=1)
-    assert segments.shape == (2, 2)
-    # tone 1 covers samples [1760, 4960) of the padded crop -> frames 4..14 overlap it.
-    assert abs(segments[0, 0] - 5) <= 1 and abs(segments[0, 1] - 15) <= 1
-    assert abs(segments[1, 0] - 20) <= 1 and abs(segments[1, 1] - 30) <= 1
+    # tone 1 covers samples [1760, 4960) of the padded crop and frame i covers [320 i, 320 i + 400):
+    # frames 5 (240 samples of tone) to 15 (160 samples) hear it; tone 2, [6560, 9760), frames 20 to 30.
+    assert energy_syllables(wave, smooth_frames=1).tolist() == [[5, 16], [20, 31]]
+    # a 5-frame moving average (edges repeated, not zero-padded) drops the frames only partly covered
+    assert energy_syllables(wave).tolist() == [[6, 15], [21, 30]]
 
 
 def test_config_errors(corpus):
@@ -226,8 +285,10 @@ def test_config_errors(corpus):
         trainer.build_datasets()
 
 
-def test_demo_recipe_runs_through_the_engine(tmp_path):
-    """`zoo train sylber --config demo.yaml` on the bundled corpus, shortened; the codebook is fitted and saved."""
+def test_demo_recipe_runs_through_the_engine_and_prints_its_result(tmp_path, capsys):
+    """`zoo train sylber --config demo.yaml` on the bundled corpus, shortened: the codebook is fitted and saved,
+    and the run ends by printing the segment rate against the text's syllable rate, the silence check, and
+    `zoo segment` of a bundled clip with its PNG, then where the model, picture and logs are."""
     from importlib import resources
 
     from safetensors.torch import load_file
@@ -238,10 +299,26 @@ def test_demo_recipe_runs_through_the_engine(tmp_path):
     config = load_recipe(str(recipe), [
         "train.max_steps=6", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=1000",
         "train.eval_every=1000", f"train.output_dir={tmp_path / 'run'}", "data.max_len=16000",
-        "data.eval=null", "tokenizer.num_tokens=4", "tokenizer.max_items=8",
+        "tokenizer.num_tokens=4", "tokenizer.max_items=8", "report.items=4",
     ])
+    assert config["report"]["clip"] == "demo" and config["data"]["eval"] == "demo"
     final = run(config)
     weights = load_file(str(final / "model.safetensors"))
     assert weights["codebook"].shape == (4, 64)
     model = zoo.load(str(final))
     assert model.num_tokens == 4 and model.config["num_tokens"] == 4
+    out = capsys.readouterr().out
+    from zoo.data import demo_corpus, read_manifest
+    from zoo.speech.sylber.evaluate import evaluate
+
+    rows = read_manifest(demo_corpus())[:4]
+    figures = evaluate(model, data=rows)
+    assert (f"{figures['segments_per_second_model']:.2f} segments per second against "
+            f"{figures['syllables_per_second_text']:.2f} syllables per second in the text (4 clips") in out
+    assert "segments in the 0.5 s of silence added before and after each of those clips" in out
+    clip = rows[0]["path"]
+    result = model.segment(clip)
+    assert f"{clip}: {len(result)} segments in {result.duration:.2f} s" in out
+    png = tmp_path / "run" / "segments.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"model:    {final}" in out and f"picture:  {png}" in out and str(tmp_path / "run" / "log.jsonl") in out

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from zoo.audio import load_audio, pad_batch, prepare_waveform
+from zoo.audio import load_audio, num_frames, pad_batch, prepare_waveform, prepare_waveforms
 from zoo.errors import AudioInputError, ImageInputError
 
 
@@ -20,11 +20,34 @@ def test_int_pcm_is_scaled_to_unit_range():
 
 def test_stereo_mixdown_is_the_channel_mean_in_either_layout():
     rng = np.random.default_rng(0)
-    channels_first = rng.uniform(-1, 1, size=(2, 1000)).astype(np.float32)
-    expected = channels_first.mean(axis=0)
-    np.testing.assert_allclose(prepare_waveform(channels_first, 16000).numpy(), expected, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(prepare_waveform(channels_first.T, 16000).numpy(), expected, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(prepare_waveform(torch.from_numpy(channels_first), 16000).numpy(), expected, atol=1e-7)
+    channels_first = rng.uniform(-1, 1, size=(3, 1000)).astype(np.float32)
+    expected = (channels_first[0] + channels_first[1] + channels_first[2]) / 3
+    assert prepare_waveform(channels_first, 16000, channel_axis=0).numpy().tolist() == expected.tolist()
+    assert prepare_waveform(channels_first.T, 16000, channel_axis=1).numpy().tolist() == expected.tolist()
+    assert prepare_waveform(torch.from_numpy(channels_first), 16000, channel_axis=0).numpy().tolist() == \
+        expected.tolist()
+    # without channel_axis the channels are on the shorter axis (a recording has fewer channels than samples)
+    assert prepare_waveform(channels_first, 16000).numpy().tolist() == expected.tolist()
+    assert prepare_waveform(channels_first.T, 16000).numpy().tolist() == expected.tolist()
+    with pytest.raises(AudioInputError, match="as many rows as columns.*channel_axis"):
+        prepare_waveform(np.zeros((3, 3), np.float32), 16000)
+    # a 2-D array is a batch only with lengths
+    batch = prepare_waveforms(channels_first, 16000, lengths=[1000, 1000, 500])
+    assert batch.batched and [w.shape[0] for w in batch.waves] == [1000, 1000, 500]
+    with pytest.raises(AudioInputError, match="1-D"):
+        prepare_waveform(channels_first[0], 16000, channel_axis=0)
+    # [1, T] and [T, 1] hold one channel: no question to ask
+    assert prepare_waveform(channels_first[:1], 16000).numpy().tolist() == channels_first[0].tolist()
+    assert prepare_waveform(channels_first[:1].T, 16000).numpy().tolist() == channels_first[0].tolist()
+
+
+def test_num_frames_is_the_sliding_window_count():
+    # HuBERT: 400-sample receptive field, 320-sample hop; kaldi fbank/MFCC: 400 / 160
+    assert [num_frames(n, 400, 320) for n in (0, 399, 400, 719, 720, 16000)] == [0, 0, 1, 1, 2, 49]
+    assert num_frames(16000, 400, 160) == 98
+    assert num_frames(torch.tensor([[399, 400], [720, 16000]]), 400, 320).tolist() == [[0, 1], [2, 49]]
+    with pytest.raises(ValueError):
+        num_frames(100, 0, 10)
 
 
 def test_resampling_8k_to_16k_doubles_the_length_and_keeps_a_tone():
@@ -92,6 +115,55 @@ def test_load_audio_errors_name_the_file(tmp_path):
     sf.write(tmp_path / "short.wav", np.zeros(100, np.float32), 16000)
     with pytest.raises(AudioInputError, match="short.wav is too short: 100 samples.*at least 400 samples"):
         load_audio(tmp_path / "short.wav", min_samples=400)
+
+
+def test_every_input_form_gives_the_same_waveforms(tmp_path):
+    """A path, a list of paths, samples with their rate (float or int PCM, either layout), a list, a padded batch."""
+    rng = np.random.default_rng(3)
+    pcm = (rng.uniform(-0.5, 0.5, size=(22050, 2)) * 32767).astype(np.int16)
+    sf.write(tmp_path / "a.wav", pcm, 22050, subtype="PCM_16")
+    sf.write(tmp_path / "b.flac", pcm[:11025, 0], 22050, subtype="PCM_16")
+    one = prepare_waveforms(tmp_path / "a.wav")
+    assert not one.batched and len(one.waves) == 1 and one.waves[0].shape == (16000,)
+    assert one.waves[0].dtype == torch.float32
+    floats, rate = sf.read(tmp_path / "a.wav")  # float64 [T, C], as users read files
+    for same in (prepare_waveforms(str(tmp_path / "a.wav")), prepare_waveforms(floats, rate, channel_axis=1),
+                 prepare_waveforms(pcm, 22050, channel_axis=1), prepare_waveforms(torch.from_numpy(pcm.T.copy()),
+                                                                                   22050, channel_axis=0)):
+        assert torch.equal(same.waves[0], one.waves[0])
+    mixed = prepare_waveforms([tmp_path / "b.flac", pcm[:11025, 0]], 22050)
+    assert mixed.batched and torch.equal(mixed.waves[0], mixed.waves[1]) and mixed.lengths.tolist() == [8000, 8000]
+    padded = np.zeros((2, 22050), np.int16)
+    padded[0, :11025], padded[1] = pcm[:11025, 0], pcm[:, 0]
+    batch = prepare_waveforms(padded, 22050, lengths=[11025, 22050])
+    assert batch.batched and torch.equal(batch.waves[0], mixed.waves[0]) and batch.waves[1].shape == (16000,)
+    padded_tensor, lengths = batch.padded()
+    assert padded_tensor.shape == (2, 16000) and lengths.tolist() == [8000, 16000]
+
+
+@pytest.mark.parametrize("inputs, kwargs, needle", [
+    ([0.1, 0.2, 0.3], {"sample_rate": 16000}, "list of numbers"),
+    ([], {"sample_rate": 16000}, "empty list"),
+    (np.zeros(800, np.float32), {}, "give the sample rate"),
+    (np.zeros((2, 800), np.float32), {"sample_rate": 16000, "lengths": [800, 900]}, "lengths must lie in 1..800"),
+    (np.zeros((2, 800), np.float32), {"sample_rate": 16000, "lengths": [800]}, "B lengths"),
+    ([np.zeros(800, np.float32)], {"sample_rate": 16000, "lengths": [800]}, "leave lengths out"),
+    (np.array(["speech.wav"]), {"sample_rate": 16000}, "a path must be a str or Path"),
+])
+def test_input_mistakes_are_named(inputs, kwargs, needle):
+    with pytest.raises(AudioInputError, match=needle):
+        prepare_waveforms(inputs, **kwargs)
+
+
+def test_mp3_is_read_by_soundfile_where_libsndfile_has_it(tmp_path):
+    import soundfile
+
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no MP3 support (libsndfile < 1.1)")
+    pcm = (np.sin(np.arange(8000) / 5) * 12000).astype(np.int16)
+    sf.write(tmp_path / "x.mp3", pcm, 8000, format="MP3")
+    wave = load_audio(tmp_path / "x.mp3")
+    assert wave.shape[0] >= 16000 and float(wave.abs().max()) > 0.2
 
 
 def test_files_soundfile_cannot_open_are_decoded_by_librosa(tmp_path, monkeypatch):

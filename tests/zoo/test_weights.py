@@ -344,3 +344,44 @@ def test_load_bf16_straight_onto_cuda(tmp_path):
     assert {b.device.type for b in loaded.buffers()} == {"cuda"}
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key].cpu(), value.to(torch.bfloat16)), key
+
+
+def test_official_loader_that_takes_dtype_and_device_gets_them(tmp_path):
+    """A loader with ``dtype``/``device`` keywords streams straight into them (no float32 copy first);
+    one without them is called as before and the model is cast afterwards."""
+    from zoo import api
+    from zoo.registry import Family
+
+    register()
+    torch.manual_seed(5)
+    source = ToyModel({"dim": 8, "hidden": 16, "num_classes": 3})
+    torch.save(source.state_dict(), tmp_path / "toy.pt")
+    calls = []
+
+    def typed_loader(path, config, *, dtype=None, device=None):
+        from zoo.hub import load_state_dict_strict
+
+        calls.append((dtype, device))
+        model = ToyModel(config).to(dtype=dtype or torch.float32)
+        state = {k: v.to(dtype or v.dtype) for k, v in torch.load(path, weights_only=True).items()}
+        return load_state_dict_strict(model, state, str(path))
+
+    def plain_loader(path, config):
+        from zoo.hub import load_state_dict_strict
+
+        calls.append("plain")
+        return load_state_dict_strict(ToyModel(config), torch.load(path, weights_only=True), str(path))
+
+    family = Family(name="toy", modality="vision", build=ToyModel, sizes={"tiny": {}}, load=typed_loader)
+    model = api._load_official(family, str(tmp_path / "toy.pt"), dict(source.config), dtype=torch.bfloat16,
+                               device="cpu")
+    assert calls == [(torch.bfloat16, "cpu")]
+    assert model.encoder.weight.dtype == torch.bfloat16
+    assert torch.equal(model.encoder.weight, source.encoder.weight.to(torch.bfloat16))
+    calls.clear()
+    api._load_official(family, str(tmp_path / "toy.pt"), dict(source.config))
+    assert calls == [(None, None)]  # nothing asked: keywords not passed, loader defaults
+    calls.clear()
+    family = Family(name="toy", modality="vision", build=ToyModel, sizes={"tiny": {}}, load=plain_loader)
+    model = api._load_official(family, str(tmp_path / "toy.pt"), dict(source.config), dtype=torch.bfloat16)
+    assert calls == ["plain"] and model.encoder.weight.dtype == torch.float32  # zoo.load casts afterwards

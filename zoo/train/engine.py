@@ -322,7 +322,7 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
     wrapped = D.wrap_model(model, info, device, train["distributed"], bool(train["find_unused_parameters"]),
                            fsdp_options=train["fsdp"], trainer=trainer)
     optimizer = build_optimizer(trainer.param_groups(model), config["optim"])
-    scheduler = build_scheduler(optimizer, config["schedule"], max_steps)
+    scheduler = build_scheduler(optimizer, config["schedule"], max_steps, trainer.lr_factors(optimizer))
     sampler = ResumableBatchSampler(len(train_set), int(train["batch_size"]), seed=seed,
                                     shuffle=bool(train["shuffle"]), drop_last=bool(train["drop_last"]),
                                     rank=info.rank, world_size=info.world_size)

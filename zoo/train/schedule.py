@@ -52,10 +52,12 @@ def lr_factor(step: int, *, name: str, warmup_steps: int, total_steps: int, min_
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def build_scheduler(optimizer, schedule: dict, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, schedule: dict, max_steps: int,
+                    group_factors: list | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LambdaLR`` following :func:`lr_factor` for the ``schedule`` section (warmup then constant,
     linear, cosine or polynomial decay over ``total_steps``, default ``max_steps``). ``ConfigError`` for another
-    name.
+    name. ``group_factors`` (one ``f(step) -> float`` or None per parameter group, from
+    ``Trainer.lr_factors``) multiply the schedule group by group.
     """
     name = str(schedule.get("name") or "constant").lower()
     if name not in SCHEDULES:
@@ -64,4 +66,12 @@ def build_scheduler(optimizer, schedule: dict, max_steps: int) -> torch.optim.lr
                    total_steps=int(schedule.get("total_steps") or max_steps),
                    min_lr_ratio=float(schedule.get("min_lr_ratio") or 0.0),
                    power=float(schedule.get("power") if schedule.get("power") is not None else 1.0))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, **options))
+    if group_factors is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, **options))
+    if len(group_factors) != len(optimizer.param_groups):
+        raise ConfigError(f"{len(group_factors)} learning-rate factors for {len(optimizer.param_groups)} parameter groups")
+
+    def combined(factor):
+        return lambda step: lr_factor(step, **options) * (1.0 if factor is None else float(factor(step)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [combined(f) for f in group_factors])

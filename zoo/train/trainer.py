@@ -52,6 +52,12 @@ class Trainer:
         weight_decay = float((self.config.get("optim") or {}).get("weight_decay") or 0.0)
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
+    def lr_factors(self, optimizer) -> list | None:
+        """Per-group learning-rate factors: one ``f(step) -> float`` (or None) per ``optimizer.param_groups``
+        entry, multiplied with the recipe's ``schedule`` (``step`` counts optimizer steps from 0). Default
+        None: the schedule alone, the same for every group."""
+        return None
+
     def fsdp_layer_classes(self, model) -> list[type] | None:
         """Module classes FSDP shards one unit each under ``train.distributed: fsdp`` (e.g. the transformer
         layer class). ``None``: ``train.fsdp.layer_classes``, else transformers' ``_no_split_modules``, else
