@@ -152,11 +152,15 @@ class ECAPALayers:
     that must share WeSpeaker's key layout."""
 
     def build_ecapa(self, *, channels=512, feat_dim=80, embed_dim=192, global_context_att=True, emb_bn=True,
-                    scale=8, se_bottleneck=128, pool_bottleneck=128, cat_out_channels=1536) -> None:
+                    scale=8, se_bottleneck=128, pool_bottleneck=128, cat_out_channels=1536,
+                    extra_pool_dim=0) -> None:
         """Create the layers (``layer1``..``layer4``, ``conv``, ``pool``, ``bn``, ``linear``, ``bn2``) on ``self``.
 
         Sizes are WeSpeaker's arguments: ``channels`` C of the TDNN blocks, ``feat_dim`` input fbank bins,
         ``embed_dim`` output size, ``scale`` Res2 groups, bottlenecks of SE and pooling, ``cat_out_channels``.
+        ``extra_pool_dim`` > 0 widens ``bn`` and ``linear`` by that many inputs for utterance-level features
+        that ``ecapa_forward(..., extra=...)`` concatenates to the pooled statistics (not in ECAPA or
+        WeSpeaker, whose value is 0).
         """
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
@@ -166,8 +170,9 @@ class ECAPALayers:
         self.layer4 = SERes2Block(channels, 3, padding=4, dilation=4, scale=scale, se_bottleneck=se_bottleneck)
         self.conv = nn.Conv1d(channels * 3, cat_out_channels, kernel_size=1)
         self.pool = AttentiveStatsPool(cat_out_channels, pool_bottleneck, global_context_att)
-        self.bn = nn.BatchNorm1d(self.pool.out_dim)
-        self.linear = nn.Linear(self.pool.out_dim, embed_dim)
+        self.extra_pool_dim = int(extra_pool_dim)
+        self.bn = nn.BatchNorm1d(self.pool.out_dim + self.extra_pool_dim)
+        self.linear = nn.Linear(self.pool.out_dim + self.extra_pool_dim, embed_dim)
         self.emb_bn = emb_bn
         self.bn2 = nn.BatchNorm1d(embed_dim) if emb_bn else nn.Identity()
 
@@ -182,8 +187,17 @@ class ECAPALayers:
         steps = torch.arange(num_frames, device=device)
         return (steps[None, :] < lengths[:, None]).unsqueeze(1).float()
 
-    def ecapa_forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None):
-        """feats [B, T, F] (+ valid frame counts) -> (layer4 output [B, C, T], embedding [B, E])."""
+    def ecapa_forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None,
+                      extra: torch.Tensor | None = None):
+        """feats [B, T, F] (+ valid frame counts) -> (layer4 output [B, C, T], embedding [B, E]).
+
+        ``extra`` [B, extra_pool_dim]: utterance-level features joined to the pooled statistics (required
+        exactly when the layers were built with ``extra_pool_dim`` > 0; ValueError otherwise).
+        """
+        if (extra is None) != (self.extra_pool_dim == 0) or (
+                extra is not None and tuple(extra.shape) != (feats.shape[0], self.extra_pool_dim)):
+            raise ValueError(f"ECAPA built with extra_pool_dim={self.extra_pool_dim} got extra of shape "
+                             f"{None if extra is None else tuple(extra.shape)} for a batch of {feats.shape[0]}")
         x = feats.transpose(1, 2)
         mask = self.frame_mask(lengths, x.shape[-1], x.device)
         x = _masked(x, mask)
@@ -192,7 +206,10 @@ class ECAPALayers:
         out3 = self.layer3(out2, mask)
         out4 = self.layer4(out3, mask)
         out = F.relu(self.conv(torch.cat([out2, out3, out4], dim=1)))
-        out = self.bn(self.pool(out, mask))
+        pooled = self.pool(out, mask)
+        if extra is not None:
+            pooled = torch.cat([pooled, extra.to(pooled.dtype)], dim=1)
+        out = self.bn(pooled)
         embedding = self.bn2(self.linear(out))
         return out4, embedding
 

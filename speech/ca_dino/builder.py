@@ -32,7 +32,16 @@ DEFAULT_CONFIG = {
         "dither": 1.0,
         # per-utterance mean normalisation (WeSpeaker). Off, the long-term spectrum stays in the input.
         "cmn": True,
+        # mel power floor before the log (Kaldi / WeSpeaker: float32 eps). Digital silence (exact zeros) gives
+        # log(eps) = -15.9 at evaluation but about -2.5 .. 8.5 under training dither; ~1000 removes that gap.
+        "mel_floor": 1.1920928955078125e-07,
+        # zoo option (WeSpeaker: none): per-bin mean / variance normalisation with statistics of the whole training
+        # set (buffers global_cmvn.mean / .istd, fitted by the trainer). With cmn=false it keeps each voice's envelope.
+        "global_cmvn": False,
     },
+    # Not in the paper or WeSpeaker (False there): concatenate each utterance's mean log-mel vector less its
+    # level, the long-term spectral envelope that CMN removes, to the pooled statistics (CADinoModel.encode).
+    "utterance_mean": False,
     "sample_rate": 16000,
     # embed(): clips shorter than this are tiled (WeSpeaker's repetition padding) rather than rejected.
     "min_embed_seconds": 0.5,

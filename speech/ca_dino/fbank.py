@@ -36,6 +36,7 @@ FBANK_DEFAULTS = {
 }
 
 _EPS = torch.finfo(torch.float32).eps
+MEL_FLOOR = float(_EPS)  # Kaldi's log floor (torchaudio.compliance.kaldi: EPSILON = float32 eps)
 
 
 def frame_geometry(sample_rate: int = 16000, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0):
@@ -73,12 +74,16 @@ def _mel_matrix(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: fl
 def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num_mel_bins: int = 80,
                 frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0, dither: float = 0.0,
                 sample_rate: int = 16000, low_freq: float = 20.0, preemphasis: float = 0.97,
-                cmn: bool = True, generator: torch.Generator | None = None):
+                cmn: bool = True, generator: torch.Generator | None = None, mel_floor: float = MEL_FLOOR):
     """Batched fbank of 16 kHz waveforms in [-1, 1].
 
     waves: [B, T] float (padded), lengths: valid samples per row (default: all T).
     Returns (feats [B, frames, num_mel_bins], frame_counts LongTensor[B]); frames past a
     row's count are zero. ``dither`` is in 16-bit units (WeSpeaker: 1.0 in training).
+    ``mel_floor``: the smallest mel power before the log, in the units of the waveform x 2^15
+    (Kaldi and WeSpeaker: float32 eps, so digital silence gives log(eps) = -15.9 in every bin,
+    while dither in training lifts silence to about -2.5 .. 8.5; a floor near the dither's power,
+    such as 1000, makes silence look the same with and without dither).
     """
     if waves.dim() == 1:
         waves = waves.unsqueeze(0)
@@ -110,12 +115,57 @@ def kaldi_fbank(waves: torch.Tensor, lengths: torch.Tensor | None = None, *, num
     frames = F.pad(frames * window, (0, fft_size - window_size))
     power = torch.fft.rfft(frames).abs().pow(2)
     mel = power @ _mel_matrix(num_mel_bins, fft_size, sample_rate, low_freq).to(device)
-    feats = mel.clamp_min(_EPS).log()
+    feats = mel.clamp_min(float(mel_floor)).log()
     valid = (torch.arange(max_frames, device=device)[None, :] < counts[:, None]).unsqueeze(-1).float()
     if cmn:  # mean normalisation over each row's valid frames (WeSpeaker apply_cmvn: mean only)
         mean = (feats * valid).sum(dim=1, keepdim=True) / counts.view(-1, 1, 1)
         feats = feats - mean
     return feats * valid, counts
+
+
+class GlobalCMVN(torch.nn.Module):
+    """Dataset-level mean and variance normalisation of fbank frames, per mel bin: ``(x - mean) * istd``.
+
+    Buffers ``mean`` and ``istd`` (1 / standard deviation), float32 ``[num_mel_bins]``, named as
+    ``wenet-e2e/wenet:wenet/transformer/cmvn.py``; they start at 0 and 1 (identity) and are set
+    by :meth:`fit` on the training set, so a saved model normalises its input by itself. Unlike
+    per-utterance CMN, it keeps each utterance's long-term spectrum (the envelope of a voice) and
+    only moves every bin to zero mean and unit variance over the whole training set.
+    """
+
+    def __init__(self, num_mel_bins: int = 80):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_mel_bins))
+        self.register_buffer("istd", torch.ones(num_mel_bins))
+
+    def forward(self, feats: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats`` [B, T, F] -> normalised [B, T, F]; frames at or past ``counts`` [B] stay zero."""
+        out = (feats - self.mean) * self.istd
+        if counts is not None:
+            steps = torch.arange(feats.shape[1], device=feats.device)
+            out = out * (steps[None, :] < counts.to(feats.device)[:, None]).unsqueeze(-1).to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def fit(self, batches, *, min_std: float = 1e-5) -> "GlobalCMVN":
+        """Set ``mean`` / ``istd`` from ``batches``: an iterable of (feats [B, T, F], frame counts [B]);
+        only valid frames count. Sums are float64, the standard deviation is the population one
+        floored at ``min_std``. Raises ConfigError when no frame was given."""
+        total, first, second = 0, 0.0, 0.0
+        for feats, counts in batches:
+            steps = torch.arange(feats.shape[1], device=feats.device)
+            valid = (steps[None, :] < counts.to(feats.device)[:, None]).unsqueeze(-1)
+            frames = feats.double() * valid
+            total += int(counts.sum())
+            first = first + frames.sum(dim=(0, 1))
+            second = second + frames.pow(2).sum(dim=(0, 1))
+        if total == 0:
+            raise ConfigError("global CMVN needs at least one frame of training audio; the training set is empty")
+        mean = first / total
+        std = (second / total - mean.pow(2)).clamp_min(0).sqrt().clamp_min(min_std)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.istd.copy_((1.0 / std).to(self.istd.dtype))
+        return self
 
 
 FBANK_STATISTICS = ("mean_fbank", "mean_std_fbank")

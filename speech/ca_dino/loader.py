@@ -98,7 +98,7 @@ def official_state_dict(obj, source: str) -> tuple[dict[str, torch.Tensor], list
 def architecture_from_state_dict(state: dict[str, torch.Tensor]) -> dict | None:
     """The ECAPA / DINO-head config a WeSpeaker state dict was built with, read from tensor shapes.
 
-    Returns ``{"encoder": {...}, "head": {...}, "num_classes": int}`` in the keys of
+    Returns ``{"encoder": {...}, "head": {...}, "num_classes": int, "utterance_mean": bool, "global_cmvn": bool}`` in the keys of
     ``zoo.speech.ca_dino.builder.DEFAULT_CONFIG`` (``num_classes`` = rows of ``projection.weight``,
     0 without a classifier), or None when the dict lacks the ECAPA anchor keys
     (``layer1.conv.weight``, ``conv.weight``, ``pool.linear1.weight``, ``linear.weight``), in which
@@ -123,7 +123,10 @@ def architecture_from_state_dict(state: dict[str, torch.Tensor]) -> dict | None:
         "pool_bottleneck": int(pool_bottleneck),
         "cat_out_channels": int(cat_out),
     }
-    architecture = {"encoder": encoder, "head": {"enabled": False}, "num_classes": 0}
+    # zoo's utterance_mean option widens bn/linear by feat_dim inputs (the utterance mean log-mel vector)
+    utterance_mean = int(state["linear.weight"].shape[1]) == 2 * int(cat_out) + int(feat_dim)
+    architecture = {"encoder": encoder, "head": {"enabled": False}, "num_classes": 0, "utterance_mean": utterance_mean,
+                    "global_cmvn": "global_cmvn.mean" in state}  # zoo's fbank.global_cmvn buffers
     if "projection.weight" in state:
         architecture["num_classes"] = int(state["projection.weight"].shape[0])
     if "projection_head.last_layer.weight_v" in state:
@@ -157,6 +160,13 @@ def _adopt(config: dict, architecture: dict, source: str) -> dict:
             if head.get(key) != value:
                 changed.append(f"head.{key}={value} (config: {head.get(key)})")
                 head[key] = value
+    if bool(config.get("utterance_mean", False)) != architecture["utterance_mean"]:
+        changed.append(f"utterance_mean={architecture['utterance_mean']} (config: {config.get('utterance_mean')})")
+        config["utterance_mean"] = architecture["utterance_mean"]
+    fbank = config.setdefault("fbank", {})
+    if bool(fbank.get("global_cmvn", False)) != architecture["global_cmvn"]:
+        changed.append(f"fbank.global_cmvn={architecture['global_cmvn']} (config: {fbank.get('global_cmvn')})")
+        fbank["global_cmvn"] = architecture["global_cmvn"]
     if int(config.get("num_classes") or 0) > 0 and config["num_classes"] != architecture["num_classes"]:
         changed.append(f"num_classes={architecture['num_classes']} (config: {config['num_classes']})")
         config["num_classes"] = architecture["num_classes"]

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.errors import ConfigError
 from zoo.model import ZooModel, inference
 from zoo.models.dino_head import DINOHead
 from zoo.models.ecapa_tdnn import ECAPALayers
-from zoo.speech.ca_dino.fbank import kaldi_fbank, repeat_pad
+from zoo.speech.ca_dino.fbank import MEL_FLOOR, GlobalCMVN, kaldi_fbank, repeat_pad
 
 
 class CADinoModel(ECAPALayers, ZooModel):
@@ -36,7 +37,12 @@ class CADinoModel(ECAPALayers, ZooModel):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        self.build_ecapa(**config["encoder"])
+        self.utterance_mean = bool(config.get("utterance_mean", False))
+        extra = int(config["encoder"].get("feat_dim", 80)) if self.utterance_mean else 0
+        self.build_ecapa(**config["encoder"], extra_pool_dim=extra)
+        # fbank.global_cmvn (zoo option; WeSpeaker has none): dataset-level input normalisation, fitted by the trainer
+        feat_dim = int(config["encoder"].get("feat_dim", 80))
+        self.global_cmvn = GlobalCMVN(feat_dim) if config["fbank"].get("global_cmvn", False) else None
         head = config.get("head") or {}
         if head.get("enabled", True):
             self.projection_head = DINOHead(
@@ -75,7 +81,7 @@ class CADinoModel(ECAPALayers, ZooModel):
         """
         groups = feats if isinstance(feats, (list, tuple)) else [feats]
         group_lengths = lengths if isinstance(lengths, (list, tuple)) else [lengths] * len(groups)
-        embedding = torch.cat([self.ecapa_forward(x, n)[1] for x, n in zip(groups, group_lengths)], dim=0)
+        embedding = torch.cat([self.encode(x, n) for x, n in zip(groups, group_lengths)], dim=0)
         out = {"embedding": embedding}
         if head and self.projection_head is not None:
             out["head"] = self.projection_head(embedding)
@@ -84,19 +90,64 @@ class CADinoModel(ECAPALayers, ZooModel):
         return out
 
     # ----------------------------------------------------------------- inference API
-    def fbank(self, waves: torch.Tensor, lengths: torch.Tensor | None = None, *, dither: float = 0.0):
+    def fbank(self, waves: torch.Tensor, lengths: torch.Tensor | None = None, *, dither: float = 0.0,
+              normalize: bool = True):
         """The model's front end on a padded batch: ``waves`` [B, T] float at 16 kHz in [-1, 1],
         ``lengths`` [B] valid samples -> (feats [B, frames, num_mel_bins], frame counts [B]).
 
-        Kaldi fbank as configured in ``config["fbank"]``, then per-utterance mean normalisation
-        when ``fbank.cmn`` is true (WeSpeaker's front end). ``dither`` is in 16-bit units.
+        Kaldi fbank as configured in ``config["fbank"]`` (mel powers floored at ``fbank.mel_floor``), then per-utterance mean normalisation
+        when ``fbank.cmn`` is true (WeSpeaker's front end). With ``utterance_mean`` the features come
+        back without CMN: :meth:`encode` subtracts the mean itself, because it also feeds that mean
+        to the pooling layer. With ``fbank.global_cmvn`` (and ``normalize``) every bin is then moved
+        to the training set's zero mean and unit variance (:class:`GlobalCMVN`, buffers
+        ``global_cmvn.mean`` / ``global_cmvn.istd``). ``dither`` is in 16-bit units.
         """
         fbank = self.config["fbank"]
-        return kaldi_fbank(waves.to(self.device), lengths, num_mel_bins=fbank["num_mel_bins"],
-                           frame_length_ms=fbank["frame_length_ms"], frame_shift_ms=fbank["frame_shift_ms"],
-                           dither=dither, sample_rate=self.config["sample_rate"], cmn=bool(fbank.get("cmn", True)))
+        cmn = bool(fbank.get("cmn", True)) and not self.utterance_mean
+        feats, counts = kaldi_fbank(waves.to(self.device), lengths, num_mel_bins=fbank["num_mel_bins"],
+                                    frame_length_ms=fbank["frame_length_ms"], frame_shift_ms=fbank["frame_shift_ms"],
+                                    dither=dither, sample_rate=self.config["sample_rate"], cmn=cmn,
+                                    mel_floor=float(fbank.get("mel_floor", MEL_FLOOR)))
+        if normalize and self.global_cmvn is not None:
+            feats = self.global_cmvn(feats, counts)
+        return feats, counts
 
-    def features(self, waves: Sequence[torch.Tensor], *, dither: float = 0.0):
+    @torch.no_grad()
+    def fit_global_cmvn(self, waves: Sequence[torch.Tensor], *, batch_size: int = 32) -> None:
+        """Set the ``fbank.global_cmvn`` statistics from 1-D 16 kHz float waveforms (the training clips):
+        per-bin mean and 1 / std over all their frames, front end without dither. Raises ConfigError
+        when the model was built without ``fbank.global_cmvn``."""
+        if self.global_cmvn is None:
+            raise ConfigError("this model has no global CMVN; build it with fbank.global_cmvn=true")
+        self.global_cmvn.fit(self.features(waves[start:start + batch_size], normalize=False)
+                             for start in range(0, len(waves), batch_size))
+
+    def encode(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`fbank` features [B, T, F] (+ valid frame counts [B]) -> embeddings [B, embed_dim].
+
+        With ``utterance_mean: true`` (an option of this zoo; WeSpeaker and the paper have none) the
+        mean log-mel vector of each utterance over its valid frames, which CMN removes from the
+        frames, is concatenated to the pooled statistics before ``bn`` and ``linear``, less its own
+        average over the bins, so a change of gain (a constant in every log-mel bin) changes nothing;
+        the frames go on with the mean subtracted when ``fbank.cmn`` is true, exactly as the default
+        front end gives them. So the long-term spectral envelope of a voice reaches the embedding.
+        """
+        if not self.utterance_mean:
+            return self.ecapa_forward(feats, lengths)[1]
+        frames = feats.shape[1]
+        if lengths is None:
+            valid = torch.ones(feats.shape[0], frames, 1, device=feats.device, dtype=feats.dtype)
+        else:
+            steps = torch.arange(frames, device=feats.device)
+            valid = (steps[None, :] < torch.as_tensor(lengths, device=feats.device)[:, None]).unsqueeze(-1)
+            valid = valid.to(feats.dtype)
+        mean = (feats * valid).sum(dim=1) / valid.sum(dim=1)
+        if bool(self.config["fbank"].get("cmn", True)):
+            feats = (feats - mean.unsqueeze(1)) * valid
+        envelope = mean - mean.mean(dim=1, keepdim=True)  # level removed: gain-invariant
+        return self.ecapa_forward(feats, lengths, extra=envelope)[1]
+
+    def features(self, waves: Sequence[torch.Tensor], *, dither: float = 0.0, normalize: bool = True):
         """Repeat-pad, batch and fbank a list of 1-D 16 kHz waveforms -> (feats [B, T, F], frame counts [B])."""
         min_samples = max(int(self.config.get("min_embed_seconds", 0.5) * self.config["sample_rate"]), 400)
         waves = [repeat_pad(w.float().reshape(-1), min_samples) for w in waves]
@@ -104,7 +155,7 @@ class CADinoModel(ECAPALayers, ZooModel):
         padded = torch.zeros(len(waves), int(lengths.max()), device=self.device)
         for i, w in enumerate(waves):
             padded[i, :w.numel()] = w.to(self.device)
-        return self.fbank(padded, lengths, dither=dither)
+        return self.fbank(padded, lengths, dither=dither, normalize=normalize)
 
     @inference
     def embed(self, wav, sample_rate: int = 16000, *, lengths=None, batch_size: int = 32) -> torch.Tensor:
@@ -124,7 +175,7 @@ class CADinoModel(ECAPALayers, ZooModel):
         outputs = []
         for start in range(0, len(waves), batch_size):
             feats, counts = self.features(waves[start:start + batch_size])
-            outputs.append(self.ecapa_forward(feats, counts)[1])
+            outputs.append(self.encode(feats, counts))
         return torch.cat(outputs).float()
 
     @inference

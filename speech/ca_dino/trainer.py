@@ -63,10 +63,16 @@ def _resolve(value) -> Path:
 
 
 def read_split(value, *, exclude=None, only=None) -> list[dict]:
-    """Manifest rows, without the ``exclude`` voices / with only the ``only`` voices."""
+    """Manifest rows, without the ``exclude`` voices / with only the ``only`` voices.
+
+    ``value``: a manifest, an audio folder or ``demo``, or a list of them (their rows joined in order).
+    """
     from zoo.speech.ca_dino.evaluate import read_rows
 
-    rows = read_rows(_resolve(value))
+    sources = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not sources:
+        raise ConfigError("data.train is an empty list: give at least one manifest, audio folder or 'demo'.")
+    rows = [row for source in sources for row in read_rows(_resolve(source))]
     exclude, only = set(map(str, exclude or [])), set(map(str, only or []))
     if exclude:
         rows = [r for r in rows if str(r.get("speaker")) not in exclude]
@@ -189,7 +195,7 @@ class CADinoTrainer(Trainer):
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
         "data": {
-            "train": "demo",              # JSONL manifest, audio folder or 'demo'
+            "train": None,                # JSONL manifest, audio folder or 'demo', or a list of them (None: 'demo')
             "exclude_speakers": [],       # voices kept out of training (held out for verification)
             "eval": None,                 # manifest for EER during training (None = no evaluation)
             "eval_speakers": [],          # restrict evaluation to these voices
@@ -278,6 +284,8 @@ class CADinoTrainer(Trainer):
         else:
             family = get_family("ca-dino")
             model = family.build(family.make_config(section.get("size") or "tiny", overrides, source="model.overrides"))
+            if model.global_cmvn is not None:
+                self._fit_global_cmvn(model)
         if self.stage == "stage2":
             if model.projection_head is not None:
                 model.drop_projection_head()  # unused in Stage II (and unused parameters upset DDP)
@@ -290,6 +298,18 @@ class CADinoTrainer(Trainer):
         model.train()
         return model
 
+    def _fit_global_cmvn(self, model) -> None:
+        """Fit a fresh model's ``fbank.global_cmvn`` on the training clips (``data.train`` less
+        ``data.exclude_speakers``, no speed perturbation); a model from ``model.init`` keeps its own."""
+        from zoo.audio import load_audio
+
+        data = self.config["data"]
+        rows = read_split("demo" if data["train"] is None else data["train"], exclude=data["exclude_speakers"])
+        model.fit_global_cmvn([load_audio(row["path"], 16000) for row in rows])
+        logger.info("global CMVN fitted on %d training clips (mean log-mel %.2f .. %.2f, std %.2f .. %.2f)",
+                    len(rows), float(model.global_cmvn.mean.min()), float(model.global_cmvn.mean.max()),
+                    float(1 / model.global_cmvn.istd.max()), float(1 / model.global_cmvn.istd.min()))
+
     def _augment(self):
         data = self.config["data"]
         if not (data["noise_dir"] or data["rir_dir"]):
@@ -300,7 +320,7 @@ class CADinoTrainer(Trainer):
     def build_datasets(self):
         """(MultiCropDataset or PseudoLabelDataset over ``data.train`` minus ``data.exclude_speakers``, None)."""
         data, cfg = self.config["data"], self.config["ca_dino"]
-        rows = read_split(data["train"], exclude=data["exclude_speakers"])
+        rows = read_split("demo" if data["train"] is None else data["train"], exclude=data["exclude_speakers"])
         seed = int(self._train_section().get("seed", 0) or 0)
         if self.stage == "dino":
             self.train_dataset = MultiCropDataset(

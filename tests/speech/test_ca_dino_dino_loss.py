@@ -81,6 +81,25 @@ def test_fbank_matches_torchaudio_per_utterance():
     assert torch.all(feats[1, counts[1]:] == 0)
 
 
+def test_mel_floor_on_digital_silence():
+    torch.manual_seed(0)
+    clip = torch.randn(8000) * 0.1
+    clip[2000:6000] = 0.0  # digital silence inside a clip: frames 0..9 and 38..47 hold signal
+    default, counts = kaldi_fbank(clip[None], cmn=False)
+    floored, _ = kaldi_fbank(clip[None], cmn=False, mel_floor=1000.0)
+    silent = slice(13, 35)  # frames wholly inside the zeros
+    assert torch.equal(default[0, silent], torch.full((22, 80), math.log(torch.finfo(torch.float32).eps)))
+    assert torch.equal(floored[0, silent], torch.full((22, 80), torch.tensor(1000.0).log().item()))
+    # the floor only raises what lies below it: log(max(mel, 1000)) == max(log mel, log 1000)
+    assert torch.allclose(floored[0, :counts[0]], default[0, :counts[0]].clamp_min(math.log(1000.0)), atol=1e-6)
+    assert bool((floored[0, :5] > math.log(1000.0)).all())  # 0.1-rms noise sits far above it
+    # the model reads the floor from its config (fbank.mel_floor), for training and embedding alike
+    from zoo.speech.ca_dino.builder import build, make_config
+
+    model = build(make_config("tiny", fbank={"mel_floor": 1000.0, "cmn": False}))
+    assert torch.equal(model.fbank(clip[None])[0], floored)
+
+
 def test_frames_and_crops():
     assert samples_for_frames(300) == 48240 and num_frames(48240) == 300  # WeSpeaker chunk_len conversion
     assert samples_for_frames(200) == 32240

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
-from zoo.speech.ca_dino.builder import make_config
+from zoo.speech.ca_dino.builder import build, make_config
 from zoo.speech.ca_dino.loader import architecture_from_state_dict, load
 
 
@@ -79,6 +79,19 @@ def wespeaker_state(channels=32, feat_dim=80, embed_dim=192, cat_out=96, pool_bo
     return state
 
 
+def test_utterance_mean_is_read_from_the_tensors(tmp_path):
+    # a zoo-trained model with utterance_mean: bn / linear are feat_dim (80) wider than 2 * cat_out
+    torch.manual_seed(0)
+    trained = build(make_config("tiny", utterance_mean=True)).eval()
+    state = trained.state_dict()
+    assert state["linear.weight"].shape == (192, 2 * 96 + 80) and state["bn.weight"].shape == (2 * 96 + 80,)
+    assert architecture_from_state_dict(state)["utterance_mean"] is True
+    torch.save(state, tmp_path / "model.pt")
+    model = load(str(tmp_path / "model.pt"), make_config("tiny"))  # the config says False; the tensors win
+    assert model.utterance_mean and model.config["utterance_mean"] is True
+    _same(model, state)
+
+
 def _same(model, state):
     got = model.state_dict()
     assert set(got) == set(state), (sorted(set(got) ^ set(state)))[:10]
@@ -97,6 +110,7 @@ def test_architecture_is_read_from_the_tensors():
     supervised = architecture_from_state_dict(wespeaker_state(emb_bn=False, head=None, classes=30))
     assert supervised["encoder"]["emb_bn"] is False and supervised["head"] == {"enabled": False}
     assert supervised["num_classes"] == 30
+    assert arch["utterance_mean"] is False and supervised["utterance_mean"] is False
     assert architecture_from_state_dict({"front.conv1.weight": torch.zeros(1)}) is None
 
 
@@ -246,3 +260,17 @@ def test_zoo_convert_takes_a_hub_snapshot_folder(tmp_path):
                                                         "model_args": {"feat_dim": 80, "embed_dim": 192}}))
     assert main(["convert", "ca-dino", str(folder), str(tmp_path / "out")]) == 0
     _same(zoo.load(str(tmp_path / "out")), {k: v for k, v in state.items() if k != "projection.weight"})
+
+
+def test_global_cmvn_is_read_from_the_tensors(tmp_path):
+    torch.manual_seed(0)
+    trained = build(make_config("tiny", fbank={"global_cmvn": True})).eval()
+    trained.global_cmvn.mean.copy_(torch.linspace(10, 18, 80))
+    trained.global_cmvn.istd.fill_(0.25)
+    state = trained.state_dict()
+    assert architecture_from_state_dict(state)["global_cmvn"] is True
+    torch.save(state, tmp_path / "model.pt")
+    model = load(str(tmp_path / "model.pt"), make_config("tiny"))  # the config says False; the buffers win
+    assert model.config["fbank"]["global_cmvn"] is True
+    _same(model, state)
+    assert architecture_from_state_dict(wespeaker_state())["global_cmvn"] is False

@@ -106,3 +106,91 @@ def test_embed_in_eval_mode_restores_the_flag():
     assert torch.equal(first, m.embed(clip))  # BatchNorm used its running statistics both times
     m.eval()
     assert torch.equal(first, m.embed(clip)) and not m.training
+
+
+def test_utterance_mean_joins_the_envelope_to_the_pooled_statistics(monkeypatch):
+    m = build(make_config("tiny", utterance_mean=True)).eval()
+    assert m.bn.weight.shape == (2 * 96 + 80,) and m.linear.weight.shape == (192, 2 * 96 + 80)
+    seen = {}
+
+    def capture(feats, lengths=None, extra=None):
+        seen.update(feats=feats.clone(), extra=extra.clone())
+        return None, torch.zeros(feats.shape[0], 192)
+
+    monkeypatch.setattr(m, "ecapa_forward", capture)
+    t = torch.arange(4.0).view(1, 4, 1)
+    f = torch.arange(80.0).view(1, 1, 80)
+    feats = (t + 0.5 * f).repeat(2, 1, 1)       # frame t, bin f: t + f / 2
+    feats[1, 3] = 100.0                          # a padded frame of row 1 (3 valid frames)
+    m.encode(feats, torch.tensor([4, 3]))
+    # utterance means 1.5 + f/2 and 1 + f/2; less their average over the 80 bins: f/2 - 19.75 for both
+    assert torch.equal(seen["extra"], (0.5 * torch.arange(80.0) - 19.75).repeat(2, 1))
+    # CMN for the trunk: row 0 frames t - 1.5, row 1 frames t - 1 with its padded frame zeroed
+    expected = torch.stack([(torch.arange(4.0) - 1.5), torch.tensor([-1.0, 0.0, 1.0, 0.0])]).unsqueeze(-1)
+    assert torch.equal(seen["feats"], expected.expand(2, 4, 80))
+
+
+def test_utterance_mean_front_end_and_gain_invariance():
+    from zoo.speech.ca_dino.fbank import kaldi_fbank
+
+    torch.manual_seed(3)
+    m = build(make_config("tiny", utterance_mean=True))
+    for module in m.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_var.uniform_(0.5, 2.0)
+    clip = torch.randn(12000) * 0.1
+    feats, counts = m.fbank(clip.view(1, -1))
+    assert torch.equal(feats, kaldi_fbank(clip.view(1, -1), cmn=False)[0])  # encode() does the CMN
+    # a gain is the same constant in every log-mel bin: removed from the frames (CMN) and the envelope (level)
+    assert torch.allclose(m.embed(clip), m.embed(clip * 4), atol=1e-5)
+    with pytest.raises(ValueError, match="extra_pool_dim=80"):
+        m.ecapa_forward(feats)  # the widened layers need the envelope
+
+
+def test_global_cmvn_statistics_on_hand_made_frames():
+    from zoo.errors import ConfigError
+    from zoo.speech.ca_dino.fbank import GlobalCMVN
+
+    cmvn = GlobalCMVN(2)
+    feats = torch.tensor([[[1.0, 10.0], [3.0, 10.0], [5.0, 30.0]],
+                          [[7.0, 20.0], [9.0, 30.0], [100.0, 100.0]]])  # row 1: its third frame is padding
+    counts = torch.tensor([3, 2])
+    assert torch.equal(cmvn(feats, counts)[0], feats[0])  # unfitted: identity
+    cmvn.fit([(feats[:1], counts[:1]), (feats[1:], counts[1:])])  # batches are summed; padding ignored
+    # bin 0: 1, 3, 5, 7, 9 -> mean 5, variance 8; bin 1: 10, 10, 30, 20, 30 -> mean 20, variance 80
+    assert torch.equal(cmvn.mean, torch.tensor([5.0, 20.0]))
+    assert torch.allclose(cmvn.istd, torch.tensor([8.0, 80.0]).rsqrt())
+    out = cmvn(feats, counts)
+    assert torch.allclose(out[0, 0], torch.tensor([-4 / 8 ** 0.5, -10 / 80 ** 0.5]))
+    assert torch.equal(out[1, 2], torch.zeros(2))  # padded frames stay zero
+    constant = GlobalCMVN(2).fit([(torch.ones(1, 3, 2), torch.tensor([3]))])
+    assert torch.equal(constant.istd, torch.full((2,), 1e5))  # std floored at 1e-5, no division by zero
+    with pytest.raises(ConfigError, match="at least one frame"):
+        GlobalCMVN(2).fit([])
+
+
+def test_global_cmvn_option_in_the_model(tmp_path):
+    from zoo.errors import ConfigError
+    from zoo.speech.ca_dino.fbank import kaldi_fbank
+
+    assert build(make_config("tiny")).global_cmvn is None  # default: WeSpeaker's front end, no buffers
+    torch.manual_seed(4)
+    m = build(make_config("tiny", fbank={"global_cmvn": True, "cmn": False}))
+    assert {"global_cmvn.mean", "global_cmvn.istd"} <= set(m.state_dict())
+    clips = [torch.randn(12000) * 0.1, torch.randn(9000) * 0.02]
+    m.fit_global_cmvn(clips)
+    raw = [kaldi_fbank(c.view(1, -1), cmn=False)[0][0] for c in clips]
+    frames = torch.cat(raw).double()
+    assert torch.allclose(m.global_cmvn.mean, frames.mean(0).float(), atol=1e-5)
+    assert torch.allclose(m.global_cmvn.istd, frames.std(0, unbiased=False).float().reciprocal(), rtol=1e-5)
+    feats, counts = m.fbank(clips[1].view(1, -1))
+    assert torch.allclose(feats[0], (raw[1] - m.global_cmvn.mean) * m.global_cmvn.istd)
+    # without CMN the louder clip stays louder in every bin after normalisation (the envelope is kept)
+    loud, quiet = (m.fbank(c.view(1, -1))[0][0].mean(0) for c in clips)
+    assert bool((loud > quiet).all())
+    m.save_pretrained(tmp_path / "out")
+    again = zoo.load(str(tmp_path / "out"))
+    assert torch.equal(again.global_cmvn.istd, m.global_cmvn.istd)
+    assert torch.equal(again.embed(clips[0]), m.embed(clips[0]))
+    with pytest.raises(ConfigError, match="global_cmvn=true"):
+        build(make_config("tiny")).fit_global_cmvn(clips)

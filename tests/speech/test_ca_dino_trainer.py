@@ -238,3 +238,42 @@ def _is_window_of(crop, wave):
         return False
     windows = wave.unfold(0, crop.numel(), 1)
     return bool((windows == crop).all(dim=1).any())
+
+
+def test_train_on_a_list_of_corpora(manifest, tmp_path):
+    from zoo.errors import ConfigError
+    from zoo.speech.ca_dino.trainer import read_split
+
+    # a second corpus in another folder: its relative paths resolve against its own manifest
+    other = tmp_path / "other"
+    other.mkdir()
+    source = Path(manifest).parent
+    (other / "v0_0.wav").write_bytes((source / "v0_0.wav").read_bytes())
+    (other / "manifest.jsonl").write_text(json.dumps({"path": "v0_0.wav", "speaker": "extra", "id": "x0"}) + "\n")
+    rows = read_split([manifest, str(other / "manifest.jsonl")], exclude=["voice3"])
+    assert [r["id"] for r in rows] == [f"v{v}_{u}" for v in range(3) for u in range(4)] + ["x0"]
+    assert rows[-1]["path"] == str(other / "v0_0.wav")
+    assert [r["id"] for r in read_split(manifest, only=["voice1"])] == ["v1_0", "v1_1", "v1_2", "v1_3"]
+    with pytest.raises(ConfigError, match="empty list"):
+        read_split([])
+    config = _config(manifest, "dino", 1)
+    config["data"]["train"] = [manifest, str(other / "manifest.jsonl")]
+    trainer = CADinoTrainer(config)
+    dataset, _ = trainer.build_datasets()
+    assert len(dataset) == 13
+
+
+def test_global_cmvn_is_fitted_on_the_training_voices(manifest):
+    from zoo.audio import load_audio
+    from zoo.speech.ca_dino.builder import build, make_config
+    from zoo.speech.ca_dino.trainer import read_split
+
+    config = _config(manifest, "dino", 1)
+    config["model"] = {"size": "tiny", "overrides": {"fbank": {"global_cmvn": True, "cmn": False}}}
+    model = CADinoTrainer(config).build_model()
+    reference = build(make_config("tiny", fbank={"global_cmvn": True, "cmn": False}))
+    rows = read_split(manifest, exclude=["voice3"])  # held-out voice3 never enters the statistics
+    reference.fit_global_cmvn([load_audio(r["path"], 16000) for r in rows])
+    assert torch.equal(model.global_cmvn.mean, reference.global_cmvn.mean)
+    assert torch.equal(model.global_cmvn.istd, reference.global_cmvn.istd)
+    assert not torch.equal(model.global_cmvn.mean, torch.zeros(80))
