@@ -311,3 +311,22 @@ def test_embedding_cache_streams_skips_unreadable_files_and_never_embeds_twice(t
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="pool is empty"):
         list_images(tmp_path / "empty")
+
+
+def test_pr_curve_png_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    from PIL import Image
+
+    from zoo.errors import OutputExistsError
+    from zoo.vision.modeling_collaborator.evaluate import pr_curve_png
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's choice, which the library must not replace
+    try:
+        path = pr_curve_png({"head": ([0, 1, 1, 0, 1], [0.1, 0.9, 0.8, 0.3, 0.4])}, tmp_path / "pr.png")
+        assert Image.open(path).size == (500, 400)
+        assert matplotlib.get_backend() == "svg"
+        with pytest.raises(OutputExistsError):
+            pr_curve_png({"head": ([0, 1], [0.2, 0.7])}, path)
+    finally:
+        matplotlib.use(before)

@@ -74,10 +74,7 @@ def best_threshold(labels, scores) -> float:
 def pr_curve_png(curves: dict, path, *, title: str = "", overwrite: bool = False) -> Path:
     """Draw precision/recall curves ``{label: (labels, scores)}`` to a PNG at ``path`` (atomic).
     Raises ``OutputExistsError`` when the file exists and ``overwrite`` is false."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the user's backend and figure state are left alone
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     from zoo.files import atomic_open
@@ -85,7 +82,8 @@ def pr_curve_png(curves: dict, path, *, title: str = "", overwrite: bool = False
     target = Path(os.fspath(path))
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} exists; pass overwrite=true to replace it, or another plot path.")
-    figure, axis = plt.subplots(figsize=(5, 4), dpi=100)
+    figure = Figure(figsize=(5, 4), dpi=100)
+    axis = figure.subplots()
     for name, (labels, scores) in curves.items():
         precision, recall, _ = precision_recall_curve(np.asarray(labels).astype(int), np.asarray(scores))
         ap = average_precision_score(np.asarray(labels).astype(int), np.asarray(scores))
@@ -99,7 +97,6 @@ def pr_curve_png(curves: dict, path, *, title: str = "", overwrite: bool = False
     figure.tight_layout()
     with atomic_open(target, "wb", encoding=None) as handle:
         figure.savefig(handle, format="png")
-    plt.close(figure)
     return target
 
 
