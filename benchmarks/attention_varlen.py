@@ -9,10 +9,10 @@ Prints tokens/s (real frames per second) of both and their ratio, measured in th
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from _timing import best_time, device_sync
 from zoo.nn import attention, attention_backend
 
 
@@ -20,18 +20,6 @@ def lengths_mix(count: int, seed: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
     seconds = 2.0 + 14.0 * torch.rand(count, generator=generator)
     return [int(s * 50) for s in seconds]
-
-
-def best_time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -68,7 +56,7 @@ def main() -> None:
     for row, n in enumerate(lengths):
         keep[row, ..., :n] = True
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     with torch.no_grad():
         packed_out = attention(q, kk, v, seqlens=lengths)
         padded_out = attention(qp, kp, vp, bias=keep)

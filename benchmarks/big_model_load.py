@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import timed_pair
+
 HIDDEN, INTERMEDIATE, VOCAB, HEADS = 2048, 5504, 32000, 16
 
 
@@ -209,14 +211,7 @@ def hubert_warm(workdir: Path, repeats: int) -> tuple[float, float]:
     def theirs():
         transformers.HubertModel.from_pretrained(hf_dir)
 
-    ours(), theirs()  # warm-up: imports, page cache
-    times_ours, times_theirs = [], []
-    for _ in range(repeats):
-        for fn, times in ((ours, times_ours), (theirs, times_theirs)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_ours), statistics.median(times_theirs)
+    return timed_pair(ours, theirs, repeats)  # its warm-up call fills imports and the page cache
 
 
 # ----------------------------------------------------------------------------- main

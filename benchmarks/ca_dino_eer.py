@@ -20,6 +20,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from _timing import measure
 from zoo.speech.ca_dino.scoring import eer
 
 
@@ -58,12 +59,8 @@ def main() -> None:
     scores = rng.normal(size=args.trials) * 0.12 + labels * 0.35  # EER around 7%
 
     # --- vectorised
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        value, threshold = eer(scores, labels, return_threshold=True)
-        runs.append(time.perf_counter() - start)
-    fast_seconds = min(runs)
+    run = measure(lambda: eer(scores, labels, return_threshold=True), 3, warmup=False)
+    fast_seconds, (value, threshold) = run.seconds, run.result
 
     # --- loop: time a subset of thresholds, extrapolate
     scores_t = torch.from_numpy(scores)

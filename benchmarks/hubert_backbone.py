@@ -15,21 +15,10 @@ conv FLOPs counted analytically over the valid frames) against this machine's fl
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def measure_matmul_flops(size: int = 3072, repeats: int = 3) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+from _timing import matmul_flops, timed_pair
 
 
 def count_flops(config, sample_lengths: list[int], frame_lengths: list[int]) -> tuple[float, float]:
@@ -51,18 +40,6 @@ def count_flops(config, sample_lengths: list[int], frame_lengths: list[int]) -> 
         forward += per_frame * frames + attention
         backward += 2 * (per_frame * frames + attention)
     return forward, backward
-
-
-def timed_pair(first, second, repeats: int) -> tuple[float, float]:
-    """Median seconds of two functions, run alternately (fair on a machine shared with other work)."""
-    first(), second()  # warm-up
-    times_first, times_second = [], []
-    for _ in range(repeats):
-        for fn, times in ((first, times_first), (second, times_second)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_first), statistics.median(times_second)
 
 
 def main(argv=None) -> None:
@@ -112,10 +89,10 @@ def main(argv=None) -> None:
         with torch.no_grad():
             reference(wav, attention_mask=attention_mask)
 
-    peak = measure_matmul_flops()
+    peak = matmul_flops()
     t_ours, t_reference = timed_pair(ours_step, reference_step, args.repeats)
     f_ours, f_reference = timed_pair(ours_forward, reference_forward, args.repeats)
-    peak = max(peak, measure_matmul_flops())  # best of before and after: the machine may be shared
+    peak = max(peak, matmul_flops())  # best of before and after: the machine may be shared
     forward_flops, backward_flops = count_flops(config, sample_lengths, frames)
     padded_frames = len(sample_lengths) * int(ours.frame_lengths(width))
 

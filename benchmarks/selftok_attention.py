@@ -16,23 +16,10 @@ difference between the outputs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def timed_pair(first, second, repeats: int, sync) -> tuple[float, float]:
-    first(), second()
-    a, b = [], []
-    for _ in range(repeats):
-        for fn, times in ((first, a), (second, b)):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
+from _timing import device_sync, timed_pair
 
 
 def dense_mask(key_mask: torch.Tensor, num_x: int, context_sees_x: bool) -> torch.Tensor:
@@ -57,7 +44,7 @@ def main(argv=None) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     k_len, n_len, heads, dim = 512, 256, 24, 64
     torch.manual_seed(0)
     diti = DiTi([200, 400, 600, 800, 1000], [192, 184, 72, 48, 16])

@@ -13,22 +13,10 @@ Printed: images/s of encode+render, of encode+decode, of the VAE alone, and the 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def median_seconds(fn, repeats, sync):
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from _timing import device_sync, median_time
 
 
 def main(argv=None) -> None:
@@ -44,7 +32,7 @@ def main(argv=None) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     overrides = {} if args.size == "tiny" else {"vae": {"repo_id": None, "subfolder": None, "config": SD3_VAE_CONFIG}}
     torch.manual_seed(0)
     tokenizer = build(make_config(args.size, **overrides)).to(device).eval()
@@ -72,9 +60,9 @@ def main(argv=None) -> None:
             ids = tokenizer.encode_latents(tokenizer.images_to_latents(pixels))
             tokenizer.decode(ids, steps=args.decode_steps)
 
-    t_vae = median_seconds(vae_only, args.repeats, sync)
-    t_render = median_seconds(encode_render, args.repeats, sync)
-    t_decode = median_seconds(encode_decode, max(1, args.repeats // 2), sync)
+    t_vae = median_time(vae_only, args.repeats, sync)
+    t_render = median_time(encode_render, args.repeats, sync)
+    t_decode = median_time(encode_decode, max(1, args.repeats // 2), sync)
     print(f"Selftok {args.size} ({size} px, K={tokenizer.num_tokens}), random weights; batch {args.batch}; "
           f"{device.type} {dtype if device.type == 'cuda' else torch.float32}, {args.threads} threads; "
           f"torch {torch.__version__}")

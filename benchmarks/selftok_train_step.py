@@ -16,25 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 import torch
 
-
-def measure_matmul_flops(device, dtype, size: int = 3072, repeats: int = 3) -> float:
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+from _timing import matmul_flops, median_time
 
 
 class AttentionCounter:
@@ -102,14 +87,9 @@ def main(argv=None) -> None:
     matmul_flops = flop_mode.get_total_flops()
     attention_flops = 3 * counter.flops  # forward + backward (2x)
     total = matmul_flops + attention_flops
-    peak = measure_matmul_flops(device, dtype)
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = max(peak, measure_matmul_flops(device, dtype))
-    seconds = statistics.median(times)
+    peak = matmul_flops(device, dtype)
+    peak = max(peak, matmul_flops(device, dtype))
+    seconds = median_time(step, args.repeats, warmup=False)
     achieved = total / seconds
     params = sum(p.numel() for p in model.parameters())
     print(f"Selftok 512 widths, encoder depth {args.encoder_depth}/16, decoder depth {args.decoder_depth}/24 "

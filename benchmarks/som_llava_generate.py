@@ -12,10 +12,10 @@ and their ratio (goal >= 1.0), measured in this run.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from _timing import device_sync, measure
 from zoo.multimodal.som_llava.builder import make_config
 from zoo.multimodal.som_llava.model import SomLlavaModel
 
@@ -68,18 +68,6 @@ def run(model, inputs, new_tokens: int, device, dtype):
     return out[:, input_ids.shape[1]:]
 
 
-def best_time(fn, repeats: int, sync) -> tuple[float, torch.Tensor]:
-    result = fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
@@ -96,9 +84,11 @@ def main() -> None:
     sdpa_model = build(args.size, "sdpa").to(device, dtype)
     sdpa_model.load_state_dict(zoo_model.state_dict())
     inputs = prompts(zoo_model, args.batch, args.seed)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t_sdpa, tokens_sdpa = best_time(lambda: run(sdpa_model, inputs, args.new_tokens, device, dtype), args.repeats, sync)
-    t_zoo, tokens_zoo = best_time(lambda: run(zoo_model, inputs, args.new_tokens, device, dtype), args.repeats, sync)
+    sync = device_sync(device)
+    sdpa = measure(lambda: run(sdpa_model, inputs, args.new_tokens, device, dtype), args.repeats, sync)
+    t_sdpa, tokens_sdpa = sdpa.seconds, sdpa.result
+    ours = measure(lambda: run(zoo_model, inputs, args.new_tokens, device, dtype), args.repeats, sync)
+    t_zoo, tokens_zoo = ours.seconds, ours.result
     same = torch.equal(tokens_zoo, tokens_sdpa)
     count = tokens_zoo.numel()
     from zoo.nn import attention_backend

@@ -12,10 +12,10 @@ measured in this run. Drawing (matplotlib, the same for both) is timed separatel
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from _timing import best_time
 from zoo.multimodal.som_llava.tags import draw_tags, place_tags, place_tags_reference
 
 HEIGHT, WIDTH = 640, 853
@@ -42,15 +42,6 @@ def scene_masks(rng: np.random.Generator) -> list[np.ndarray]:
     return masks
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def signature(tags):
     return [(t.label, t.anchor, t.mask_index, t.area, t.bbox) for t in tags]
 
@@ -71,12 +62,12 @@ def main() -> None:
     count = sum(len(t) for t in tags_fast)
     masks_total = sum(len(m) for m in scenes)
 
-    t_fast = best_time(lambda: [place_tags(m) for m in scenes], args.repeats)
-    t_slow = best_time(lambda: [place_tags_reference(m) for m in scenes], max(1, args.repeats - 1))
+    t_fast = best_time(lambda: [place_tags(m) for m in scenes], args.repeats, warmup=False)
+    t_slow = best_time(lambda: [place_tags_reference(m) for m in scenes], max(1, args.repeats - 1), warmup=False)
     from PIL import Image
 
     pictures = [Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)) for _ in scenes]
-    t_draw = best_time(lambda: [draw_tags(p, t) for p, t in zip(pictures, tags_fast)], args.repeats)
+    t_draw = best_time(lambda: [draw_tags(p, t) for p, t in zip(pictures, tags_fast)], args.repeats, warmup=False)
 
     n = len(scenes)
     print(f"{n} scenes of {WIDTH}x{HEIGHT}, {masks_total} masks, {count} tags; identical tags: {same}")

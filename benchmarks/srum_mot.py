@@ -21,24 +21,12 @@ the same dtype on the same device).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from _timing import best_time, device_sync
 from zoo.models.mot import MoTDecoderLayer, Routing, packed_attention, qwen2_config, split_blocks
 from zoo.nn import attention_backend
-
-
-def best_time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def dense_two_model(layer: MoTDecoderLayer, x, is_gen, rope, attend):
@@ -143,7 +131,7 @@ def main() -> None:
     rope = (cos[0], sin[0])
     attend_blocks = lambda i, q, k, v: packed_attention(q, k, v, blocks)   # noqa: E731
     attend_dense = dense_mask_attention(sample_lens, split_lens, modes)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = device_sync(device)
 
     def step(fn):
         def run():

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _timing import measure
 from zoo.speech.sylber.segment import segment, segment_reference
 
 FRAME_RATE = 50
@@ -85,17 +85,6 @@ def load_official_get_segment():
     return None, None
 
 
-def timed(fn, *args, repeat: int = 1):
-    """Best wall time over ``repeat`` runs (the CPU time of that run is kept in ``timed.cpu``)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        result = fn(*args)
-        if time.perf_counter() - start < best:
-            best, timed.cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return best, result
-
-
 def corpus_lengths(total_seconds: float, seed: int = 1) -> list[int]:
     """Utterance lengths in frames, uniform in 5-15 s, adding up to ``total_seconds`` (the last one cut)."""
     rng = np.random.default_rng(seed)
@@ -113,20 +102,20 @@ def corpus_case(minutes: float, dim: int, thresholds, workers) -> None:
     corpus = [synthetic_features(n, dim, seed=100 + i) for i, n in enumerate(lengths)]
     print(f"\ncorpus: {len(corpus)} utterances of 5-15 s ({sum(lengths) / FRAME_RATE / 60:g} min at 50 Hz) x {dim}")
     segment(corpus[:2], *thresholds)  # threads and the compiled kernel ready outside the timing
-    t_fast, fast = timed(segment, corpus, *thresholds, repeat=3)
-    cpu_fast = timed.cpu
+    run = measure(lambda: segment(corpus, *thresholds), 3, warmup=False)
+    t_fast, fast, cpu_fast = run.seconds, run.result, run.cpu_seconds
     count = sum(len(s) for s in fast)
     print(f"segment(list), {workers or 'all'} threads: {t_fast:8.3f} s  -> {count} segments "
           f"({count / (sum(lengths) / FRAME_RATE):.2f} per second; CPU {cpu_fast:.2f} s)")
-    t_one, one = timed(lambda: [segment(x, *thresholds) for x in corpus], repeat=3)
-    cpu_one = timed.cpu
+    run = measure(lambda: [segment(x, *thresholds) for x in corpus], 3, warmup=False)
+    t_one, one, cpu_one = run.seconds, run.result, run.cpu_seconds
     print(f"segment per utterance, 1 thread: {t_one:8.3f} s  (CPU {cpu_one:.2f} s; identical: "
           f"{all(np.array_equal(a, b) for a, b in zip(one, fast))})")
     if official is None:
         print("official get_segment: not installed (pip install --no-deps sylber==0.1.4); corpus ratio skipped")
         return
-    t_off, off = timed(lambda: [official(x, *thresholds) for x in corpus], repeat=1)
-    cpu_off = timed.cpu
+    run = measure(lambda: [official(x, *thresholds) for x in corpus], 1, warmup=False)
+    t_off, off, cpu_off = run.seconds, run.result, run.cpu_seconds
     same = all(np.array_equal(np.asarray(o, dtype=np.int64).reshape(-1, 2), f) for o, f in zip(off, fast))
     print(f"official get_segment per utterance: {t_off:8.3f} s  (CPU {cpu_off:.2f} s)  [{path}]")
     print(f"  identical boundaries on every utterance: {same}")
@@ -163,16 +152,16 @@ def sequence_case(args) -> None:
     print(f"\none sequence: {n_frames} frames ({args.minutes:g} min at 50 Hz) x {args.dim}, {states.dtype}")
 
     segment(states[:500], *thresholds)  # compile (or load the numba cache) outside the timing
-    t_fast, fast = timed(segment, states, *thresholds, repeat=3)
-    cpu_fast = timed.cpu
+    run = measure(lambda: segment(states, *thresholds), 3, warmup=False)
+    t_fast, fast, cpu_fast = run.seconds, run.result, run.cpu_seconds
     print(f"segment (fast):       {t_fast:8.3f} s  -> {len(fast)} segments "
           f"({len(fast) / (n_frames / FRAME_RATE):.2f} per second)")
 
     scale = n_frames / n_ref
     note = "" if n_ref == n_frames else f"  (timed on the first {n_ref} frames, scaled x{scale:.2f})"
     prefix = states[:n_ref]
-    t_ref, ref = timed(segment_reference, prefix, *thresholds, repeat=2)
-    cpu_ref = timed.cpu
+    run = measure(lambda: segment_reference(prefix, *thresholds), 2, warmup=False)
+    t_ref, ref, cpu_ref = run.seconds, run.result, run.cpu_seconds
     fast_prefix = fast if n_ref == n_frames else segment(prefix, *thresholds)
     same = np.array_equal(ref, fast_prefix)
     print(f"segment_reference:    {t_ref * scale:8.3f} s{note}")
@@ -184,7 +173,8 @@ def sequence_case(args) -> None:
     if official is None:
         print("official get_segment: not available (set SYLBER_SEGMENT_UTILS); skipped")
         return
-    t_off, off = timed(official, prefix, *thresholds, repeat=2)
+    run = measure(lambda: official(prefix, *thresholds), 2, warmup=False)
+    t_off, off = run.seconds, run.result
     off = np.asarray(off, dtype=np.int64).reshape(-1, 2)
     print(f"official get_segment: {t_off * scale:8.3f} s{note}  [{path}]")
     print(f"  identical boundaries to segment: {np.array_equal(off, fast_prefix)}")

@@ -4,7 +4,7 @@ Submodules import lazily: ``from zoo.models import HubertModel`` loads only ``zo
 """
 from __future__ import annotations
 
-import importlib
+from zoo.registry import lazy_exports
 
 _EXPORTS = {
     "HubertConfig": "zoo.models.hubert",
@@ -18,10 +18,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'zoo.models' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

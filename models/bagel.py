@@ -35,6 +35,7 @@ from torch import nn
 
 from zoo.errors import ConfigError, ImageInputError, ZooError
 from zoo.model import inference
+from zoo.models.embeddings import TimestepEmbedder  # BAGEL's time_embedder: DiT's, keys mlp.0 / mlp.2
 from zoo.models.mot import AttnBlock, MoTForCausalLM, Routing, packed_attention, qwen2_config, split_blocks
 
 __all__ = [
@@ -65,30 +66,16 @@ class PositionEmbedding(nn.Module):
                                        output_type="pt").float()
 
     def reset_parameters(self) -> None:
+        """Fill the frozen table with :meth:`sincos_table` (skipped while the parameter is on the meta device)."""
         if not self.pos_embed.is_meta:
             with torch.no_grad():
                 self.pos_embed.copy_(self.sincos_table())
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the table for ``position_ids`` (int64, any shape, each in [0, side * side)): ``[..., hidden]``
+        float32.
+        """
         return self.pos_embed[position_ids]
-
-
-class TimestepEmbedder(nn.Module):
-    """DiT's timestep embedder: 256 sinusoidal features (cos first) -> Linear -> SiLU -> Linear (``mlp.0``, ``mlp.2``)."""
-
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
-        super().__init__()
-        self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """t: ``[n]`` times in [0, 1] (float). Returns ``[n, hidden]``."""
-        from diffusers.models.embeddings import get_timestep_embedding
-
-        freq = get_timestep_embedding(t.float(), self.frequency_embedding_size, flip_sin_to_cos=True,
-                                      downscale_freq_shift=0)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
 
 class MLPconnector(nn.Module):
@@ -103,6 +90,7 @@ class MLPconnector(nn.Module):
         self.fc2 = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[..., in_dim]`` -> ``[..., out_dim]`` in the layers' dtype."""
         return self.fc2(self.activation_fn(self.fc1(x)))
 
 
@@ -212,6 +200,10 @@ class ImageTransform:
         self.max_size, self.min_size, self.stride, self.max_pixels = int(max_size), int(min_size), int(stride), int(max_pixels)
 
     def resize(self, image):
+        """``image`` (PIL) resized with bicubic filtering to :func:`resize_size`'s size (sides multiples of
+        ``stride``, within ``min_size``/``max_size``/``max_pixels``); returned unchanged when it already has that
+        size.
+        """
         from PIL import Image
 
         w, h = resize_size(image.width, image.height, self.max_size, self.min_size, self.stride, self.max_pixels)
@@ -223,6 +215,7 @@ class ImageTransform:
         return (array.permute(2, 0, 1) - 0.5) / 0.5
 
     def to_dict(self) -> dict:
+        """The constructor arguments as a plain dict (what a config stores: ``ImageTransform(**d)`` rebuilds it)."""
         return {"max_size": self.max_size, "min_size": self.min_size, "stride": self.stride,
                 "max_pixels": self.max_pixels}
 
@@ -292,10 +285,14 @@ class PackedInputs:
     ce_labels: torch.Tensor | None = None
 
     def routing(self) -> Routing:
+        """The :class:`Routing` of the packed rows: text and ViT rows are understanding rows, VAE rows are generation
+        rows.
+        """
         und = torch.cat([self.text_index, self.vit_index]) if self.vit_index.numel() else self.text_index
         return Routing(self.num_rows, und, self.vae_index)
 
     def to(self, device) -> "PackedInputs":
+        """A copy with every tensor field moved to ``device`` (lists and ints are shared)."""
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return PackedInputs(**moved)
 
@@ -340,6 +337,9 @@ class SequencePacker:
         self.rows += 1
 
     def add_text(self, ids: Sequence[int], *, loss: bool = False) -> None:
+        """Append ``ids`` (token ids) wrapped in bos/eos as a causal split; with ``loss`` the rows of bos + ids
+        predict ids + eos (cross-entropy targets).
+        """
         tokens = [self.special["bos"], *[int(i) for i in ids], self.special["eos"]]
         if loss:  # rows of bos + ids predict ids + eos (BAGEL's ce_loss_indexes / packed_label_ids)
             self.ce_index.extend(range(self.rows, self.rows + len(tokens) - 1))
@@ -353,6 +353,10 @@ class SequencePacker:
         self.attn_modes.append("causal")
 
     def add_vae(self, latent_hw: tuple[int, int], *, noise: bool = True) -> None:
+        """Append a ``(h, w)`` grid of latent tokens between start/end-of-image markers; ``noise`` True makes it a
+        noised generation target (attention mode ``noise``), False a clean conditioning image (``full``, and the
+        RoPE position advances).
+        """
         h, w = int(latent_hw[0]), int(latent_hw[1])
         self._marker(self.special["start_of_image"])
         self.vae_index.extend(range(self.rows, self.rows + h * w))
@@ -367,6 +371,9 @@ class SequencePacker:
             self.rope += 1
 
     def add_vit(self, image_hw: tuple[int, int]) -> None:
+        """Append the ViT patches of an image of ``(height, width)`` pixels (multiples of the patch size) between
+        start/end-of-image markers, attention mode ``full``.
+        """
         height, width = int(image_hw[0]), int(image_hw[1])
         n = (height // self.vit_patch) * (width // self.vit_patch)
         self._marker(self.special["start_of_image"])
@@ -381,6 +388,10 @@ class SequencePacker:
         self.rope += 1
 
     def end_sample(self) -> None:
+        """Close the current sample (the next split starts a new one at RoPE position 0).
+
+        Raises ZooError when nothing was added since the last sample.
+        """
         if self.rows == self._sample_start:
             raise ZooError("SequencePacker.end_sample: the sample is empty")
         self.sample_lens.append(self.rows - self._sample_start)
@@ -388,6 +399,7 @@ class SequencePacker:
         self.rope = 0
 
     def build(self) -> PackedInputs:
+        """The packed batch as :class:`PackedInputs` (int64 tensors); an open sample is closed first."""
         if self.rows != self._sample_start:
             self.end_sample()
         long = dict(dtype=torch.long)
@@ -418,25 +430,32 @@ class Context:
 
     @classmethod
     def empty(cls, batch: int, num_layers: int, kv_heads: int, head_dim: int, *, device, dtype) -> "Context":
+        """A cache of ``batch`` empty samples: ``num_layers`` lists of ``[0, kv_heads, head_dim]`` tensors on
+        ``device`` in ``dtype``.
+        """
         blank = torch.zeros(0, kv_heads, head_dim, device=device, dtype=dtype)
         return cls([[blank] * batch for _ in range(num_layers)], [[blank] * batch for _ in range(num_layers)],
                    [0] * batch, [0] * batch, [[] for _ in range(batch)])
 
     @property
     def batch(self) -> int:
+        """The number of samples."""
         return len(self.lengths)
 
     def copy(self) -> "Context":
+        """A shallow copy whose lists can be extended independently (the tensors are shared, not cloned)."""
         return Context([list(k) for k in self.keys], [list(v) for v in self.values], list(self.lengths),
                        list(self.ropes), [list(h) for h in self.history])
 
     def select(self, indexes: Sequence[int]) -> "Context":
+        """The samples at ``indexes`` (in that order, repeats allowed) as a new context."""
         return Context([[k[i] for i in indexes] for k in self.keys], [[v[i] for i in indexes] for v in self.values],
                        [self.lengths[i] for i in indexes], [self.ropes[i] for i in indexes],
                        [list(self.history[i]) for i in indexes])
 
     @staticmethod
     def concat(contexts: Sequence["Context"]) -> "Context":
+        """The samples of ``contexts`` one after another as one context (all must have the same number of layers)."""
         layers = len(contexts[0].keys)
         return Context([[t for c in contexts for t in c.keys[layer]] for layer in range(layers)],
                        [[t for c in contexts for t in c.values[layer]] for layer in range(layers)],
@@ -462,6 +481,12 @@ class BagelMixin:
 
     # ------------------------------------------------------------------ construction
     def init_bagel(self, config: dict) -> None:
+        """Build BAGEL's modules from ``config``: the MoT Qwen2 language model, the SigLIP NaViT, connector, position
+        tables, the frozen FLUX VAE, the time embedder and the latent projections (``llm2vae`` starts at zero as in
+        BAGEL's ``_init_weights``).
+
+        Raises KeyError for a missing config key.
+        """
         from zoo.models.flux_vae import build_vae
 
         llm_config = qwen2_config(**config["llm"])
@@ -504,27 +529,34 @@ class BagelMixin:
     # ------------------------------------------------------------------ small properties
     @property
     def hidden_size(self) -> int:
+        """The language model's width."""
         return self.llm_config.hidden_size
 
     @property
     def num_layers(self) -> int:
+        """The language model's number of decoder layers."""
         return self.llm_config.num_hidden_layers
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head of the language model."""
         return getattr(self.llm_config, "head_dim", None) or self.hidden_size // self.llm_config.num_attention_heads
 
     @property
     def vit_patch_size(self) -> int:
+        """The ViT's patch side in pixels."""
         return self.vit_model.patch_size
 
     def vae_transform(self) -> ImageTransform:
+        """The :class:`ImageTransform` of images given to the VAE (``config['vae_transform']``)."""
         return ImageTransform(**self.config["vae_transform"])
 
     def vit_transform(self) -> ImageTransform:
+        """The :class:`ImageTransform` of images given to the ViT (``config['vit_transform']``)."""
         return ImageTransform(**self.config["vit_transform"])
 
     def packer(self) -> SequencePacker:
+        """A new :class:`SequencePacker` with this model's special ids, latent grid limit and ViT patch layout."""
         return SequencePacker(self.special_ids, max_latent_size=self.max_latent_size,
                               vit_max_patches_per_side=int(self.config["vit_max_num_patch_per_side"]),
                               vit_patch_size=self.vit_patch_size, interpolate_pos=bool(self.config.get("interpolate_pos")))
@@ -551,6 +583,9 @@ class BagelMixin:
         return patchify(latents, self.latent_patch_size)
 
     def tokens_to_latents(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """``[h * w, p * p * C]`` tokens -> ``[C, h * p, w * p]`` VAE latents (the inverse of
+        :meth:`latents_to_tokens`); ``hw`` is ``(h, w)``.
+        """
         return unpatchify_latent(tokens, hw[0], hw[1], self.latent_patch_size, self.latent_channel)
 
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -638,6 +673,7 @@ class BagelMixin:
 
     # ------------------------------------------------------------------ inference: contexts
     def new_context(self, batch: int) -> Context:
+        """An empty :class:`Context` for ``batch`` samples on the language model's device and dtype."""
         param = self.language_model.model.embed_tokens.weight
         return Context.empty(batch, self.num_layers, self.llm_config.num_key_value_heads, self.head_dim,
                              device=param.device, dtype=param.dtype)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import pickle
 import re
-import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -25,6 +24,7 @@ import torch
 
 from zoo.errors import CheckpointFormatError, CheckpointKeysError
 from zoo.hub import normalize_weight_norm_keys  # noqa: F401  (re-exported for the family loaders)
+from zoo.weights import is_safetensors
 
 # --------------------------------------------------------------------------- restricted unpickling
 
@@ -171,32 +171,23 @@ def restricted_load(path: str | Path):
             "corrupt: download it again.") from err
 
 
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < (1 << 28)
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a checkpoint file (a plain state dict -> ``dict[str, Tensor]``).
 
     safetensors via ``safetensors.torch.load_file``; .pt/.ckpt/.pth/.bin via
     ``torch.load(map_location="cpu", weights_only=True)``, falling back to the restricted
     unpickler when the pickle also holds foreign objects (fairseq's ``args``/``cfg``).
+
+    Raises CheckpointFormatError when the file is missing, unreadable (truncated, corrupt, not a checkpoint) or
+    holds something other than a mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointFormatError(f"Checkpoint {path} does not exist or is not a file; check the path.")
-    if _is_safetensors(path):
-        from safetensors.torch import load_file
+    if is_safetensors(path):
+        from zoo.hub import read_safetensors
 
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as err:
-            raise CheckpointFormatError(
-                f"{path} is not a readable safetensors file ({err}); it may be truncated: download it again.") from err
+        return read_safetensors(path, str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -212,7 +203,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def find_state_dict(checkpoint: Mapping[str, Any], source: str,
                     keys: Iterable[str] = ("model", "state_dict", "module", "ema")) -> dict[str, torch.Tensor]:
-    """The tensor dict of a checkpoint: itself, or the first of ``keys`` that holds one (fairseq: ``model``)."""
+    """The tensor dict of a checkpoint: itself, or the first of ``keys`` that holds one (fairseq: ``model``).
+
+    Raises CheckpointFormatError when no entry holds tensors, listing the top-level keys.
+    """
     if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return dict(checkpoint)
     for key in keys:

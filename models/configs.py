@@ -29,6 +29,44 @@ HUBERT_BASE_ENCODER = {
     "attention_dropout": 0.1,
     "activation_dropout": 0.1,
     "feat_proj_dropout": 0.1,
+    # The rest of that config.json's HubertConfig fields, at its values (transformers' defaults too): a
+    # converted transformers folder keeps them, so the speech families' configs must know them.
+    "initializer_range": 0.02,
+    "feat_extract_activation": "gelu",
+    "conv_pos_batch_norm": False,
+    "apply_spec_augment": True,
+    "mask_time_length": 10,
+    "mask_time_min_masks": 2,
+    "mask_feature_prob": 0.0,
+    "mask_feature_length": 10,
+    "mask_feature_min_masks": 0,
+}
+
+
+# The CPU-test width of that encoder: the same conv strides (so still 50 Hz frames, 400-sample receptive
+# field) with 2 layers of width 64; what the speech families' ``tiny`` sizes merge over HUBERT_BASE_ENCODER.
+HUBERT_TINY_ENCODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "conv_dim": [32] * 7,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "layerdrop": 0.0,
+}
+
+# The speech families' ``tiny`` encoder (overrides of HUBERT_BASE_ENCODER): the same conv kernels and
+# strides, so frames stay at 50 Hz, at a width that trains on a CPU in seconds.
+HUBERT_TINY_ENCODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "conv_dim": [32] * 7,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "layerdrop": 0.0,
 }
 
 
@@ -53,7 +91,7 @@ ECAPA_DEFAULTS = {
     "cat_out_channels": 1536,
 }
 
-__all__ = ["ECAPA_DEFAULTS", "ECAPA_SIZES", "HUBERT_BASE_ENCODER"]
+__all__ = ["ECAPA_DEFAULTS", "ECAPA_SIZES", "HUBERT_BASE_ENCODER", "HUBERT_TINY_ENCODER"]
 
 
 # microsoft/phi-1_5's architecture (its config.json): the LLM of Show-o and UniCTokens.

@@ -48,6 +48,7 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` [N] -> [N, hidden]: ``mlp(timestep_embedding(t))`` in the dtype of ``mlp``'s weights."""
         features = timestep_embedding(t, self.frequency_embedding_size)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
@@ -60,6 +61,7 @@ class VectorEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(input_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [N, input_dim] -> [N, hidden]."""
         return self.mlp(x)
 
 

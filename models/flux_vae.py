@@ -22,15 +22,16 @@ __all__ = ["FLUX_VAE_CONFIG", "build_vae", "bfl_to_diffusers_key", "convert_bfl_
 
 
 
-def build_vae(config: Mapping):
+def build_vae(config: Mapping, *, source: str = "vae config"):
     """A random-init diffusers ``AutoencoderKL`` from ``config`` (its keyword arguments), attention through
-    ``zoo.nn.attention``. Raises ConfigError on an argument ``AutoencoderKL`` does not take."""
+    ``zoo.nn.attention``. Raises ConfigError naming ``source`` (where the config came from) on an argument
+    ``AutoencoderKL`` does not take."""
     from diffusers import AutoencoderKL
 
     try:
         vae = AutoencoderKL(**dict(config))
     except TypeError as err:
-        raise ConfigError(f"vae config: {err}") from err
+        raise ConfigError(f"{source} has an argument AutoencoderKL does not take: {err}") from err
     from zoo.models.diffusers_attention import use_zoo_attention
 
     use_zoo_attention(vae)

@@ -115,12 +115,18 @@ class HubertConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, config: dict, *, strict: bool = True) -> "HubertConfig":
-        """Build from a dict; ``strict=False`` ignores keys HubertConfig does not have (e.g. a transformers config.json)."""
+    def from_dict(cls, config: dict, *, strict: bool = True, source: str | None = None) -> "HubertConfig":
+        """Build from a dict; ``strict=False`` ignores keys HubertConfig does not have (e.g. a transformers config.json).
+
+        With ``strict``, an unknown key raises :class:`~zoo.errors.ConfigError` listing the known fields and
+        naming ``source`` (where the dict came from, e.g. ``"Sylber config 'encoder'"``) when given.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown and strict:
-            raise ConfigError(f"HubertConfig has no field(s) {unknown}; known fields: {sorted(known)}.")
+            where = (f"{source} has argument(s) {unknown} HubertConfig does not take" if source
+                     else f"HubertConfig has no field(s) {unknown}")
+            raise ConfigError(f"{where}; known fields: {sorted(known)}.")
         return cls(**{k: v for k, v in config.items() if k in known})
 
 
@@ -151,6 +157,8 @@ def compute_span_mask(frame_lengths, mask_prob: float, mask_length: int, min_mas
     fairseq does), at least ``min_masks``; span starts are distinct, spans may overlap and
     never reach past L. ``require_same_masks`` (fairseq's default in HuBERT pretraining)
     then subsamples every row to the smallest count of masked frames in the batch.
+
+    Raises ConfigError for a mask_length below 1.
     """
     lengths = [int(n) for n in torch.as_tensor(frame_lengths).tolist()]
     width = max(lengths, default=0) if max_length is None else int(max_length)
@@ -515,7 +523,11 @@ class HubertModel(nn.Module):
 
     # ------------------------------------------------------------------ stages (packed)
     def extract_features(self, input_values: torch.Tensor, lengths=None) -> tuple[torch.Tensor, list[int]]:
-        """Conv features of every valid frame, packed: ([sum(L), C], frame lengths L)."""
+        """Conv features of every valid frame, packed: ([sum(L), C], frame lengths L).
+
+        Raises AudioInputError when an input is shorter than the convolutional receptive field (400 samples for
+        HuBERT-base).
+        """
         sample_lengths = self._lengths(input_values, lengths)
         frames = [self.frame_lengths(n) for n in sample_lengths]
         if min(frames, default=0) <= 0:
@@ -540,7 +552,11 @@ class HubertModel(nn.Module):
         return features, frames
 
     def mask_features(self, hidden: torch.Tensor, frames: list[int], mask_time_indices=None) -> torch.Tensor:
-        """Put ``masked_spec_embed`` at masked frames (given, or SpecAugment in training as transformers does)."""
+        """Put ``masked_spec_embed`` at masked frames (given, or SpecAugment in training as transformers does).
+
+        Raises ConfigError when masking is asked for but the model has no masked_spec_embed (mask_time_prob and
+        mask_feature_prob both 0).
+        """
         if not self.config.apply_spec_augment:
             return hidden
         if mask_time_indices is None and self.training and self.config.mask_time_prob > 0:
@@ -563,7 +579,10 @@ class HubertModel(nn.Module):
 
     def encode(self, hidden: torch.Tensor, frames: list[int], *, output_hidden_states: bool = False,
                output_layer: int | None = None):
-        """Projected (and masked) packed frames -> (packed last state, packed hidden states or None)."""
+        """Projected (and masked) packed frames -> (packed last state, packed hidden states or None).
+
+        Raises ConfigError for an output_layer outside 0..num_hidden_layers.
+        """
         if output_layer is not None and not 0 <= output_layer <= len(self.encoder.layers):
             raise ConfigError(f"output_layer must be in 0..{len(self.encoder.layers)}, got {output_layer}.")
         return self.encoder(hidden, frames, output_hidden_states=output_hidden_states, output_layer=output_layer)

@@ -126,6 +126,8 @@ def plain(value, _depth: int = 0):
     (``argparse.Namespace``) and ``cfg`` (omegaconf ``DictConfig``/``ListConfig`` with value
     nodes): inert stand-ins recording their pickled state, or real objects. omegaconf keeps a
     container's items under ``_content`` and a value node's value under ``_val``.
+
+    Raises CheckpointFormatError for a config nested more than 50 levels deep.
     """
     if _depth > 50:
         raise CheckpointFormatError("The checkpoint's config is nested too deeply to read.")
@@ -170,7 +172,10 @@ def architecture_from_transformers(config: Mapping[str, Any], source: str) -> di
 
 
 def architecture_from_fairseq(cfg: Mapping[str, Any], source: str) -> tuple[dict, dict]:
-    """(HubertConfig fields, other settings) from fairseq's ``cfg`` (``model``/``task``) or flat ``args``."""
+    """(HubertConfig fields, other settings) from fairseq's ``cfg`` (``model``/``task``) or flat ``args``.
+
+    Raises CheckpointFormatError naming ``source`` for an unknown fairseq ``extractor_mode``.
+    """
     model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else cfg
     task = cfg.get("task") if isinstance(cfg.get("task"), Mapping) else cfg
     model = dict(model or {})

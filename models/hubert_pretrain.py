@@ -164,6 +164,9 @@ class HubertPretrainModel(nn.Module):
         logits_masked / targets_masked (lists over label sets), mask_indices [B, L], frame_lengths,
         and ``encoder`` (a HubertOutput with the padded last hidden state). With
         ``output_hidden_states`` also ``packed_hidden_states`` ([sum(L), D] per layer, embeddings first).
+
+        Raises ConfigError when the model has no prediction head or the number of label sets does not match
+        num_classes, and LabelLengthError for labels outside 0..K-1 or of the wrong length.
         """
         features, frames = self.conv_features(input_values, lengths)
         feature_penalty = features.float().pow(2).mean()

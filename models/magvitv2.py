@@ -40,6 +40,7 @@ MAGVITV2_CONFIG: dict[str, Any] = _CONFIG
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(x)`` (SiLU), elementwise, same shape and dtype."""
     return x * torch.sigmoid(x)
 
 
@@ -58,6 +59,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_channels, H, W]`` -> ``[B, out_channels, H, W]``: two GroupNorm-swish-conv layers plus the
+        (1x1-projected) input.
+        """
         h = self.conv1(swish(self.norm1(x)))
         h = self.conv2(self.dropout(swish(self.norm2(h))))
         if self.in_channels != self.out_channels:
@@ -77,6 +81,9 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Single-head self-attention over the ``H * W`` positions of ``[B, C, H, W]`` (through ``zoo.nn.attention``),
+        added to the input; same shape.
+        """
         b, c, h, w = x.shape
         normed = self.norm(x)
 
@@ -96,6 +103,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, H // 2, W // 2]`` (H, W even)."""
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
@@ -107,6 +115,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, 2H, 2W]``."""
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -149,6 +158,9 @@ class Encoder(nn.Module):
         self.quant_conv = nn.Conv2d(z_channels, z_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``x`` ``[B, in_channels, H, W]`` (H, W multiples of the downsampling factor f) -> latents
+        ``[B, z_channels, H/f, W/f]``.
+        """
         h = self.conv_in(x)
         for i, level in enumerate(self.down):
             for j, block in enumerate(level.block):
@@ -196,6 +208,9 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``z`` ``[B, z_channels, h, w]`` -> images ``[B, out_channels, h*f, w*f]`` (unbounded; about [-1, 1]
+        once trained).
+        """
         h = self.conv_in(self.post_quant_conv(z))
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for i in reversed(range(self.num_resolutions)):
@@ -293,10 +308,12 @@ class MAGVITv2(nn.Module):
 
     @property
     def codebook_size(self) -> int:
+        """The number of codes, ``2 ** codebook_dim`` (lookup-free quantisation: 8192 for the 13-bit release)."""
         return self.quantize.codebook_size
 
     @property
     def downsample_factor(self) -> int:
+        """Pixels per latent side: ``2 ** (len(ch_mult) - 1)`` (16 for the release)."""
         return 2 ** (len(self.config["encoder"]["ch_mult"]) - 1)
 
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:

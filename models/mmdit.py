@@ -152,10 +152,16 @@ class DismantledBlock(nn.Module):
         return tuple(m.unsqueeze(1) for m in self.adaLN_modulation(c).chunk(6, dim=1))
 
     def pre_attention(self, x: torch.Tensor, mods) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` [B, L, H] -> (q, k, v) heads of ``norm1(x) * (1 + scale) + shift`` (``mods`` from
+        :meth:`modulation`).
+        """
         shift, scale = mods[0], mods[1]
         return self.attn.split_heads(self.norm1(x) * (1 + scale) + shift)
 
     def post_attention(self, attn_out: torch.Tensor, x: torch.Tensor, mods) -> torch.Tensor:
+        """Gated attention output projection and gated, modulated MLP added to ``x``: [B, L, H] (not for ``pre_only``
+        blocks).
+        """
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         x = x + gate_msa * self.attn.proj(attn_out.flatten(2))
         return x + gate_mlp * self.mlp(self.norm2(x) * (1 + scale_mlp) + shift_mlp)
@@ -174,6 +180,11 @@ class JointBlock(nn.Module):
     def forward(self, context: torch.Tensor | None, x: torch.Tensor, c: torch.Tensor, *,
                 key_mask: torch.Tensor | None = None, context_key_mask: torch.Tensor | None = None,
                 context_sees_x: bool = True, context_mods=None):
+        """One SD3 joint block: ``context`` [B, K, H] (or None for the image stream alone) and ``x`` [B, L, H] attend
+        together, modulated by ``c`` [B, H]. ``key_mask`` / ``context_key_mask`` say which keys each query may see,
+        ``context_sees_x`` whether context queries see image keys. Returns ``(context or None, x)``; the context is
+        None after a ``pre_only`` block.
+        """
         x_mods = self.x_block.modulation(c)
         x_qkv = self.x_block.pre_attention(x, x_mods)
         if context is None:  # no token is visible to anyone: the image stream alone
@@ -200,6 +211,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, L, H] modulated by ``c`` [B, H] -> [B, L, p * p * out_channels]."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(self.norm_final(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1))
 
@@ -299,12 +311,19 @@ class MMDiT(nn.Module):
                 else b.context_block.modulation(None, self.num_tokens) for b in self.joint_blocks]
 
     def embed_context(self, context_states: torch.Tensor) -> torch.Tensor:
+        """Context states [B, num_tokens, context_dim] -> [B, num_tokens, hidden] (embedder plus position table).
+
+        Raises ValueError for another shape.
+        """
         if context_states.dim() != 3 or context_states.shape[1:] != (self.num_tokens, self.context_dim):
             raise ValueError(f"context must be [B, {self.num_tokens}, {self.context_dim}], "
                              f"got {tuple(context_states.shape)}")
         return self.context_embedder(context_states) + self.context_pos_embed.to(context_states.dtype)
 
     def embed_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, H, W] (H, W multiples of the patch size) -> patch tokens [B, (H/p)(W/p), hidden] with the
+        centre-cropped 2-D position table added.
+        """
         height, width = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         pos = crop_pos_embed(self.pos_embed, self.pos_embed_max_size, height, width)
         return self.x_embedder(x) + pos.to(x.dtype)
@@ -392,6 +411,9 @@ class MMDiTRenderer(MMDiT):
 
     def forward(self, context_states: torch.Tensor, key_mask: torch.Tensor | None = None, *,
                 context_sees_x: bool = False, context_mods=None) -> torch.Tensor:
+        """Render from context states [B, K, context_dim] alone: the image tokens start as the learnt mask token
+        plus positions; ``key_mask`` and ``context_sees_x`` as in :meth:`JointBlock.forward`, ``context_mods`` the
+        precomputed adaLN chunks (:meth:`context_modulations`). Returns [B, out_channels, input_size, input_size]."""
         batch = context_states.shape[0]
         grid = self.input_size // self.patch_size
         dtype = self.context_embedder.weight.dtype

@@ -74,10 +74,12 @@ class Routing:
 
     @classmethod
     def all_und(cls, num_rows: int) -> "Routing":
+        """A routing in which all ``num_rows`` rows are understanding rows."""
         return cls(num_rows)
 
     @property
     def mixed(self) -> bool:
+        """Whether some rows are generation rows (then the MoT layers run both experts)."""
         return self.gen is not None
 
     def map(self, x: torch.Tensor, und_fn: Callable, gen_fn: Callable):
@@ -123,6 +125,7 @@ class AttnBlock:
 
     @property
     def kv_len(self) -> int:
+        """The number of key/value rows this block attends to (sum of its ``kv`` spans)."""
         return sum(n for _, n in self.kv)
 
 
@@ -366,6 +369,7 @@ class MoTModel(nn.Module):
         self.rotary_emb = Qwen2RotaryEmbedding(config=config)
 
     def rope(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary ``(cos, sin)`` for ``position_ids`` [N] (int64): each ``[N, head_dim]`` in ``x``'s dtype."""
         cos, sin = self.rotary_emb(x, position_ids[None])
         return cos[0], sin[0]
 

@@ -73,6 +73,7 @@ class ShowoVocab:
 
     @property
     def pad_id(self) -> int:
+        """Id of ``[PAD]``: the first id after the language model's vocabulary."""
         return self.llm_vocab_size
 
     def special_id(self, token: str) -> int:
@@ -85,18 +86,22 @@ class ShowoVocab:
 
     @property
     def soi_id(self) -> int:
+        """Id of ``<|soi|>`` (start of image)."""
         return self.special_id("<|soi|>")
 
     @property
     def eoi_id(self) -> int:
+        """Id of ``<|eoi|>`` (end of image)."""
         return self.special_id("<|eoi|>")
 
     @property
     def t2i_id(self) -> int:
+        """Id of ``<|t2i|>`` (the text-to-image task token)."""
         return self.special_id("<|t2i|>")
 
     @property
     def mmu_id(self) -> int:
+        """Id of ``<|mmu|>`` (the understanding task token)."""
         return self.special_id("<|mmu|>")
 
     @property
@@ -111,13 +116,20 @@ class ShowoVocab:
 
     @property
     def size(self) -> int:
+        """The total vocabulary: text, special, concept and image tokens plus the mask token."""
         return self.image_offset + self.codebook_size + 1
 
     @property
     def mask_id(self) -> int:
+        """Id of the image mask token (the last id)."""
         return self.size - 1
 
     def with_concepts(self, n: int) -> "ShowoVocab":
+        """The same vocabulary with ``n`` (>= 0) concept tokens inserted before the image codes (image ids shift by
+        ``n``).
+
+        Raises ConfigError for a negative ``n``.
+        """
         return ShowoVocab(self.llm_vocab_size, self.codebook_size, n, self.num_special)
 
 
@@ -166,6 +178,10 @@ MASK_SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"cosine": c
 
 
 def get_mask_schedule(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The mask-ratio schedule called ``name`` (``cosine`` or ``linear``): maps t in [0, 1] to the masked fraction.
+
+    Raises ConfigError for another name.
+    """
     if name not in MASK_SCHEDULES:
         raise ConfigError(f"unknown mask schedule {name!r}; known: {', '.join(MASK_SCHEDULES)}.")
     return MASK_SCHEDULES[name]

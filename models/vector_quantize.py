@@ -37,6 +37,7 @@ __all__ = ["CosineSimCodebook", "VectorQuantize", "kmeans", "l2norm", "entropy_t
 
 
 def l2norm(t: torch.Tensor) -> torch.Tensor:
+    """``t`` scaled to unit L2 norm along the last dimension (same shape and dtype)."""
     return F.normalize(t, p=2, dim=-1)
 
 
@@ -295,6 +296,10 @@ class VectorQuantize(nn.Module):
         return self.project_out(self.codebook[indices])
 
     def forward(self, x: torch.Tensor):
+        """``x`` [B, K, dim] -> ``(quantized [B, K, output_dim], indices [B, K] int64, loss scalar, logs dict)``; runs
+        in float32 with autocast off (nearest codes need the precision). In training mode it also updates the
+        codebook (EMA, dead-code re-activation).
+        """
         with torch.autocast(x.device.type, enabled=False):
             return self._forward(x)
 

@@ -7,7 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from zoo.cards import get_card, list_models, model_info  # noqa: F401  (re-exported)
+from zoo.cards import get_card, list_models  # noqa: F401  (re-exported)
+from zoo.cards import model_info as card_info
 from zoo.config import apply_overrides
 from zoo.errors import ConfigError, UnknownModelError, WeightsNotAvailableError
 from zoo.registry import get_family
@@ -36,7 +37,8 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     loads its base and applies the adapter. ``model.name_or_path`` records what was loaded.
 
     Raises :class:`~zoo.errors.UnknownModelError` (no such card; the closest names are listed),
-    :class:`~zoo.errors.ConfigError` (an unknown override key or a wrong type, a malformed Hub name),
+    :class:`~zoo.errors.ConfigError` (an empty name, an unknown override key or a wrong type, a malformed Hub
+    name, a ``dtype`` that is not a torch dtype, a ``device`` that is not one or is not on this machine),
     :class:`~zoo.errors.WeightsNotAvailableError` (no released weights, offline with a cold cache, a missing or
     gated repo), :class:`~zoo.errors.CheckpointFormatError` / ``CheckpointKeysError`` (a corrupt or
     mismatched file).
@@ -48,12 +50,14 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ConfigError(f"zoo.load expects a model name or a path, got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
+    if not name.strip():
+        raise ConfigError("zoo.load got an empty name; give a card name (`zoo list`), 'hf-hub:org/name' or a folder.")
     if dtype is not None and not isinstance(dtype, torch.dtype):
         if not isinstance(getattr(torch, str(dtype).removeprefix("torch."), None), torch.dtype):
             raise ConfigError(f"dtype={dtype!r} is not a torch dtype; use e.g. torch.bfloat16 or 'float32'.")
         dtype = getattr(torch, str(dtype).removeprefix("torch."))
     if device is not None:
-        device = torch.device(device)
+        device = parse_device(device)
     if name.startswith(HF_HUB_PREFIX):
         repo = name[len(HF_HUB_PREFIX):]
         if not re.match(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$", repo):
@@ -63,9 +67,16 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
     elif _looks_like_path(name) or ":" in name or Path(name).is_dir():
         folder = Path(name).expanduser()
         if not folder.is_dir():
-            raise UnknownModelError(name) if not _looks_like_path(name) else WeightsNotAvailableError(
-                f"No folder at {name!r}. A Hub repo is written 'hf-hub:{name}'; a card name has no '/' or ':'."
-            )
+            if not _looks_like_path(name):
+                raise UnknownModelError(name)
+            if folder.is_file():
+                raise WeightsNotAvailableError(
+                    f"{name!r} is a file; zoo.load takes the zoo-format folder that holds config.json and the "
+                    f"weights ({str(folder.parent)!r}?). For an official checkpoint file use `zoo convert FAMILY "
+                    "SRC DST` first.")
+            hub_hint = (f" A Hub repo is written 'hf-hub:{name}'; a card name has no '/' or ':'."
+                        if re.match(r"^[\w.-]+/[\w.-]+$", name) else "")
+            raise WeightsNotAvailableError(f"No folder at {name!r}.{hub_hint}")
         model = hub.build_from_zoo_folder(folder, str(folder), overrides=overrides, dtype=dtype, device=device)
     else:
         model = _load_card(name, pretrained=pretrained, revision=revision, cache_dir=cache_dir,
@@ -77,6 +88,68 @@ def load(name_or_path: str, pretrained: bool = True, revision: str | None = None
         model.name_or_path = _canonical_name(name, revision)
     model.eval()
     return model
+
+
+def model_info(name_or_path: str, revision: str | None = None, cache_dir=None, local_files_only: bool | None = None,
+               token=None) -> dict:
+    """What ``zoo.load(name_or_path)`` would build, as a dict, without building it.
+
+    A card name gives its card (:func:`zoo.cards.model_info`: config, weights source, license, paper,
+    metrics; no torch import). A zoo folder or ``hf-hub:org/name[@rev]`` gives its ``config.json``:
+    ``name``, ``family``, ``modality``, ``config`` (checked and completed as loading does), ``card`` (the
+    card it was made from, if any), ``zoo_version``, ``pretrained: True`` and, for a LoRA adapter,
+    ``adapter``; only ``config.json`` is downloaded. Raises ``UnknownModelError`` for an unknown card,
+    ``WeightsNotAvailableError`` for a missing folder or an unreachable repo, ``CheckpointFormatError`` for
+    a folder zoo did not write, ``ConfigError`` for a config its family rejects.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"model_info expects a model name or a path, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    if _is_card_name(name) and not Path(name).is_dir():
+        return card_info(name)
+    from zoo import hub
+
+    if name.startswith(HF_HUB_PREFIX):
+        repo_id, pinned = hub.split_revision(name[len(HF_HUB_PREFIX):])
+        hub.check_repo_id(repo_id)
+        path = hub.download_file(repo_id, hub.CONFIG_NAME, revision=revision or pinned, cache_dir=cache_dir,
+                                 local_files_only=local_files_only, token=token)
+        folder, source = Path(path).parent, name
+    else:
+        folder, source = Path(name).expanduser(), name
+        if not folder.is_dir():
+            raise WeightsNotAvailableError(f"No folder at {name!r}.")
+    meta = hub.read_zoo_config(folder, source)
+    family = get_family(meta["family"])
+    info = {"name": source, "family": family.name, "modality": family.modality, "card": meta.get("card"),
+            "zoo_version": meta.get("zoo_version"), "pretrained": True,
+            "config": hub.stored_config(family, meta["config"], f"{source}/{hub.CONFIG_NAME}")}
+    if "adapter" in meta:
+        info["adapter"] = meta["adapter"]
+    return info
+
+
+def parse_device(device, *, name: str = "device") -> "torch.device":
+    """``device`` (a ``torch.device``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, an int GPU index) as a
+    ``torch.device`` that exists here. ``name`` is what the messages call the setting (``train.device``).
+
+    Raises :class:`~zoo.errors.ConfigError` for a string torch cannot parse (``"gpu"``) and for a CUDA or MPS
+    device on a machine without one (torch would fail later, inside ``Module.to``, with a driver message).
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{name}={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{name}={device!r} but no CUDA GPU is visible here; use {name}='cpu'.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"{name}={device!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible.")
+    if parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{name}={device!r} but MPS is not available here; use {name}='cpu'.")
+    return parsed
 
 
 def _is_card_name(name: str) -> bool:

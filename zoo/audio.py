@@ -68,7 +68,7 @@ def num_frames(num_samples, window: int, hop: int):
     total stride (320), so 50 frames per second (a stack of unpadded convs composes into one
     such window, the floors nesting exactly); kaldi MFCC/fbank frames (``snip_edges``) are
     ``window`` 400, ``hop`` 160. ``num_samples``: int -> int, or an integer tensor -> int64
-    tensor of the same shape.
+    tensor of the same shape. Raises ValueError for a window or hop below 1.
     """
     window, hop = int(window), int(hop)
     if window < 1 or hop < 1:

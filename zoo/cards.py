@@ -156,9 +156,20 @@ def get_card(name: str) -> Card:
 
 
 def list_models(pattern: str = "*", modality: str | None = None, pretrained: bool | None = None) -> list[str]:
-    """Card names matching an fnmatch ``pattern``, optionally filtered by modality and weights."""
-    from zoo.registry import get_family
+    """Card names matching an fnmatch ``pattern`` (``*``, ``?``, ``[...]``), sorted, optionally filtered by
+    ``modality`` (``"speech"``, ``"vision"``, ``"multimodal"``, or ``"test"`` for test-only families) and by
+    ``pretrained`` (True: cards with released weights only; False: cards without).
 
+    Raises :class:`~zoo.errors.ConfigError` for an unknown ``modality`` (a misspelt one would otherwise
+    match nothing and look like an empty zoo), and for a ``pattern`` that is a modality name matching no card
+    (``list_models("speech")``: the modality is the keyword argument).
+    """
+    from zoo.registry import MODALITIES, TEST_MODALITY, get_family
+
+    if modality is not None and modality not in MODALITIES + (TEST_MODALITY,):
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"Unknown modality {modality!r}; use one of {', '.join(MODALITIES + (TEST_MODALITY,))}.")
     names = []
     for name, card in sorted(all_cards().items()):
         if not fnmatch.fnmatch(name, pattern):
@@ -168,6 +179,11 @@ def list_models(pattern: str = "*", modality: str | None = None, pretrained: boo
         if modality is not None and get_family(card.family).modality != modality:
             continue
         names.append(name)
+    if not names and pattern in MODALITIES + (TEST_MODALITY,):
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"No model name matches the pattern {pattern!r}; for the {pattern} models call "
+                          f"list_models(modality={pattern!r}) (CLI: zoo list --modality {pattern}).")
     return names
 
 
@@ -185,7 +201,11 @@ def model_info(name: str) -> dict:
 
 
 def add_card(card: "str | Path | dict") -> Card:
-    """Register a card from a YAML file or a dict (user cards, tests), like open_clip's add_model_config."""
+    """Register a card from a YAML file or a dict (user cards, tests), like open_clip's add_model_config.
+
+    Raises CardError when the file is missing or not valid YAML, or the card has a missing or invalid field
+    (naming it).
+    """
     if isinstance(card, dict):
         parsed = parse_card(card, source="<dict>")
     else:

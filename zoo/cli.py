@@ -52,7 +52,7 @@ def _cmd_list(args) -> int:
 def _cmd_info(args) -> int:
     import yaml
 
-    from zoo.cards import model_info
+    from zoo.api import model_info
 
     info = model_info(args.name)
     print(yaml.safe_dump(info, sort_keys=False).rstrip())
@@ -74,16 +74,20 @@ def _cmd_eval(args) -> int:
         options["trials"] = args.trials
     if args.plot:
         options["plot"] = args.plot
-    if args.data == "demo":  # the bundled speech corpus, as in recipes
-        from zoo.data import demo_corpus
+    if args.data == "demo":
+        if family.modality == "speech":  # the bundled speech corpus, as in the speech recipes
+            from zoo.data import demo_corpus
 
-        args.data = str(demo_corpus())
+            args.data = str(demo_corpus())
+        # other modalities' demo data (shapes-world sets, generated scenes) is the family's to pick:
+        # its evaluate gets "demo" itself, never the speech corpus
     elif args.data in ("shapes", "shapes-heldout"):  # the bundled shapes world (train / held-out split)
         from zoo.data.shapes import demo_manifest
 
         args.data = str(demo_manifest("heldout" if args.data == "shapes-heldout" else "train"))
-    if not Path(args.data).exists():
-        raise ConfigError(f"--data {args.data!r} does not exist; give a manifest or folder, or 'demo'")
+    elif not Path(args.data).exists():
+        raise ConfigError(f"--data {args.data!r} does not exist; give a manifest or folder, 'demo', 'shapes' or "
+                          "'shapes-heldout'")
     metrics = evaluate(model, data=args.data, output=args.output, **options)
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 0
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="show a model's card and config")
-    p.add_argument("name")
+    p.add_argument("name", help="card name (no torch import), zoo folder, or hf-hub:org/name[@revision]")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("train", help="train or fine-tune a family with a recipe")
@@ -164,13 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a manifest")
     p.add_argument("name", help="card name, hf-hub:org/name or a local folder")
-    p.add_argument("--data", required=True, help="JSONL manifest, folder, demo (the bundled speech corpus), "
-                   "or shapes / shapes-heldout (the bundled shapes world)")
+    p.add_argument("--data", required=True,
+                   help="JSONL manifest, folder, demo (the family's bundled demo data: the speech corpus for "
+                        "speech models), or shapes / shapes-heldout (the bundled shapes world)")
     p.add_argument("--trials", help="trial list (speaker verification)")
     p.add_argument("--plot", help="also draw the family's figure into this PNG (e.g. a reconstruction grid)")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--random-init", action="store_true", help="evaluate with pretrained=False")
-    p.add_argument("options", nargs="*", help="family options as key=value")
+    p.add_argument("options", nargs="*", default=[], help="family options as key=value")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("push", help="upload a zoo-format folder to the Hub")
@@ -195,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--base", help="the base model an adapter-style checkpoint applies to (card, hf-hub:org/name or "
                                    "folder), for families whose config has a 'base' key (e.g. unictokens concepts)")
-    p.add_argument("options", nargs="*", help="config overrides as key=value")
+    p.add_argument("options", nargs="*", default=[], help="config overrides as key=value")
     p.set_defaults(func=_cmd_convert)
     return parser
 
@@ -265,11 +270,23 @@ def _cli_hint(argv: list[str]) -> str:
     return ways[0][0].upper() + ways[0][1:] + (f", or {ways[1]}" if len(ways) > 1 else "") + "."
 
 
+def _discard_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's final flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness: nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``zoo`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     User errors (any :class:`~zoo.errors.ZooError`) print one ``error: ...`` line and return 2
-    (``--debug`` adds the traceback); Ctrl-C returns 130.
+    (``--debug`` adds the traceback); Ctrl-C returns 130; a reader that closes the output pipe early
+    (``zoo list | head``) ends the command quietly with 141.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -278,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verb = _family_command(argv)
         if verb is not None:
-            return int(verb(argv[1:]) or 0)
+            status = int(verb(argv[1:]) or 0)
+            sys.stdout.flush()
+            return status
         parser = build_parser()
         overrides: list[str] = []
         if argv and argv[0] in _OVERRIDE_VERBS:
@@ -292,7 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`zoo list | head -3`): stop quietly, as Unix tools do, with 128 + SIGPIPE.
+        _discard_stdout()
+        return 141
     except WeightsNotAvailableError as err:
         if debug:
             traceback.print_exc()

@@ -26,7 +26,10 @@ __all__ = ["load_yaml", "parse_overrides", "apply_overrides", "merge", "sized_co
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping (an empty file is ``{}``)."""
+    """Read a YAML mapping (an empty file is ``{}``).
+
+    Raises ConfigError when the file does not exist, is not valid YAML, or holds something other than a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Recipe file {path} does not exist; pass an existing YAML file to --config.")
@@ -42,7 +45,10 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def parse_overrides(items: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML (``null``, lists, numbers)."""
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML (``null``, lists, numbers).
+
+    Raises ConfigError for an item without ``=`` or with an empty key, and for a value that is not valid YAML.
+    """
     if items is None:
         return {}
     if isinstance(items, Mapping):
@@ -256,6 +262,9 @@ def validate(config: dict, defaults: Mapping, *, source: str = "recipe",
 
     ``types`` maps dotted keys to allowed types where the default alone cannot say (``None`` defaults);
     ``sources`` maps dotted keys to where they were set (for messages), falling back to ``source``.
+
+    Raises ConfigError for a key ``defaults`` does not have (listing the valid keys at that level) and for a
+    value of the wrong type.
     """
     types = types or {}
     sources = sources or {}
@@ -284,14 +293,19 @@ def validate(config: dict, defaults: Mapping, *, source: str = "recipe",
 
 
 def check_paths(config: Mapping, path_keys: Iterable[str], *, source: str = "recipe") -> None:
-    """Every dotted key in ``path_keys`` that is set must name an existing file or folder."""
+    """Every dotted key in ``path_keys`` that is set must name an existing file or folder, or be ``"demo"``
+    (the bundled data, ``zoo.data.DEMO``). The engine checks a trainer's ``path_keys`` this way before it
+    creates or touches the output folder.
+
+    Raises ConfigError naming the key and the value for the first path that does not exist.
+    """
     for dotted in path_keys:
         value = get_dotted(config, dotted)
         if value in (None, ""):
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
-            if not Path(str(item)).expanduser().exists():
+            if item != "demo" and not Path(str(item)).expanduser().exists():
                 raise ConfigError(f"{dotted}: {item!r} does not exist ({source}). Point {dotted} at an existing "
                                   f"file or folder (override on the command line: {dotted}=PATH).")
 

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from zoo.errors import (
-    CheckpointFormatError, CheckpointKeysError, HubError, OutputExistsError, WeightsNotAvailableError,
+    CheckpointFormatError, CheckpointKeysError, ConfigError, HubError, OutputExistsError, WeightsNotAvailableError,
 )
 from zoo import weights
 from zoo.files import copy_file, staging_folder
@@ -140,7 +140,12 @@ def read_zoo_config(folder: Path, source: str) -> dict:
 
 
 def read_safetensors(path: str | Path, source: str, *, cached: bool = False) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a corrupt one is an error, and a corrupt cached copy is deleted."""
+    """A whole safetensors file as ``{name: CPU tensor}`` (for small files and conversions; big checkpoints
+    stream through ``zoo.weights.load_into`` instead).
+
+    Raises :class:`~zoo.errors.CheckpointFormatError` naming ``source`` for a corrupt or truncated file;
+    ``cached=True`` (a huggingface_hub cache file) also deletes the bad copy so the next load downloads it.
+    """
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -269,6 +274,49 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any]
     return model
 
 
+def stored_config(family, config: Mapping, source: str) -> dict:
+    """A saved model's ``config`` checked against its family's config of the same size (``config["size"]``,
+    else the first size) and completed from it.
+
+    A value of the wrong type for a key the family knows raises :class:`~zoo.errors.ConfigError` naming
+    ``source`` and the key. A key the family's defaults do not have is kept and passed to the build as
+    before, but logged as a warning naming it (families keep pass-through keys, e.g. the extra fields of a
+    converted transformers ``HubertConfig``; a misspelt hand edit is no longer silent). A key the folder
+    lacks (written before the family added it) takes the family's default. Returns a new dict.
+    """
+    from zoo.config import merge, validate
+
+    config = json.loads(json.dumps(dict(config)))
+    size = config.get("size")
+    reference = family.make_config(size if size in family.sizes else None)
+    unknown = _unknown_keys(config, reference)
+    if unknown:
+        logger.warning("%s: %s not in the %s family's config; kept as saved (check the spelling if you edited "
+                       "it)", source, ", ".join(repr(k) for k in unknown), family.name)
+    known = json.loads(json.dumps(config))
+    for dotted in unknown:
+        *parents, last = dotted.split(".")
+        node = known
+        for part in parents:
+            node = node[part]
+        node.pop(last, None)
+    validate(known, reference, source=source)  # types of the keys the family knows (numbers converted)
+    if "size" not in config:
+        reference.pop("size", None)  # a config built without a named size does not claim one
+    return merge(merge(reference, config), known)
+
+
+def _unknown_keys(config: Mapping, reference: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys of ``config`` that ``reference`` lacks (an empty ``{}`` in ``reference`` is an open section)."""
+    out = []
+    for key, value in config.items():
+        if key not in reference:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, Mapping) and isinstance(reference[key], Mapping) and reference[key]:
+            out += _unknown_keys(value, reference[key], f"{prefix}{key}.")
+    return out
+
+
 def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None = None, cached: bool = False,
                           dtype: torch.dtype | None = None, device=None):
     """Build the model a zoo-format ``folder`` describes and load its weights strictly.
@@ -277,8 +325,9 @@ def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None =
     index) stream in with ``zoo.weights``, in ``dtype`` on ``device``; an adapter folder loads its base
     and applies the LoRA adapter (``zoo.train.lora``). ``overrides`` (dotted keys) change the stored
     config first; an unknown key is a ``ConfigError``, and an override that changes a head's shape
-    re-initialises that head. Raises ``CheckpointFormatError`` / ``CheckpointKeysError`` for bad files;
-    ``cached=True`` evicts a corrupt cached weights file.
+    re-initialises that head. The stored config itself is checked and completed by :func:`stored_config`.
+    Raises ``CheckpointFormatError`` / ``CheckpointKeysError`` for bad files (``cached=True`` evicts a corrupt
+    cached weights file), ``ConfigError`` for a config the family does not accept.
     """
     from zoo.config import apply_overrides
     from zoo.registry import get_family
@@ -289,7 +338,7 @@ def build_from_zoo_folder(folder: Path, source: str, *, overrides: dict | None =
 
         return load_adapter_folder(folder, meta, source, cached=cached, dtype=dtype, device=device)
     family = get_family(meta["family"])
-    config = json.loads(json.dumps(meta["config"]))
+    config = stored_config(family, meta["config"], f"{source}/{CONFIG_NAME}")
     apply_overrides(config, overrides or {}, defaults=json.loads(json.dumps(config)), source=f"overrides for {source}")
     files = weights.weight_files(folder)
     model = weights.load_pretrained(family.build, config, folder / files[0], source=source, cached=cached,
@@ -312,10 +361,25 @@ def split_revision(repo: str) -> tuple[str, str | None]:
     return repo_id, (revision or None)
 
 
-def _offline_error(what: str, why: str = "offline mode or no connection") -> WeightsNotAvailableError:
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a valid Hub repo id (``org/name``: letters, digits, ``-``, ``_``, ``.``; at most 96
+    characters); raises :class:`~zoo.errors.ConfigError` saying what a valid one looks like (huggingface_hub's
+    own ``HFValidationError`` is not a zoo error, so the CLI would print a traceback)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ConfigError(f"{repo_id!r} is not a Hub repo id; write 'org/name' (letters, digits, '-', '_', '.'). "
+                          f"({err})") from None
+    return repo_id
+
+
+def _offline_error(what: str, why: str = "offline mode or no connection",
+                   retry: str = "Run once with network access (e.g. `zoo pull`)") -> WeightsNotAvailableError:
     return WeightsNotAvailableError(
-        f"{what} is not in the local cache and cannot be downloaded ({why}). Run once with network access "
-        "(e.g. `zoo pull`), unset HF_HUB_OFFLINE / local_files_only, or point HF_ENDPOINT at a reachable Hub.",
+        f"{what} is not in the local cache and cannot be downloaded ({why}). {retry}, unset HF_HUB_OFFLINE / "
+        "local_files_only, or point HF_ENDPOINT at a reachable Hub.",
         python_hint="Or pass pretrained=False for random weights, or a local folder to zoo.load.")
 
 
@@ -398,7 +462,11 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None, c
 
 def download_weights(repo_id: str, **kwargs) -> list[str]:
     """Download a zoo repo's weights: ``model.safetensors``, else ``model.safetensors.index.json`` and every
-    shard it names. Returns the local paths (index first). ``kwargs`` as ``download_file``."""
+    shard it names. Returns the local paths (index first). ``kwargs`` as ``download_file``.
+
+    Raises WeightsNotAvailableError (the one for ``model.safetensors``) when the repo has neither layout, and
+    the errors of download_file.
+    """
     try:
         return [download_file(repo_id, WEIGHTS_NAME, **kwargs)]
     except WeightsNotAvailableError as err:
@@ -456,9 +524,16 @@ def _folder_files(folder: Path, meta: dict) -> list[str]:
 
 def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None, private: bool | None = None,
                 token=None, commit_message: str | None = None) -> str:
-    """Upload a zoo-format folder (validated first) to ``repo_id``; returns the commit id."""
+    """Upload a zoo-format folder (validated first) to ``repo_id``; returns the commit id.
+
+    The folder's ``config.json`` and weight headers are checked before anything is sent. ``revision``: a branch,
+    created from ``main`` when missing. Raises :class:`~zoo.errors.CheckpointFormatError` (not a complete zoo
+    folder), :class:`~zoo.errors.ConfigError` (an invalid repo id), :class:`~zoo.errors.HubError` (no token or no
+    permission, the Hub unreachable, any other refusal).
+    """
     from huggingface_hub import errors as hf_errors
 
+    check_repo_id(repo_id)
     folder = Path(folder)
     meta = read_zoo_config(folder, str(folder))
     files = _folder_files(folder, meta)
@@ -480,6 +555,11 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
         if status in (401, 403):
             raise HubError(f"Not allowed to write to {repo_id!r}: log in (`hf auth login`) or pass token=.") from err
         raise HubError(f"Push to {repo_id!r} failed: {err}") from err
+    except _network_errors() as err:
+        from huggingface_hub import constants
+
+        raise HubError(f"Push to {repo_id!r} failed: no connection to {constants.ENDPOINT} "
+                       f"({type(err).__name__}: {err}); check the network or HF_ENDPOINT.") from err
     return info.oid
 
 
@@ -498,10 +578,18 @@ def push_model(model, repo_id: str, *, revision=None, private=None, token=None, 
 
 def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=None, token=None,
          local_files_only=None, overwrite: bool = False) -> Path:
-    """Download a zoo-format repo (into the cache, or copied into ``to``); returns the folder."""
+    """Download a zoo-format repo (``"org/name"`` or ``"org/name@revision"``) into the huggingface_hub cache and
+    return the snapshot folder, or copy its files into ``to`` (atomically: all of them or none) and return ``to``.
+
+    Raises :class:`~zoo.errors.ConfigError` (an invalid repo id), :class:`~zoo.errors.OutputExistsError` (``to``
+    is not empty and ``overwrite`` is false), :class:`~zoo.errors.HubError` (missing or private repo, unknown
+    revision), :class:`~zoo.errors.WeightsNotAvailableError` (offline or unreachable with a cold cache),
+    :class:`~zoo.errors.CheckpointFormatError` (the repo is not in zoo format).
+    """
     from huggingface_hub import errors as hf_errors
 
     repo_id, pinned = split_revision(repo)
+    check_repo_id(repo_id)
     revision = revision or pinned
     if to is not None:
         _check_output_dir(Path(to), overwrite)
@@ -517,7 +605,10 @@ def pull(repo: str, *, revision=None, to: str | Path | None = None, cache_dir=No
     except hf_errors.RevisionNotFoundError as err:
         raise HubError(f"Revision {revision!r} not found in {repo_id!r}.") from err
     except (hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as err:
-        raise _offline_error(repo_id) from err
+        raise _offline_error(repo_id, retry="Run `zoo pull` again with network access") from err
+    except _network_errors() as err:
+        raise _offline_error(repo_id, f"no connection: {type(err).__name__}",
+                             retry="Run `zoo pull` again with network access") from err
     folder = Path(folder)
     read_zoo_config(folder, f"hf-hub:{repo_id}")
     if to is None:

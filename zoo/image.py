@@ -11,6 +11,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from zoo.errors import ConfigError, ImageInputError
 
 __all__ = [
-    "load_image", "image_folder", "IMAGE_EXTENSIONS", "ImageTransform", "prepare_images", "ImageDataset",
+    "load_image", "load_mask", "image_folder", "IMAGE_EXTENSIONS", "ImageTransform", "prepare_images", "ImageDataset",
     "collate_images", "to_uint8", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD",
     "INTERPOLATIONS",
 ]
@@ -54,6 +55,9 @@ def load_image(image, *, background: tuple[int, int, int] | None = None,
     """
     from PIL import Image
 
+    if isinstance(image, str) and "://" in image:
+        raise ImageInputError(f"Image {image!r} is a URL; zoo does not download inputs. Download the file and "
+                              "give its path.")
     if isinstance(image, (str, os.PathLike)):
         return _load_file(Path(os.fspath(image)).expanduser(), background, max_pixels)
     label = name or "image"
@@ -144,7 +148,13 @@ def _to_rgb(image, background, label: str):
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+        if mode == "F" and not np.isfinite(values).all():
+            raise ImageInputError(f"{label}: the float image holds NaN or infinite values.")
+        peak = float(values.max()) if values.size else 0.0
+        if mode == "F" and float(values.min()) >= 0.0 and peak <= 1.0:
+            scale = 1.0  # a float image in [0, 1] (as float arrays are read): 1.0 is white, not 1/255
+        else:
+            scale = 65535.0 if mode.startswith("I;16") or peak > 255 else 255.0
         image = Image.fromarray(np.clip(np.rint(values * 255.0 / scale), 0, 255).astype(np.uint8), "L")
         mode = "L"
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
@@ -160,8 +170,32 @@ def _to_rgb(image, background, label: str):
         raise ImageInputError(f"{label}: cannot convert mode {mode!r} to RGB ({error}).") from error
 
 
+def load_mask(path, *, of: str | None = None) -> np.ndarray:
+    """A binary mask file (PNG of mode "1", "L", "P" or RGB) as bool ``(H, W)``: a pixel is inside when its grey
+    level (Pillow's ``convert("L")``, 0-255) is above 127, the threshold :meth:`ImageTransform.apply_mask` uses.
+
+    ``of`` names the image the mask belongs to, for messages. Raises :class:`ImageInputError` naming the mask
+    file (and ``of``) when it is missing, empty, truncated or not an image.
+    """
+    from PIL import Image
+
+    where = f"mask {str(path)!r}" + (f" of {str(of)!r}" if of else "")
+    file = Path(os.fspath(path)).expanduser()
+    if not file.is_file() or file.stat().st_size == 0:
+        why = "is empty" if file.is_file() else "does not exist"
+        raise ImageInputError(f"The {where} {why}; check the manifest's mask paths (relative to the manifest).")
+    try:
+        with Image.open(file) as image:
+            return np.array(image.convert("L"), dtype=np.uint8) > 127
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageInputError(f"Cannot read the {where}: {error}.") from error
+
+
 def to_uint8(image) -> np.ndarray:
-    """An image as a (H, W, 3) uint8 array; tensors (3, H, W) or (B=1, ...) float in [0, 1]."""
+    """An image as a (H, W, 3) uint8 array; tensors (3, H, W) or (B=1, ...) float in [0, 1].
+
+    Raises ImageInputError for a batch of more than one image and for anything load_image refuses.
+    """
     if hasattr(image, "ndim") and image.ndim == 4:
         if image.shape[0] != 1:
             raise ImageInputError(f"to_uint8: expected one image, got a batch of {image.shape[0]}.")
@@ -253,6 +287,8 @@ class ImageTransform:
     @classmethod
     def from_dict(cls, config: dict) -> "ImageTransform":
         """Build from a dict (a recipe's ``transform:`` block); unknown keys raise ``ConfigError``."""
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"ImageTransform.from_dict expects a mapping of settings, got {type(config).__name__}.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -261,6 +297,7 @@ class ImageTransform:
         return cls(**config)
 
     def to_dict(self) -> dict:
+        """The transform's fields as a JSON-able dict (tuples as lists); :meth:`from_dict` rebuilds an equal transform."""
         out = asdict(self)
         for key, value in out.items():
             if isinstance(value, tuple):
@@ -320,7 +357,10 @@ class ImageTransform:
         return tensor
 
     def apply_mask(self, mask):
-        """A bool mask (H, W) (array, tensor or mode-"1"/"L" PIL image) through the same geometry."""
+        """A bool mask (H, W) (array, tensor or mode-"1"/"L" PIL image) through the same geometry.
+
+        Raises ImageInputError for a mask that is not 2-D.
+        """
         import torch
         from PIL import Image
 
@@ -382,26 +422,17 @@ def prepare_images(inputs, transform: ImageTransform | None = None):
 # ----------------------------------------------------------------------------- folders and datasets
 
 def image_folder(folder) -> list[dict]:
-    """Rows ``{"path", "id"[, "label"]}`` for every image under ``folder``, sorted by path.
+    """Rows ``{"path", "id"[, "label"]}`` for every image under ``folder``, sorted by path
+    (``zoo.data.folder_rows`` with labels).
 
     Like torchvision's ImageFolder: an image inside a sub-folder gets that sub-folder's name
     (relative to ``folder``, with "/" for deeper nesting) as its ``label``; images lying
     directly in ``folder`` get no label. ``id`` is the relative path without its extension.
+    Raises ``ConfigError`` for a missing folder.
     """
-    root = Path(os.fspath(folder)).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"Image folder {str(root)!r} does not exist or is not a folder; give a folder of "
-                          "images (optionally one sub-folder per label) or a JSONL manifest.")
-    rows = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
-        relative = path.relative_to(root)
-        row = {"path": str(path.resolve()), "id": relative.with_suffix("").as_posix()}
-        if len(relative.parts) > 1:
-            row["label"] = relative.parent.as_posix()
-        rows.append(row)
-    return rows
+    from zoo.data import folder_rows
+
+    return folder_rows(folder, IMAGE_EXTENSIONS, what="image folder", labels=True)
 
 
 class ImageDataset:
@@ -413,7 +444,8 @@ class ImageDataset:
     manifest. An item is ``{"image": Tensor[3, H, W] (or the PIL image when transform is None
     and ``as_pil``), "path", "id", "caption"?, "label"?, "masks"?: BoolTensor[N, H, W]}``;
     masks go through the same geometry as the image. Bad rows raise ``ConfigError``/
-    ``ImageInputError`` naming the file.
+    ``ImageInputError`` naming the file; a source that lists no image raises ``ImageInputError``
+    (as ``prepare_images([])`` does), when the dataset is made rather than at the first batch.
     """
 
     def __init__(self, source, transform: ImageTransform | None = None, *, masks: bool = False,
@@ -431,6 +463,9 @@ class ImageDataset:
                 rows, base = image_folder(path), path.resolve()
             else:
                 rows, base = read_manifest(path), path.resolve().parent
+        if not rows:
+            raise ImageInputError(f"ImageDataset: {source!r} lists no images (looked for "
+                              f"{', '.join(sorted(IMAGE_EXTENSIONS))} files, or rows of a JSONL manifest).")
         for row in rows:
             if "path" not in row:
                 raise ConfigError(f"ImageDataset: row {row!r} has no 'path'.")
@@ -468,13 +503,7 @@ class ImageDataset:
         transform = self.transform or ImageTransform()
         item["image"] = image if (self.as_pil and self.transform is None) else transform(image)
         if self.load_masks:
-            masks = []
-            for mask_path in row["_masks"]:
-                try:
-                    with Image.open(mask_path) as mask:
-                        masks.append(transform.apply_mask(mask))
-                except (OSError, ValueError) as error:
-                    raise ImageInputError(f"Cannot read mask {mask_path!r} of {row['path']!r}: {error}.") from error
+            masks = [transform.apply_mask(load_mask(mask_path, of=row["path"])) for mask_path in row["_masks"]]
             height, width = (item["image"].shape[-2:] if not isinstance(item["image"], Image.Image)
                              else (image.height, image.width))
             item["masks"] = torch.stack(masks) if masks else torch.zeros((0, height, width), dtype=torch.bool)

@@ -69,6 +69,9 @@ def ssim(preds, target, data_range: float = 1.0, kernel_size: int = 11, sigma: f
     """Structural similarity (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), averaged.
 
     In [-1, 1]; 1 for identical images. Images must be at least ``kernel_size`` pixels on each side.
+
+    Raises ImageInputError when the images are smaller than the kernel_size window, and for mismatched or
+    malformed batches.
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -146,6 +149,10 @@ def fid(real, fake, feature=2048, weights_path: str | os.PathLike | None = None,
     ``weights_path`` or torch's hub cache :data:`INCEPTION_WEIGHTS_FILE`), or any
     ``torch.nn.Module`` mapping [0, 1] images to ``[B, D]`` features (then nothing else is
     needed). Needs at least two images per set.
+
+    Raises ImageInputError with fewer than 2 real or 2 generated images, WeightsNotAvailableError when the
+    Inception weights are not on disk, MissingDependencyError without torch-fidelity, and ValueError for a
+    ``feature`` that is neither an Inception width nor a module.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
 

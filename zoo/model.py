@@ -111,7 +111,10 @@ class ZooModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs) -> "ZooModel":
-        """Same as ``zoo.load``; checks that the result is of this class."""
+        """Same as ``zoo.load``; checks that the result is of this class.
+
+        Raises ZooError when the folder or name holds another model class, and the errors of zoo.load.
+        """
         from zoo.api import load
 
         model = load(name_or_path, **kwargs)

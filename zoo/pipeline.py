@@ -177,7 +177,10 @@ class StepContext:
 
     def output(self, name: str) -> Path:
         """Where to write output ``name`` (a declared output): a staging path moved into place
-        when the step returns. Its parent folder exists; a folder output is not created."""
+        when the step returns. Its parent folder exists; a folder output is not created.
+
+        Raises ZooError for a name that is not one of the step's declared outputs.
+        """
         if name not in self.outputs:
             raise ZooError(f"step '{self.name}' writes {name!r}, which is not one of its declared outputs "
                            f"{list(self.outputs)}; add it to the Step's outputs.")
@@ -219,7 +222,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the steps file
     def records(self) -> dict:
-        """The steps file as a dict ``{step: record}`` (empty when absent)."""
+        """The steps file as a dict ``{step: record}`` (empty when absent).
+
+        Raises ConfigError when the steps file is not readable JSON or not a steps record (delete it to redo
+        every step).
+        """
         if not self.steps_file.is_file():
             return {}
         try:

@@ -41,6 +41,24 @@ def import_object(reference: str) -> Any:
     return getattr(module, attr) if attr else module
 
 
+def lazy_exports(module_name: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that imports each exported name from its submodule on first access.
+
+    ``exports`` maps an attribute name to the module that defines it, e.g. ``{"load": "zoo.speech.x.loader"}``;
+    a package writes ``__getattr__ = lazy_exports(__name__, _EXPORTS)`` so importing it stays torch-free
+    (``zoo list``) while ``from package import load`` still works. The returned function raises
+    ``AttributeError`` naming ``module_name`` for a name not in ``exports`` (what ``hasattr`` and
+    ``from package import missing`` expect).
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 class LazyCallable:
     """A ``"package.module:function"`` reference that imports its target on the first call."""
 

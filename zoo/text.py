@@ -140,6 +140,9 @@ class ChatTemplate:
         conversation: a list of turns, each ``{"from": "human"|"gpt", "value": str}`` (LLaVA data)
             or ``{"role": "user"|"assistant", "content": str}``. A first turn that is not the
             user's is skipped (as LLaVA does); turns must then alternate user/assistant.
+
+        Raises ConfigError when ``add_generation_prompt`` is set but the conversation does not end with a user
+        turn.
         """
         turns = _turns(conversation)
         pieces: list[tuple[str, bool]] = [(self.system + self.sep, False)]
@@ -225,7 +228,10 @@ TEMPLATES: dict[str, ChatTemplate] = {"vicuna_v1": VICUNA_V1, "llava_v1": VICUNA
 
 
 def get_template(template) -> ChatTemplate:
-    """A :class:`ChatTemplate` by name (``vicuna_v1``/``llava_v1``, ``showo``/``phi1.5``) or as given."""
+    """A :class:`ChatTemplate` by name (``vicuna_v1``/``llava_v1``, ``showo``/``phi1.5``) or as given.
+
+    Raises ConfigError for an unknown template name (listing the known ones).
+    """
     if isinstance(template, ChatTemplate):
         return template
     if template not in TEMPLATES:
@@ -311,6 +317,9 @@ class TruncationCount:
     examples: list = field(default_factory=list)
 
     def add(self, encoded: dict, key=None) -> dict:
+        """Count one encoded conversation (the dict :func:`encode_conversation` returns; its ``"truncated"`` is the
+        number of tokens cut); ``key`` (e.g. the sample id) is kept as an example, up to 5. Returns ``encoded``.
+        """
         self.samples += 1
         if encoded.get("truncated"):
             self.truncated_samples += 1
@@ -326,7 +335,10 @@ class TruncationCount:
 
 def collate_conversations(items: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict:
     """Pad encoded conversations to one batch: ``input_ids`` (pad id), ``labels`` (-100) and
-    ``attention_mask`` (1 = token), each ``LongTensor[B, T]``; left padding for generation."""
+    ``attention_mask`` (1 = token), each ``LongTensor[B, T]``; left padding for generation.
+
+    Raises ConfigError for a padding_side other than right or left.
+    """
     if padding_side not in ("right", "left"):
         raise ConfigError(f"padding_side must be 'right' or 'left', got {padding_side!r}.")
     width = max(len(item["input_ids"]) for item in items)

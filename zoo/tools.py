@@ -36,6 +36,7 @@ import os
 import re
 import socket
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -94,29 +95,46 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 class LLMTool(Protocol):
     """Text in, text out."""
 
-    def generate(self, prompt, **settings) -> str: ...
+    def generate(self, prompt, **settings) -> str:
+        """The model's reply to ``prompt``: a string, or chat messages ``[{"role", "content"}, ...]``.
+        ``settings`` are per-call generation settings (``max_new_tokens``, ``temperature``, ...). Raises
+        :class:`ToolError` when the call fails."""
+        ...
 
-    def generate_batch(self, prompts, **settings) -> list[str]: ...
+    def generate_batch(self, prompts, **settings) -> list[str]:
+        """Replies to ``prompts``, in order (one per prompt); settings and errors as :meth:`generate`."""
+        ...
 
 
 @runtime_checkable
 class VQATool(Protocol):
     """Image + question in, text out; ``caption`` describes the image."""
 
-    def answer(self, image, question: str, **settings) -> str: ...
+    def answer(self, image, question: str, **settings) -> str:
+        """The answer to ``question`` about ``image`` (a path, PIL image, array or tensor, as
+        :func:`zoo.image.load_image` takes). Raises :class:`ToolError` when the call fails."""
+        ...
 
-    def caption(self, image, **settings) -> str: ...
+    def caption(self, image, **settings) -> str:
+        """A description of ``image``; errors as :meth:`answer`."""
+        ...
 
 
 @runtime_checkable
 class MaskProposer(Protocol):
     """Image in, region proposals out."""
 
-    def propose(self, image) -> list[ProposedMask]: ...
+    def propose(self, image) -> list[ProposedMask]:
+        """Regions of ``image``: one :class:`ProposedMask` (bool (H, W) mask of the image's size, ``score``,
+        ``bbox``) per region; an empty list when there is none."""
+        ...
 
 
 def default_vqa():
-    """The offline VQA tool: the shapes-world judge (``zoo.data.shapes.judge.ShapesJudge``)."""
+    """The offline VQA tool: the shapes-world judge (``zoo.data.shapes.judge.ShapesJudge``).
+
+    Raises ToolError if the shapes judge cannot be imported.
+    """
     try:
         from zoo.data.shapes.judge import ShapesJudge
     except ImportError as error:
@@ -125,7 +143,10 @@ def default_vqa():
 
 
 def default_mask_proposer():
-    """The offline mask proposer: shapes-world object masks (``zoo.data.shapes.judge.ShapesMaskProposer``)."""
+    """The offline mask proposer: shapes-world object masks (``zoo.data.shapes.judge.ShapesMaskProposer``).
+
+    Raises ToolError if the shapes mask proposer cannot be imported.
+    """
     try:
         from zoo.data.shapes.judge import ShapesMaskProposer
     except ImportError as error:
@@ -136,7 +157,10 @@ def default_mask_proposer():
 
 def as_vqa_tool(obj=None):
     """A :class:`VQATool` from ``obj``: None -> :func:`default_vqa`; a VQA tool as it is; a model with
-    ``generate(image, prompt)`` wrapped in :class:`VLMTool`."""
+    ``generate(image, prompt)`` wrapped in :class:`VLMTool`.
+
+    Raises ToolError for an object with neither answer/caption nor generate(image, prompt).
+    """
     if obj is None:
         return default_vqa()
     if isinstance(obj, VQATool):
@@ -230,6 +254,7 @@ class TransformersLLM:
 
     @property
     def tool_id(self) -> str:
+        """Identity for :class:`CallCache` keys: the model name, chat template, system prompt and generation settings."""
         return _identity("transformers", model=self.name, template=getattr(self.template, "name", None),
                          system=self.system, **self.settings)
 
@@ -248,38 +273,55 @@ class TransformersLLM:
                         "a string prompt or template='vicuna_v1' (or another zoo.text template).")
 
     def generate(self, prompt, **settings) -> str:
+        """The model's completion of one ``prompt`` (a string or chat messages), special tokens removed and stripped.
+
+        ``settings`` override the generation settings for this call (``max_new_tokens``, ``do_sample``, ...).
+        Raises :class:`ToolError` for chat messages when neither ``template`` nor the tokenizer's chat template
+        can render them.
+        """
         return self.generate_batch([prompt], **settings)[0]
 
     def generate_batch(self, prompts, **settings) -> list[str]:
-        import torch
+        """Completions of ``prompts`` in order, ``batch_size`` prompts per ``generate`` call (left padded, so every
+        prompt ends at the same column), under ``torch.no_grad`` in eval mode (every module's train/eval flag is
+        restored).
 
+        Raises :class:`ToolError` as :meth:`generate`.
+        """
         rendered = [self._render(p) for p in prompts]
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id
-        options = {**self.settings, **settings}
-        device = next(self.model.parameters()).device
+        return _generate_left_padded(self.model, self.tokenizer, rendered, pad_id, self.batch_size,
+                                     {**self.settings, **settings})
+
+
+def _generate_left_padded(model, tokenizer, rendered, pad_id: int, batch_size: int, options: dict) -> list[str]:
+    """``TransformersLLM.generate_batch``'s loop, run through ``zoo.model.inference`` (eval mode, no grad, every
+    submodule's train/eval flag restored afterwards)."""
+    import torch
+
+    from zoo.model import inference
+
+    @inference
+    def run(model):
+        device = next(model.parameters()).device
         outputs: list[str] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for start in range(0, len(rendered), self.batch_size):
-                chunk = rendered[start:start + self.batch_size]
-                encoded = [self.tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in chunk]
-                width = max(map(len, encoded))
-                ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(encoded), width), dtype=torch.long)
-                for row, tokens in enumerate(encoded):  # left padding: every prompt ends at the same column
-                    ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-                    mask[row, width - len(tokens):] = 1
-                with torch.no_grad():
-                    result = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                                 pad_token_id=pad_id, **options)
-                new = result[:, width:]
-                outputs += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        finally:
-            self.model.train(was_training)
+        for start in range(0, len(rendered), batch_size):
+            chunk = rendered[start:start + batch_size]
+            encoded = [tokenizer(text, add_special_tokens=special)["input_ids"] for text, special in chunk]
+            width = max(map(len, encoded))
+            ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(encoded), width), dtype=torch.long)
+            for row, tokens in enumerate(encoded):  # left padding: every prompt ends at the same column
+                ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, width - len(tokens):] = 1
+            result = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), pad_token_id=pad_id,
+                                    **options)
+            outputs.extend(t.strip() for t in tokenizer.batch_decode(result[:, width:], skip_special_tokens=True))
         return outputs
+
+    return run(model)
 
 
 # ---------------------------------------------------------------------------- zoo VLMs
@@ -306,6 +348,7 @@ class VLMTool:
 
     @property
     def tool_id(self) -> str:
+        """Identity for :class:`CallCache` keys: the model name, prompt formats and generation settings."""
         return _identity("vlm", model=self.name, question_format=self.question_format,
                          caption_prompt=self.caption_prompt, **self.generate_kwargs)
 
@@ -320,9 +363,14 @@ class VLMTool:
         return out.strip()
 
     def answer(self, image, question: str, **settings) -> str:
+        """The model's answer to ``question`` about ``image`` (prompt: ``question_format``), stripped.
+
+        Raises :class:`ToolError` when the model's ``generate`` returns something other than one text.
+        """
         return self._run(image, self.question_format.format(question=question), settings)
 
     def caption(self, image, **settings) -> str:
+        """The model's description of ``image`` (prompt: ``caption_prompt``), stripped; errors as :meth:`answer`."""
         return self._run(image, self.caption_prompt, settings)
 
 
@@ -381,6 +429,7 @@ class OpenAIChatTool:
 
     @property
     def tool_id(self) -> str:
+        """Identity for :class:`CallCache` keys: the endpoint, model, system prompt and sampling settings (never the key)."""
         return _identity("openai-chat", base_url=self.base_url, model=self.model, system=self.system, **self.settings)
 
     def _key(self) -> str | None:
@@ -395,7 +444,11 @@ class OpenAIChatTool:
         return key
 
     def chat(self, messages: list[dict], **settings) -> str:
-        """POST one chat request; returns the first choice's message text."""
+        """POST one chat request; returns the first choice's message text.
+
+        Raises ToolError when the API key is missing or refused, when the server answers another HTTP error or a
+        body that is not a chat completion, and when every retry failed (naming the URL and the last error).
+        """
         body = {"model": self.model, "messages": messages, **self.settings, **settings}
         headers = {"Content-Type": "application/json"}
         key = self._key()
@@ -442,16 +495,26 @@ class OpenAIChatTool:
                         "and raise timeout/max_retries if it is only slow.")
 
     def generate(self, prompt, **settings) -> str:
+        """The endpoint's reply to one ``prompt`` (a string or chat messages), with ``system`` first when set.
+
+        Raises :class:`ToolError` as :meth:`chat` does (no API key, a refused or failing request after retries).
+        """
         return self.chat(_messages(prompt, self.system), **settings)
 
     def generate_batch(self, prompts, **settings) -> list[str]:
+        """:meth:`generate` for each prompt, one request at a time, in order."""
         return [self.generate(p, **settings) for p in prompts]
 
     def answer(self, image, question: str, **settings) -> str:
+        """The endpoint's answer to ``question`` about ``image``, sent as a PNG data URL (``image_url`` content part,
+        the OpenAI vision message format). Raises :class:`ToolError` as :meth:`chat`, ``ImageInputError`` for a bad
+        image.
+        """
         content = [{"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": _png_data_url(image)}}]
         return self.chat(_messages([{"role": "user", "content": content}], self.system), **settings)
 
     def caption(self, image, **settings) -> str:
+        """:meth:`answer` with ``caption_prompt`` as the question."""
         return self.answer(image, self.caption_prompt, **settings)
 
 
@@ -526,10 +589,14 @@ class SamMaskProposer:
 
     @property
     def tool_id(self) -> str:
+        """Identity for :class:`CallCache` keys: the checkpoint's file name, model type and generator settings."""
         return _identity("sam", checkpoint=Path(self.checkpoint).name, model_type=self.model_type,
                          **self.generator_kwargs)
 
     def propose(self, image) -> list[ProposedMask]:
+        """segment-anything's automatic masks of ``image``: one :class:`ProposedMask` per region (bool (H, W) mask,
+        ``score`` SAM's predicted IoU, ``extra`` its stability score and xywh box), in SAM's order.
+        """
         import torch
 
         pixels = np.asarray(_as_pil(image), dtype=np.uint8)
@@ -589,6 +656,9 @@ class CallCache:
         return False, None
 
     def put(self, key: str, answer, **meta) -> None:
+        """Store ``answer`` under ``key`` atomically (``<folder>/<ab>/<key>.json``; proposed masks go to a packed
+        ``.npz`` beside it). ``meta`` (tool, method, prompt, ...) is recorded for people reading the cache.
+        """
         record = {"key": key, **meta, "answer": _encode(answer, self._path(key))}
         write_text(self._path(key), _canonical_json(record) + "\n")
 
@@ -609,6 +679,7 @@ class CallCache:
         return CachedTool(tool, self, tool_id)
 
     def stats(self) -> dict:
+        """``{"hits": int, "misses": int}``: lookups answered from disk and lookups that called the tool."""
         return {"hits": self.hits, "misses": self.misses}
 
 
@@ -650,11 +721,15 @@ class CachedTool:
         return method
 
     def generate(self, prompt, **settings) -> str:
+        """The wrapped tool's ``generate(prompt, **settings)``, answered from the cache when this exact call is stored."""
         method = self._method("generate")
         return self.cache.call(self.tool_id, "generate", lambda: method(prompt, **settings), prompt=prompt,
                                settings=settings)
 
     def generate_batch(self, prompts, **settings) -> list[str]:
+        """Answers of ``prompts`` in order: cached ones from disk, the others in one call of the wrapped tool's
+        ``generate_batch`` (or ``generate`` per prompt when it has none), each then stored.
+        """
         keys = [self.cache.key(self.tool_id, "generate", prompt=p, settings=settings) for p in prompts]
         answers: list = [None] * len(prompts)
         todo = []
@@ -675,16 +750,19 @@ class CachedTool:
         return answers
 
     def answer(self, image, question: str, **settings) -> str:
+        """The wrapped tool's ``answer(image, question, **settings)``, cached by the image's pixel digest and question."""
         method = self._method("answer")
         return self.cache.call(self.tool_id, "answer", lambda: method(image, question, **settings), prompt=question,
                                image=image, settings=settings)
 
     def caption(self, image, **settings) -> str:
+        """The wrapped tool's ``caption(image, **settings)``, cached by the image's pixel digest."""
         method = self._method("caption")
         return self.cache.call(self.tool_id, "caption", lambda: method(image, **settings), image=image,
                                settings=settings)
 
     def propose(self, image) -> list[ProposedMask]:
+        """The wrapped tool's ``propose(image)``, cached by the image's pixel digest (masks stored packed)."""
         method = self._method("propose")
         return self.cache.call(self.tool_id, "propose", lambda: method(image), image=image)
 
@@ -696,6 +774,8 @@ def strip_think(text: str, unclosed: str = "keep") -> str:
 
     unclosed: what to do with a ``<think>`` that is never closed: ``"keep"`` the text (the tag
     removed) or ``"drop"`` everything from the tag on (the draft is not the answer).
+
+    Raises ConfigError for another value of ``unclosed``.
     """
     if unclosed not in ("keep", "drop"):
         raise ConfigError(f"strip_think: unclosed must be 'keep' or 'drop', got {unclosed!r}.")
@@ -712,8 +792,9 @@ _EMPHASIS = re.compile(r"\*+|`+|^#+[ \t]*|__", re.MULTILINE)
 
 
 def _plain(text: str) -> str:
-    """Markdown emphasis, code marks and headings removed."""
-    return _EMPHASIS.sub("", text)
+    """Markdown emphasis, code marks and headings removed; compatibility forms folded (NFKC: a full-width
+    colon or digit, a no-break space) and the Unicode minus sign written ``-``, as models emit them."""
+    return _EMPHASIS.sub("", unicodedata.normalize("NFKC", text).replace("\u2212", "-"))
 
 
 def parse_yes_no(text: str, default: bool | None = None) -> bool | None:
@@ -740,7 +821,8 @@ def parse_yes_no(text: str, default: bool | None = None) -> bool | None:
     return default
 
 
-_NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+# a decimal point or comma ("0,8" is 0.8, not 0) and an exponent ("1e-1" is 0.1, not 1)
+_NUMBER = r"([+-]?(?:\d+(?:[.,]\d+|\.)?|\.\d+)(?:[eE][+-]?\d+)?)"
 _SCORE_STRICT = re.compile(r"Score:\s*(-?\d+\.?\d*)", re.IGNORECASE)
 # separators between "score" and the number; a dash only when a space follows ("Score: -0.5" is negative)
 _SCORE = re.compile(r"\bscore\b(?:\s*(?:\bis\b|\bof\b|=|:|[-–](?=\s)))*\s*[\[(\"']?\s*" + _NUMBER
@@ -753,10 +835,14 @@ def parse_score(text: str, *, low: float = -1.0, high: float = 1.0, strict: bool
 
     strict: only ``Score: <number>`` as judges are told to write it (case-insensitive, no sign
         ``+``, no leading ``.``); otherwise also ``**Score:** 0.8``, ``score = +.5``,
-        ``Score: [0.7]``, ``Score is 0.6`` and fractions of the maximum (``0.8/1.0`` and
+        ``Score: [0.7]``, ``Score is 0.6``, a decimal comma (``0,8``), an exponent (``1e-1``), a
+        Unicode minus or full-width colon, and fractions of the maximum (``0.8/1.0`` and
         ``8/10`` read 0.8 when ``high`` is 1).
     which: ``"first"`` or ``"last"`` match. clip: clamp an out-of-range value instead of
         rejecting it (returning ``default``). Reasoning before ``</think>`` is ignored.
+
+    Raises ConfigError for another value of ``which``; text without a readable score is not an error
+    (``default``).
     """
     if which not in ("first", "last"):
         raise ConfigError(f"parse_score: which must be 'first' or 'last', got {which!r}.")
@@ -769,7 +855,7 @@ def parse_score(text: str, *, low: float = -1.0, high: float = 1.0, strict: bool
         return default
     number, denominator = matches[0] if which == "first" else matches[-1]
     try:
-        value = float(number)
+        value = float(number.replace(",", "."))
         if denominator is not None:
             scale = float(denominator)
             if scale <= 0 or abs(value) > scale:
@@ -812,7 +898,10 @@ def parse_final_answer(text: str, choices: Sequence[str] | None = ("Yes", "No"),
     return default
 
 
-_ITEM = re.compile(r"(?:(?<=\n)|^|(?<=\s))[ \t]*\(?(\d{1,3})[.)](?=\s)")
+# an item marker, optionally in markdown emphasis ("**1.** a", "**1. a**")
+_ITEM = re.compile(r"(?:(?<=\n)|^|(?<=\s))[ \t]*(?:\*\*|__)?\(?(\d{1,3})[.)](?:\*\*|__)?(?=\s)")
+_PARAGRAPH_END = re.compile(r"\n[ \t]*\n(?=\S)")  # a blank line, then text at the margin: the list is over
+_EDGE_EMPHASIS = re.compile(r"^(?:\*\*|__)|(?:\*\*|__)$")
 
 
 def parse_numbered_list(text: str, with_numbers: bool = False) -> list:
@@ -821,7 +910,9 @@ def parse_numbered_list(text: str, with_numbers: bool = False) -> list:
 
     A marker at a line start counts when its number exceeds the previous item's (models skip
     numbers, e.g. unlisted tags); an inline marker only when it is the next number, so "2. " inside
-    a sentence or "3.5" never splits an item. Text before the first item is dropped.
+    a sentence or "3.5" never splits an item. Markers may be in bold (``**1.** a``). Text before the
+    first item is dropped, and so is text after a blank line that returns to the margin (a closing
+    remark); indented continuation lines stay in their item.
     with_numbers: return ``(number, text)`` pairs instead of texts.
     """
     body = strip_think(text)
@@ -840,7 +931,11 @@ def parse_numbered_list(text: str, with_numbers: bool = False) -> list:
     items = []
     for index, (number, _, start) in enumerate(kept):
         end = kept[index + 1][1] if index + 1 < len(kept) else len(body)
-        item = body[start:end].strip()
+        text = body[start:end]
+        after = _PARAGRAPH_END.search(text)
+        if after:  # "...\n2. box\n\nThat's all.": the closing remark is not part of item 2
+            text = text[:after.start()]
+        item = _EDGE_EMPHASIS.sub("", text.strip()).strip()
         items.append((number, item) if with_numbers else item)
     return items
 

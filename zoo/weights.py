@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import struct
 import threading
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError
+from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError, OutputExistsError
+from zoo.files import atomic_open, write_text
 
 logger = logging.getLogger("zoo")
 
@@ -158,6 +160,7 @@ def meta_tensors(model: torch.nn.Module) -> list[str]:
 
 
 def has_meta(model: torch.nn.Module) -> bool:
+    """True when any parameter or buffer of ``model`` is still on the meta device (see :func:`meta_tensors`)."""
     return any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers())
 
 
@@ -178,10 +181,12 @@ class TensorInfo:
 
     @property
     def key_in_file(self) -> str:
+        """The tensor's name inside its file: ``stored`` when a key map renamed it, else ``name``."""
         return self.stored or self.name
 
     @property
     def nbytes(self) -> int:
+        """Size of the tensor's data in bytes: the product of ``shape`` times the element size of ``dtype``."""
         n = 1
         for dim in self.shape:
             n *= dim
@@ -228,7 +233,11 @@ def _open_safetensors(file: Path, cached: bool):
 
 
 def read_safetensors_header(file: str | Path, *, cached: bool = False) -> tuple[dict[str, TensorInfo], dict]:
-    """``({name: TensorInfo}, metadata)`` of a safetensors file, read from its header only."""
+    """``({name: TensorInfo}, metadata)`` of a safetensors file, read from its header only.
+
+    Raises CheckpointFormatError for a missing, truncated or corrupt file and for a dtype this torch cannot
+    hold; with ``cached=True`` a bad cached copy is evicted first.
+    """
     file = Path(file)
     out: dict[str, TensorInfo] = {}
     with _open_safetensors(file, cached) as handle:
@@ -591,15 +600,31 @@ def plan_shards(state_dict: Mapping[str, torch.Tensor], max_shard_size: int | st
 
 def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: str | Path, *,
                  max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, metadata: dict[str, str] | None = None,
-                 filename_pattern: str = "model{suffix}.safetensors") -> list[str]:
+                 filename_pattern: str = "model{suffix}.safetensors", overwrite: bool = False) -> list[str]:
     """Write a state dict (or a module's) as safetensors shards into an existing ``folder``; returns the names.
 
     At most ``max_shard_size`` per file (a larger tensor gets a file of its own); one file is
     ``model.safetensors``, several are ``model-0000i-of-0000n.safetensors`` plus
     ``model.safetensors.index.json`` (``{"metadata": {"total_size"}, "weight_map"}``). Only one
-    shard is copied to the CPU at a time. Names that share a tensor are each written in full.
+    shard is copied to the CPU at a time. Names that share a tensor are each written in full. Each file
+    is written atomically (``zoo.files``); stage the whole folder (``zoo.files.staging_folder``, as
+    ``save_pretrained`` does) when a reader must never see some shards new and others old.
+    Weight files of ``filename_pattern`` already in ``folder`` (a single file, shards, an index) are
+    replaced only with ``overwrite=True``, and then the ones this save does not write are deleted: a
+    stale ``model.safetensors`` next to a new index would otherwise be what loading reads.
+
+    Raises :class:`~zoo.errors.OutputExistsError` (naming the files) when ``folder`` already holds such
+    weight files and ``overwrite`` is False, :class:`~zoo.errors.ConfigError` for a ``max_shard_size``
+    that is not a positive size and :class:`~zoo.errors.CheckpointFormatError` for a dtype safetensors
+    cannot store.
     """
     folder = Path(folder)
+    before, _, after = filename_pattern.partition("{suffix}")
+    ours = re.compile(re.escape(before) + r"(-\d+-of-\d+)?" + re.escape(after) + r"(\.index\.json)?")
+    existing = sorted(p.name for p in folder.iterdir() if ours.fullmatch(p.name)) if folder.is_dir() else []
+    if existing and not overwrite:
+        raise OutputExistsError(f"{folder} already holds weights ({', '.join(existing)}); pass overwrite=True to "
+                                "replace them, or choose another folder.")
     state = tensors.state_dict() if isinstance(tensors, torch.nn.Module) else dict(tensors)
     split = plan_shards(state, max_shard_size, filename_pattern=filename_pattern)
     written = []
@@ -611,8 +636,11 @@ def save_weights(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, folder: 
     if split.is_sharded:
         index_name = filename_pattern.format(suffix="") + ".index.json"
         index = {"metadata": {**split.metadata, **(metadata or {})}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
-        (folder / index_name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        write_text(folder / index_name, json.dumps(index, indent=2) + "\n")
         written.append(index_name)
+    for name in existing:
+        if name not in written:
+            (folder / name).unlink(missing_ok=True)
     return written
 
 
@@ -629,6 +657,9 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
     aligns the data to 8 bytes only. Here the header is padded so the data starts at a multiple of
     64, and tensors whose byte size is a multiple of 64 come first, in the given order, so each of
     them starts aligned; the others follow. Any safetensors reader reads the file.
+
+    Raises CheckpointFormatError for a dtype safetensors cannot store (before anything is written); the file is
+    written atomically.
     """
     path = Path(path)
     items = sorted(tensors.items(), key=lambda kv: (kv[1].numel() * kv[1].element_size()) % ALIGN != 0)
@@ -643,7 +674,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((-(8 + len(raw))) % ALIGN)
-    with open(path, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
         for _, value in items:
@@ -653,7 +684,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], *,
 
 
 def weight_files(folder: str | Path) -> list[str]:
-    """The weight files of a zoo folder: ``model.safetensors``, or the index and every shard it names."""
+    """The weight files of a zoo folder: ``model.safetensors``, or the index and every shard it names.
+
+    Raises CheckpointFormatError when the folder has neither layout, or its index names shards that are not
+    there.
+    """
     folder = Path(folder)
     if (folder / SAFE_WEIGHTS_NAME).is_file():
         return [SAFE_WEIGHTS_NAME]
@@ -665,7 +700,10 @@ def weight_files(folder: str | Path) -> list[str]:
 
 
 def shard_names(index_file: str | Path) -> list[str]:
-    """The shard file names a ``*.index.json`` names (sorted, unique)."""
+    """The shard file names a ``*.index.json`` names (sorted, unique).
+
+    Raises CheckpointFormatError when the file is missing or is not a JSON object with ``weight_map``.
+    """
     try:
         weight_map = json.loads(Path(index_file).read_text(encoding="utf-8"))["weight_map"]
         return sorted({str(f) for f in weight_map.values()})

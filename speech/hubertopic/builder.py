@@ -8,8 +8,10 @@ our defaults are marked "ours" and listed in README.md here.
 """
 from __future__ import annotations
 
+import copy
+
 from zoo.config import merge, sized_config
-from zoo.models.configs import HUBERT_BASE_ENCODER
+from zoo.models.configs import HUBERT_BASE_ENCODER, HUBERT_TINY_ENCODER
 
 # HuBERT Base; fairseq's pretraining (hubert_base_librispeech.yaml) uses encoder_layerdrop 0.05 and activation_dropout 0.0.
 # transformers keeps masked_spec_embed only when mask_time_prob > 0; pretraining masks with `pretrain`.
@@ -52,16 +54,7 @@ SIZES = {
     "base": {},
     # Same conv strides (50 Hz frames) at a width that trains on a CPU in minutes.
     "tiny": {
-        "encoder": {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "conv_dim": [32] * 7,
-            "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 4,
-            "layerdrop": 0.0,
-        },
+        "encoder": copy.deepcopy(HUBERT_TINY_ENCODER),
         "num_classes": [100],
         "label_rate": 100,
         "pretrain": {"final_dim": 32},

@@ -40,10 +40,7 @@ class HubertopicModel(HubertPretrainModel, ZooModel):
 
     def __init__(self, config: dict):
         encoder = dict(config["encoder"])
-        try:
-            hubert_config = HubertConfig(**encoder)
-        except TypeError as err:
-            raise ConfigError(f"HuBERTopic config 'encoder' has an argument HubertConfig does not take: {err}") from err
+        hubert_config = HubertConfig.from_dict(encoder, source="HuBERTopic config 'encoder'")
         pretrain = dict(config.get("pretrain") or {})
         try:
             HubertPretrainModel.__init__(

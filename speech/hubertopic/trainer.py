@@ -241,7 +241,7 @@ class HubertopicTrainer(Trainer):
         labels = Labels.read(folder)
         from zoo.models.hubert import HubertConfig
 
-        encoder = HubertConfig(**model_config["encoder"])
+        encoder = HubertConfig.from_dict(model_config["encoder"], source="HuBERTopic config 'encoder'")
         train = HubertopicDataset([rows[i] for i in kept], [ids[i] for i in kept], labels,
                                   normalize=bool(model_config.get("normalize")), sample_rate=self.sample_rate,
                                   receptive_field=encoder.receptive_field,

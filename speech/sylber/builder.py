@@ -7,8 +7,10 @@ never downloads anything. ``encoder`` holds the arguments of
 """
 from __future__ import annotations
 
+import copy
+
 from zoo.config import merge, sized_config
-from zoo.models.configs import HUBERT_BASE_ENCODER
+from zoo.models.configs import HUBERT_BASE_ENCODER, HUBERT_TINY_ENCODER
 
 # The official HubertConfig.from_pretrained("facebook/hubert-base-ls960", num_hidden_layers=9).
 BASE_ENCODER = {**HUBERT_BASE_ENCODER, "num_hidden_layers": 9}
@@ -30,16 +32,7 @@ SIZES = {
     "base": {},
     # Same conv strides (so still 50 Hz) at a width that trains on a CPU in seconds.
     "tiny": {
-        "encoder": {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "conv_dim": [32, 32, 32, 32, 32, 32, 32],
-            "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 4,
-            "layerdrop": 0.0,
-        },
+        "encoder": copy.deepcopy(HUBERT_TINY_ENCODER),
     },
 }
 

@@ -108,10 +108,7 @@ class SylberModel(ZooModel):
         from zoo.models.hubert import HubertConfig, HubertModel
 
         encoder = dict(config["encoder"])
-        try:
-            hubert_config = HubertConfig(**encoder)
-        except TypeError as err:
-            raise ConfigError(f"Sylber config 'encoder' has an argument HubertConfig does not take: {err}") from err
+        hubert_config = HubertConfig.from_dict(encoder, source="Sylber config 'encoder'")
         self.hubert = HubertModel(hubert_config)
         self.hidden_size = int(encoder["hidden_size"])
         self.sample_rate = int(config.get("sample_rate", 16000))

@@ -341,21 +341,6 @@ class SylberTrainer(Trainer):
         self._seed = seed
 
     # ------------------------------------------------------------------ model and data
-    def build_model(self):
-        """``model.init`` (a card, zoo folder or hf-hub name) with its overrides, else a fresh ``model.size``."""
-        import zoo
-        from zoo.registry import get_family
-
-        section = self.config["model"]
-        overrides = dict(section.get("overrides") or {})
-        if section.get("init"):
-            model = zoo.load(section["init"], **overrides)
-        else:
-            family = get_family("sylber")
-            model = family.build(family.make_config(section.get("size") or "tiny", overrides, source="model.overrides"))
-        model.train()
-        return model
-
     def build_datasets(self):
         """:class:`SylberCropDataset` over ``data.train`` (no separate eval set: ``evaluate`` reads ``data.eval``)."""
         data = self.config["data"]

@@ -107,6 +107,16 @@ def test_console_script_help():
         assert verb in result.stdout
 
 
+def test_a_closed_output_pipe_ends_quietly():
+    """`zoo list | head -3` used to end in a BrokenPipeError traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before zoo writes its first line
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141, err
+    assert err == ""
+
+
 @pytest.mark.parametrize("argv", [["list"], ["list", "--markdown"], ["info", "sylber-tiny"], ["--help"],
                                   ["convert", "--help"], ["train", "--help"]])
 def test_list_info_and_help_do_not_import_torch(argv):
@@ -119,3 +129,36 @@ def test_list_info_and_help_do_not_import_torch(argv):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("HEAVY []"), result.stdout[-500:]
+
+
+def test_eval_demo_is_the_familys_own_demo_data(toy_card, capsys):
+    """`zoo eval` used to replace --data demo by the speech corpus for every model, vision ones included."""
+    assert main(["eval", "toy-tiny", "--random-init", "--data", "demo", "threshold=0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {"data": "demo", "options": {"threshold": 0.5}, "output": None}
+    assert main(["eval", "toy-tiny", "--random-init", "--data", "absent.jsonl"]) == 2
+    assert "--data 'absent.jsonl' does not exist" in capsys.readouterr().err
+
+
+def test_info_of_a_folder_shows_its_config(toy_card, tmp_path, capsys):
+    """`zoo info FOLDER` used to say "Unknown model name ... use a path for a local folder" for a path."""
+    import yaml
+
+    register()
+    folder = zoo.load("toy-tiny", pretrained=False, hidden=4).save_pretrained(tmp_path / "mine")
+    assert main(["info", str(folder)]) == 0
+    info = yaml.safe_load(capsys.readouterr().out)
+    assert info["family"] == "toy" and info["card"] == "toy-tiny" and info["modality"] == "test"
+    assert info["config"] == {"dim": 8, "hidden": 4, "num_classes": 3, "size": "tiny"}
+    assert main(["info", str(tmp_path / "absent")]) == 2
+    assert "No folder at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb, named", [("convert", "family, src, dst"), ("eval", "name, --data"),
+                                         ("train", "FAMILY|NAME")])
+def test_missing_arguments_do_not_ask_for_the_optional_key_values(verb, named, capsys):
+    """argparse used to list the key=value options among the required arguments ("... dst, options")."""
+    with pytest.raises(SystemExit) as info:
+        main([verb])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"the following arguments are required: {named}")

@@ -60,6 +60,8 @@ def test_check_paths(tmp_path):
     check_paths({"data": {"train": str(tmp_path / "here.jsonl"), "eval": None}}, ["data.train", "data.eval"])
     with pytest.raises(ConfigError, match=r"data\.train: .*missing.jsonl' does not exist"):
         check_paths({"data": {"train": str(tmp_path / "missing.jsonl")}}, ["data.train"])
+    # "demo" names the bundled data, so speech trainers can declare data.train as a path key
+    check_paths({"data": {"train": "demo"}}, ["data.train"])
 
 
 def test_load_recipe_fills_engine_and_trainer_defaults(tmp_path):

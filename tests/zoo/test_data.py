@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from zoo.audio import load_audio
-from zoo.data import audio_folder, demo_corpus, demo_images, read_manifest, write_manifest
+from zoo.data import audio_folder, audio_rows, demo_corpus, demo_images, read_jsonl, read_manifest, write_manifest
 from zoo.data.make_demo_corpus import count_syllables, count_word_syllables
 from zoo.errors import ConfigError
 
@@ -41,6 +41,17 @@ def test_bad_manifest_line_names_file_and_line(tmp_path, bad_line, needle):
     assert str(manifest) in str(info.value) and needle in str(info.value)
 
 
+def test_read_jsonl_reads_rows_without_paths_and_names_bad_lines(tmp_path):
+    rows = tmp_path / "labels.jsonl"
+    rows.write_text('{"x": [1, 2], "y": 3}\n\n{"x": [0, 0], "y": -1}\n')
+    assert read_jsonl(rows) == [{"x": [1, 2], "y": 3}, {"x": [0, 0], "y": -1}]
+    rows.write_text('{"x": 1}\n{"x": 2\n')
+    with pytest.raises(ConfigError, match=r"labels.jsonl, line 2: not valid JSON"):
+        read_jsonl(rows)
+    with pytest.raises(ConfigError, match="Data.file '.*absent.jsonl' does not exist"):
+        read_jsonl(tmp_path / "absent.jsonl", what="data.file")
+
+
 def test_missing_manifest_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="nope.jsonl.*does not exist"):
         read_manifest(tmp_path / "nope.jsonl")
@@ -63,13 +74,36 @@ def test_write_manifest_round_trips_atomically(tmp_path):
 
 def test_audio_folder_lists_audio_recursively(tmp_path):
     (tmp_path / "spk1").mkdir()
-    for name in ["spk1/u2.flac", "spk1/u1.wav", "b.OGG", "notes.txt", "spk1/u1.npy"]:
+    for name in ["spk1/u2.flac", "spk1/u1.wav", "b.OGG", "notes.txt", "spk1/u1.npy", "c.mp3", "d.m4a"]:
         (tmp_path / name).write_bytes(b"")
     rows = audio_folder(tmp_path)
-    assert [r["id"] for r in rows] == ["b", "spk1/u1", "spk1/u2"]
-    assert rows[1]["path"] == str((tmp_path / "spk1" / "u1.wav").resolve())
+    # mp3 and m4a load (load_audio decodes them) and so are listed: a folder of mp3s used to "list no audio"
+    assert [r["id"] for r in rows] == ["b", "c", "d", "spk1/u1", "spk1/u2"]
+    assert rows[3]["path"] == str((tmp_path / "spk1" / "u1.wav").resolve())
     with pytest.raises(ConfigError, match="does not exist"):
         audio_folder(tmp_path / "missing")
+
+
+def test_audio_rows_resolves_demo_folders_and_manifests_naming_the_key(tmp_path):
+    demo = audio_rows("demo")
+    assert demo == [dict(r, id=r.get("id", Path(r["path"]).stem)) for r in read_manifest(demo_corpus())]
+    assert all(Path(r["path"]).is_file() for r in demo[:3])
+    (tmp_path / "spk").mkdir()
+    (tmp_path / "spk" / "a.wav").write_bytes(b"")
+    assert audio_rows(tmp_path) == [{"path": str((tmp_path / "spk" / "a.wav").resolve()), "id": "spk/a"}]
+    (tmp_path / "m.jsonl").write_text('{"path": "spk/a.wav", "speaker": "s1"}\n')
+    assert audio_rows(tmp_path / "m.jsonl", key="data.eval")[0]["id"] == "a"
+    with pytest.raises(ConfigError, match="data.eval is not set"):
+        audio_rows(None, key="data.eval")
+    with pytest.raises(ConfigError, match="data.train: '.*nope' does not exist"):
+        audio_rows(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="data.train: .*empty lists no audio"):
+        audio_rows(tmp_path / "empty")
+    (tmp_path / "m.jsonl").write_text('{"path": "spk/a.wav"}\n{"path": "spk/gone.wav"}\n')
+    with pytest.raises(ConfigError, match=r"data.train: 1 of 2 files in .*m.jsonl do not exist, e.g. '.*gone.wav'"):
+        audio_rows(tmp_path / "m.jsonl")
+    assert len(audio_rows(tmp_path / "m.jsonl", check_files=False)) == 2
 
 
 def test_syllable_rule_on_hand_counted_words():

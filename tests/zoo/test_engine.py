@@ -60,14 +60,19 @@ def test_training_run_writes_logs_checkpoints_and_final(tmp_path):
     assert model.config == {"in_dim": 4, "hidden": 16, "dropout": 0.1}
 
 
+RESUME_OVERRIDES = [
+    "trainer=zoo.train.toy:ToyTrainer", "train.max_steps=20", "train.log_every=1", "train.ckpt_every=5",
+    "train.batch_size=6", "train.grad_accum=2", "data.train_size=40", "toy.jitter=0.1", "schedule.name=cosine",
+    "schedule.warmup_steps=3", "train.clip_grad_norm=1.0", "train.eval_every=4", "train.tensorboard=false",
+    "train.progress=false", "optim.lr=0.01"]
 RESUME_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+    import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
     import zoo.train.engine as engine
     from zoo.train import load_recipe, run
 
-    out, kill_at = sys.argv[1], int(sys.argv[2])
+    out, kill_at, overrides = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     if kill_at:
         original = engine.save_checkpoint
         def save_then_die(output_dir, step, payload, **kw):
@@ -76,28 +81,36 @@ RESUME_SCRIPT = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: like a lost machine
             return path
         engine.save_checkpoint = save_then_die
-    config = load_recipe(None, [
-        "trainer=zoo.train.toy:ToyTrainer", f"train.output_dir={out}", "train.max_steps=20", "train.log_every=1",
-        "train.ckpt_every=5", "train.batch_size=6", "train.grad_accum=2", "data.train_size=40", "toy.jitter=0.1",
-        "schedule.name=cosine", "schedule.warmup_steps=3", "train.clip_grad_norm=1.0", "train.eval_every=4",
-        "train.tensorboard=false", "train.progress=false", "optim.lr=0.01"])
-    run(config)
+    run(load_recipe(None, [f"train.output_dir={out}", *overrides]))
 """)
 
 
-def _script(tmp_path, *args):
+def _script(tmp_path, *args, wait=True):
     script = tmp_path / "resume_run.py"
     script.write_text(RESUME_SCRIPT)
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, str(script), *map(str, args), json.dumps(RESUME_OVERRIDES)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_exact_resume_after_sigkill(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = _script(tmp_path, straight, 0)
-    assert done.returncode == 0, done.stderr
-    crash = _script(tmp_path, killed, 10)
-    assert crash.returncode == -9, crash.stderr  # SIGKILL
+    crash = _script(tmp_path, killed, 10, wait=False)
+    try:  # the uninterrupted reference trains here, in another process than the killed and resumed one
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run(load_recipe(None, [f"train.output_dir={straight}", *RESUME_OVERRIDES]))
+        finally:
+            torch.set_num_threads(threads)
+        _, err = crash.communicate(timeout=120)
+    finally:
+        if crash.poll() is None:
+            crash.kill()
+            crash.wait()
+    assert crash.returncode == -9, err  # SIGKILL
     lines, _ = _train_lines(killed)
     assert [line["step"] for line in lines] == list(range(1, 11))
     assert [step for step, _ in list_checkpoints(killed)] == [5, 10]
@@ -145,6 +158,22 @@ def test_paths_checked_before_training(tmp_path):
     rows.write_text("".join(json.dumps({"x": [i, 1, 0, -i], "y": i / 10}) + "\n" for i in range(16)))
     final = run(_config(tmp_path / "run", f"data.file={rows}", "train.max_steps=2", "train.tensorboard=false"))
     assert (final / "model.safetensors").is_file()
+
+
+def test_a_user_error_while_preparing_data_leaves_no_folder_behind(tmp_path):
+    """Data the engine cannot check by path (a bad row, a missing file inside a manifest) fails in
+    build_datasets; the folder that run created used to stay behind holding a "preparing" run.json."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"x": [0, 1, 0, 0], "y": 0.1}\n{"x": [1, 1\n')
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ConfigError, match=r"rows.jsonl, line 2: not valid JSON"):
+        run(_config(out, f"data.file={rows}"))
+    assert not out.exists()
+    kept = tmp_path / "kept"  # a folder the user made stays, whatever happens
+    kept.mkdir()
+    with pytest.raises(ConfigError, match="line 2"):
+        run(_config(kept, f"data.file={rows}"))
+    assert kept.is_dir()
 
 
 def test_grad_accumulation_matches_a_larger_batch(tmp_path):
@@ -288,7 +317,7 @@ def test_ctrl_c_saves_the_last_finished_step_and_resume_is_exact(tmp_path):
     assert [line["step"] for line in _train_lines(out)[0]] == list(range(1, stopped + 1))
 
     run(load_recipe(None, [TOY, f"train.output_dir={out}", "toy.step_seconds=0.05", *common]))
-    run(load_recipe(None, [TOY, f"train.output_dir={straight}", "toy.step_seconds=0.05", *common]))
+    run(load_recipe(None, [TOY, f"train.output_dir={straight}", *common]))  # the reference need not be slowed
 
     def fields(folder):
         return [{k: line[k] for k in ("step", "loss", "lr", "mae")} for line in _train_lines(folder)[0]]
@@ -296,3 +325,52 @@ def test_ctrl_c_saves_the_last_finished_step_and_resume_is_exact(tmp_path):
     assert fields(out) == fields(straight) and len(fields(out)) == 30
     a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_train_device_is_a_config_error_before_anything_is_written(tmp_path):
+    """`train.device=gpu` used to reach torch.device and fail with torch's RuntimeError."""
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.device='gpu' is not a torch device"):
+        run(_config(out, "train.device=gpu"))
+    assert not out.exists()
+
+
+def test_default_build_model_follows_the_model_section(tmp_path):
+    from zoo.train import Trainer
+    from zoo.testing.toy_family import register
+
+    register()
+    fresh = Trainer({"family": "toy", "model": {"size": "small", "overrides": {"num_classes": 5}, "init": None}})
+    model = fresh.build_model()
+    assert model.training and model.config == {"dim": 8, "hidden": 32, "num_classes": 5, "size": "small"}
+    folder = model.save_pretrained(tmp_path / "init")
+    loaded = Trainer({"family": "toy", "model": {"init": str(folder), "overrides": {"num_classes": 7}}}).build_model()
+    assert torch.equal(loaded.encoder.weight, model.encoder.weight) and loaded.classifier.out_features == 7
+    with pytest.raises(ConfigError, match="Unknown config key 'hiden' in model.overrides"):
+        Trainer({"family": "toy", "model": {"overrides": {"hiden": 3}}}).build_model()
+
+
+def test_hubert_tiny_encoder_is_what_the_speech_tiny_sizes_use():
+    """One definition of the CPU-test HuBERT width (the speech builders repeat it today)."""
+    from zoo.models.configs import HUBERT_TINY_ENCODER
+    from zoo.registry import get_family
+
+    for family in ("sylber", "hubertopic"):
+        encoder = get_family(family).make_config("tiny")["encoder"]
+        assert {key: encoder[key] for key in HUBERT_TINY_ENCODER} == HUBERT_TINY_ENCODER, family
+
+
+def test_train_a_card_fine_tunes_its_weights_or_trains_its_size_from_scratch():
+    """`zoo train sylber-tiny` used to set model.init to a card without weights and fail with
+    "'sylber-tiny' has no released weights; train it with `zoo train`"."""
+    with_weights = load_recipe(None, [], family="sylber-base")["model"]
+    assert with_weights["init"] == "sylber-base"
+    assert load_recipe(None, [], family="sylber-tiny")["model"]["init"] is None
+    without = load_recipe(None, [], family="hubertopic-base")["model"]  # the trainer's default size is tiny
+    assert without["init"] is None and without["size"] == "base"
+    assert load_recipe(None, ["model.size=tiny"], family="hubertopic-base")["model"] == {**without, "size": "tiny"}
+    # a trainer whose default model.init is a card (UniCTokens starts from unictokens-tiny): the named card used
+    # to be ignored silently; an explicit model.init still wins
+    assert load_recipe(None, [], family="unictokens-shapes")["model"]["init"] == "unictokens-shapes"
+    assert load_recipe(None, ["model.init=unictokens-tiny"], family="unictokens-shapes")["model"]["init"] == \
+        "unictokens-tiny"

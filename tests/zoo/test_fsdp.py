@@ -47,12 +47,26 @@ COMMON = ["train.max_steps=8", "train.grad_accum=2", "train.clip_grad_norm=0.5",
 TOL = dict(rel=1e-5, abs=1e-6)
 
 
-def _launch(tmp, out, *overrides, kill_at=0):
+def _launch(tmp, out, *overrides, kill_at=0, wait=True):
+    """`zoo train --nproc-per-node 2` with FSDP; the finished process, or (``wait=False``) a started one."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ZOO_TEST_KILL_AT": str(kill_at)}
     command = [sys.executable, "-m", "zoo.cli", "train", "probe:KillOnceTrainer", "--nproc-per-node", "2",
                f"train.output_dir={out}", "train.distributed=fsdp", "train.batch_size=4", *COMMON, *overrides]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp)
+
+
+def _finish(process, timeout=240):
+    """(returncode, stdout + stderr, stderr) of a started launch; killed if it overruns ``timeout``."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out + err, err
 
 
 def _log(out):
@@ -64,20 +78,32 @@ def fsdp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     (tmp / "probe.py").write_text(PROBE)
     out = tmp / "fsdp"
-    crash = _launch(tmp, out, "train.fsdp.activation_checkpointing=true", kill_at=6)
-    assert crash.returncode != 0 and (out / "killed").exists(), crash.stdout + crash.stderr
-    before = _log(out)
-    resumed = _launch(tmp, out, "train.fsdp.activation_checkpointing=true")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    sys.path.insert(0, str(tmp))
-    try:  # the same global batches (8 = 2 ranks x 4) in one process, no FSDP
-        single = tmp / "single"
-        run(load_recipe(None, ["trainer=probe:KillOnceTrainer", f"train.output_dir={single}", "train.batch_size=8",
-                               *COMMON]))
+    # Independent runs overlap: the crash run and the bf16 run (test_fsdp_bf16_...) train in their own
+    # processes while the single-process reference trains in this one.
+    crash = _launch(tmp, out, "train.fsdp.activation_checkpointing=true", kill_at=6, wait=False)
+    bf16 = _launch(tmp, tmp / "bf16", "train.fsdp.mixed_precision=bf16", "train.max_steps=2", "train.ckpt_every=0",
+                   wait=False)
+    try:
+        sys.path.insert(0, str(tmp))
+        try:  # the same global batches (8 = 2 ranks x 4) in one process, no FSDP
+            single = tmp / "single"
+            run(load_recipe(None, ["trainer=probe:KillOnceTrainer", f"train.output_dir={single}",
+                                   "train.batch_size=8", *COMMON]))
+        finally:
+            sys.path.remove(str(tmp))
+        code, output, _ = _finish(crash)
+        assert code != 0 and (out / "killed").exists(), output
+        before = _log(out)
+        resumed = _launch(tmp, out, "train.fsdp.activation_checkpointing=true")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        bf16_result = _finish(bf16)
     finally:
-        sys.path.remove(str(tmp))
+        for process in (crash, bf16):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return {"tmp": tmp, "out": out, "before_kill": before, "after": _log(out), "single": _log(single),
-            "single_dir": single, "stderr": resumed.stderr}
+            "single_dir": single, "stderr": resumed.stderr, "bf16": bf16_result}
 
 
 def test_fsdp_follows_the_single_process_loss_curve(fsdp_run):
@@ -132,10 +158,9 @@ def test_a_sharded_checkpoint_resumes_in_one_process(fsdp_run, tmp_path):
 def test_fsdp_bf16_mixed_precision_runs_on_cpu(fsdp_run):
     """bf16 parameters for compute, float32 sharded parameters and float32 gradient reduction: runs on gloo."""
     out = fsdp_run["tmp"] / "bf16"
-    done = _launch(fsdp_run["tmp"], out, "train.fsdp.mixed_precision=bf16", "train.max_steps=2",
-                   "train.ckpt_every=0")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "mixed precision bf16" in done.stderr
+    code, output, err = fsdp_run["bf16"]  # launched by the fixture, alongside the other runs
+    assert code == 0, output
+    assert "mixed precision bf16" in err
     for ours, reference in zip(_log(out), fsdp_run["single"][:2]):
         assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-2)  # bf16 rounding, not float32's
         assert ours["loss"] != reference["loss"]

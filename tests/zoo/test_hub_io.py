@@ -152,3 +152,35 @@ def test_cli_hint_names_the_verbs_flags_not_python_arguments(tmp_path):
     assert "no connection to http://127.0.0.1:9" in err
     assert "--model DIR" in err and "--random-init" in err and "pretrained=False" not in err
     assert "Retrying" not in err
+
+
+def test_cli_push_and_pull_reject_invalid_repo_ids_in_one_line(loopback_hub, tmp_path, capsys):
+    """huggingface_hub raises its own HFValidationError (not a zoo error): it used to escape as a traceback."""
+    folder = _toy(0).save_pretrained(tmp_path / "final")
+    assert main(["push", str(folder), "bad repo id"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'bad repo id' is not a Hub repo id") and err.count("\n") == 1
+    assert main(["pull", "bad id", "--to", str(tmp_path / "pulled")]) == 2
+    assert capsys.readouterr().err.startswith("error: 'bad id' is not a Hub repo id")
+    assert not (tmp_path / "pulled").exists()
+
+
+def test_push_without_a_connection_is_one_hub_error(hf_sandbox, tmp_path, capsys):
+    """hf_sandbox points the client at a closed port: `zoo push` used to die with httpx's ConnectError."""
+    folder = _toy(0).save_pretrained(tmp_path / "final")
+    assert main(["push", str(folder), "alice/toy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Push to 'alice/toy' failed: no connection to http://127.0.0.1:9")
+    assert err.count("\n") == 1
+    with pytest.raises(WeightsNotAvailableError, match="no connection") as info:
+        zoo.hub.pull("alice/toy", to=tmp_path / "pulled")
+    assert "Run `zoo pull` again" in str(info.value)
+    assert not (tmp_path / "pulled").exists()
+
+
+def test_model_info_of_a_hub_repo_reads_only_its_config(loopback_hub):
+    _toy(0).push_to_hub("alice/info-toy")
+    info = zoo.model_info("hf-hub:alice/info-toy")
+    assert (info["family"], info["config"]["hidden"], info["pretrained"]) == ("toy", 16, True)
+    assert [r.path for r in loopback_hub.requests if "/resolve/" in r.path and r.method == "GET"] == \
+        ["/alice/info-toy/resolve/main/config.json"]  # no weights downloaded

@@ -90,6 +90,43 @@ def test_bad_files_are_refused_naming_the_file(tmp_path, monkeypatch):
         load_image(tmp_path)
 
 
+def test_float_tiff_in_unit_range_is_read_like_a_float_array(tmp_path):
+    """A mode-"F" file holding [0, 1] values used to come out black (1.0 read as 1/255)."""
+    values = np.array([[0.0, 0.5, 1.0]], np.float32)
+    Image.fromarray(values, "F").save(tmp_path / "unit.tiff")
+    assert [load_image(tmp_path / "unit.tiff").getpixel((x, 0)) for x in range(3)] == \
+        [load_image(values).getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
+    Image.fromarray(np.array([[0.0, 128.0, 255.0]], np.float32), "F").save(tmp_path / "bytes.tiff")
+    assert load_image(tmp_path / "bytes.tiff").getpixel((1, 0)) == (128, 128, 128)  # 0-255 floats as before
+    Image.fromarray(np.array([[np.nan, 1.0]], np.float32), "F").save(tmp_path / "nan.tiff")
+    with pytest.raises(ImageInputError, match="nan.tiff.*NaN"):
+        load_image(tmp_path / "nan.tiff")
+
+
+def test_urls_and_bad_transform_configs_get_clear_errors():
+    with pytest.raises(ImageInputError, match="is a URL; zoo does not download inputs"):
+        load_image("https://example.com/cat.png")  # used to say "'https:/example.com/cat.png' does not exist"
+    with pytest.raises(ConfigError, match="expects a mapping"):
+        ImageTransform.from_dict("resize")  # used to say "unknown key(s) e, i, r, s, z"
+
+
+def test_mask_files_read_by_one_loader(tmp_path):
+    from zoo.data.shapes import load_masks
+    from zoo.image import load_mask
+
+    Image.fromarray(np.array([[0, 100, 128, 255]], np.uint8), "L").save(tmp_path / "m.png")
+    assert load_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+    with pytest.raises(ImageInputError, match="mask '.*absent.png' of 'a.png' does not exist"):
+        load_mask(tmp_path / "absent.png", of="a.png")
+    scene = read_manifest(demo_manifest("train"))[0]
+    masks = load_masks(scene)
+    assert len(masks) == len(scene.objects) and all(m.dtype == bool and m.any() for m in masks)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "m.png").read_bytes()[:20])
+    scene.objects[0].mask = str(tmp_path / "cut.png")
+    with pytest.raises(ImageInputError, match=f"mask '.*cut.png' of 'scene {scene.id}'"):
+        load_masks(scene)
+
+
 def test_pad_to_square_as_llava_expand2square():
     image = Image.new("RGB", (4, 2), (255, 0, 0))
     transform = ImageTransform(pad_to_square=True, mean=OPENAI_CLIP_MEAN, std=(1.0, 1.0, 1.0))
@@ -197,6 +234,10 @@ def test_image_dataset_from_folder_and_plain_manifest(tmp_path):
     manifest.write_text(json.dumps({"path": "cats/a.png"}) + "\n")
     with pytest.raises(ConfigError, match="name no masks"):
         ImageDataset(manifest, masks=True)
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "notes.txt").write_text("no images here")
+    with pytest.raises(ImageInputError, match="lists no images"):
+        ImageDataset(tmp_path / "none")  # used to be a dataset of length 0 that fails later, far from the cause
 
 
 def _photo():

@@ -77,6 +77,10 @@ def test_list_models_filters(toy_card):
     assert "toy-tiny" not in zoo.list_models("*", modality="speech")
     assert "toy-tiny" not in zoo.list_models(pretrained=True)
     assert "toy-tiny" in zoo.list_models(pretrained=False)
+    # a modality given as the pattern used to return [] as if the zoo had no speech models
+    with pytest.raises(ConfigError, match=r"list_models\(modality='speech'\)"):
+        zoo.list_models("speech")
+    assert zoo.list_models("test*") == []  # other patterns that match nothing are just empty
 
 
 def test_model_info_has_full_config(toy_card):
@@ -122,3 +126,25 @@ def test_pretrained_false_builds_card_config(toy_card):
     model = zoo.load("toy-tiny", pretrained=False, num_classes=5)
     assert model.classifier.out_features == 5
     assert model.card_name == "toy-tiny" and not model.training
+
+
+def test_lazy_exports_import_on_first_use_and_name_the_module(tmp_path, monkeypatch):
+    """zoo.train, zoo.models and every family package expose their heavy names through lazy_exports."""
+    import sys
+
+    from zoo.registry import lazy_exports
+
+    (tmp_path / "lazy_target_mod.py").write_text("VALUE = 41 + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    getter = lazy_exports("pkg.here", {"VALUE": "lazy_target_mod"})
+    assert "lazy_target_mod" not in sys.modules
+    assert getter("VALUE") == 42 and "lazy_target_mod" in sys.modules
+    with pytest.raises(AttributeError, match=r"module 'pkg.here' has no attribute 'nope'"):
+        getter("nope")
+    import zoo.models
+    import zoo.train
+
+    assert zoo.train.load_recipe.__module__ == "zoo.train.recipe"
+    assert zoo.models.remap_keys.__module__ == "zoo.models.checkpoints"
+    assert not hasattr(zoo.train, "nope") and not hasattr(zoo.models, "nope")
+    monkeypatch.delitem(sys.modules, "lazy_target_mod")

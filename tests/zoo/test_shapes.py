@@ -203,6 +203,19 @@ def test_cli_writes_a_corpus_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(command[3:] + ["--overwrite"]) == 0
 
 
+def test_sizes_past_the_limit_are_refused_before_any_memory_is_asked_for(tmp_path, capsys):
+    """`--size 100000` used to reach numpy and die with a 75 GiB _ArrayMemoryError traceback."""
+    from zoo.data.shapes.__main__ import main
+
+    assert main(["--n", "2", "--size", "100000", str(tmp_path / "big")]) == 2
+    assert "size must be an integer from 16 to 4096 pixels, got 100000" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+    scene = read_manifest(demo_manifest("train"))[0]
+    with pytest.raises(ConfigError, match="from 8 to 4096 pixels, got 100000"):
+        render(scene, 100000)
+    assert render(scene, 8)[0].size == (8, 8)
+
+
 def test_read_manifest_names_the_scene_and_field(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "s1", "path": "a.png", "objects": []}) + "\n")

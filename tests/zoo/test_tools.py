@@ -71,6 +71,16 @@ def test_parse_score_tolerant_and_strict():
     assert parse_score("score: 0.85", low=0, high=1) == 0.85  # a DeepSeek-style [0, 1] judge
 
 
+def test_parse_score_reads_whole_numbers_not_their_first_digits():
+    """"0,8" used to read 0.0 and "1e-1" 1.0: a wrong score, silently, instead of the number written."""
+    cases = {"Score: 0,8": 0.8, "Score: -0,25.": -0.25, "Score: 1e-1": 0.1, "Score: 5E-1/1": 0.5,
+             "Score: \u22120.5": -0.5, "Score\uff1a0.5": 0.5, "Score:\u00a00.3": 0.3, "Score: 0.7.": 0.7,
+             "Score: 0, the image is unrelated.": 0.0}
+    for text, want in cases.items():
+        assert parse_score(text) == pytest.approx(want), text
+    assert parse_yes_no("Answer\uff1a yes") is True and parse_final_answer("Final answer\uff1aNo") == "No"
+
+
 def test_parse_yes_no():
     for text, want in [("Yes.", True), ("**No**, the circle is blue.", False), ("The answer is no.", False),
                        ("I see a red circle. Yes, it is on the left.", True), ("Answer: TRUE", True),
@@ -103,6 +113,15 @@ def test_parse_numbered_list():
     assert parse_numbered_list("(1) a\n(2) b") == ["a", "b"]
     assert parse_numbered_list("<think>1. draft</think>1. final") == ["final"]
     assert parse_numbered_list("no list at all, just 2. words") == []
+
+
+def test_parse_numbered_list_bold_markers_and_closing_remarks():
+    """Bold markers used to give no items at all; a closing paragraph used to be glued to the last item."""
+    assert parse_numbered_list("**1.** a red ball\n**2.** a box") == ["a red ball", "a box"]
+    assert parse_numbered_list("**1. a red ball**\n**2. a box**") == ["a red ball", "a box"]
+    assert parse_numbered_list("Here:\n1. red ball\n2. box\n\nThat's all I can see.") == ["red ball", "box"]
+    assert parse_numbered_list("1. red ball\n\n2. box\n   with a lid\n\n   (closed)") == \
+        ["red ball", "box\n   with a lid\n\n   (closed)"]  # blank lines between items, indented continuation
 
 
 # ---------------------------------------------------------------------------- masks
@@ -148,9 +167,11 @@ def test_transformers_llm_batches_equal_single_greedy_runs(tiny_lm):
     assert isinstance(tool, LLMTool)
     prompts = ["a red circle", "what shape is left of a blue square ?", "blue"]
     batch = tool.generate_batch(prompts)
-    model.train()  # the tool runs in eval mode and gives the mode back
+    model.train()  # the tool runs in eval mode and gives every module's mode back
+    model.model.embed_tokens.eval()  # a frozen part inside a training model keeps its own flag
     singles = [tool.generate(p) for p in prompts]
-    assert model.training and batch == singles
+    assert model.training and model.model.layers[0].training and not model.model.embed_tokens.training
+    assert batch == singles
     for prompt, text in zip(prompts, batch):
         with torch.no_grad():
             want = _greedy(model.eval(), tokenizer(prompt)["input_ids"], 4)

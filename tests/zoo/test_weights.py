@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo import weights
-from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError
+from zoo.errors import CheckpointFormatError, CheckpointKeysError, ConfigError, OutputExistsError
 from zoo.registry import list_families
 from zoo.testing.toy_family import ToyModel, register
 from zoo.train.toy_lm import TINY, ToyCausalLM, from_transformers_key
@@ -257,6 +257,24 @@ def test_head_override_reinitialises_the_head_after_a_streamed_load(tmp_path):
     assert torch.equal(loaded.encoder.weight, model.encoder.weight)
 
 
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    """write_safetensors used to open the target itself: a failure after the header left a truncated file."""
+    path = tmp_path / "model.safetensors"
+    old = {"w": torch.arange(16.0)}
+    weights.write_safetensors(path, old)
+    before = path.read_bytes()
+
+    def fail(*args):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the tensors are written
+
+    monkeypatch.setattr(weights, "memoryview", fail, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        weights.write_safetensors(path, {"w": torch.ones(16)})
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    monkeypatch.undo()
+    assert torch.equal(load_file(str(path))["w"], old["w"])
+
+
 def test_bad_max_shard_size_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="max_shard_size='lots'"):
         _lm().save_pretrained(tmp_path / "out", max_shard_size="lots")
@@ -344,6 +362,24 @@ def test_load_bf16_straight_onto_cuda(tmp_path):
     assert {b.device.type for b in loaded.buffers()} == {"cuda"}
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key].cpu(), value.to(torch.bfloat16)), key
+
+
+def test_save_weights_into_a_folder_with_weights_needs_overwrite_and_leaves_no_stale_file(tmp_path):
+    """A sharded save over an earlier single-file save used to keep the old model.safetensors, which
+    weight_files (and so loading) then picked instead of the new index."""
+    old = {"a": torch.zeros(64), "b": torch.zeros(64)}
+    new = {"a": torch.arange(64.0), "b": torch.ones(64)}
+    assert weights.save_weights(old, tmp_path) == ["model.safetensors"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"already holds weights \(model.safetensors\); pass overwrite=True"):
+        weights.save_weights(new, tmp_path, max_shard_size=256)
+    written = weights.save_weights(new, tmp_path, max_shard_size=256, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written + ["notes.txt"])
+    assert weights.weight_files(tmp_path)[0] == "model.safetensors.index.json"
+    loaded = dict(weights.stream_tensors(weights.read_index(tmp_path).values()))
+    assert torch.equal(loaded["a"], new["a"]) and torch.equal(loaded["b"], new["b"])
+    assert weights.save_weights(old, tmp_path, overwrite=True) == ["model.safetensors"]  # and back: no shards left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "notes.txt"]
 
 
 def test_official_loader_that_takes_dtype_and_device_gets_them(tmp_path):

@@ -109,22 +109,13 @@ class ClipTrainer(Trainer):
     }
 
     def build_model(self):
-        import zoo
-        from zoo.registry import get_family
-
-        section = self.config["model"]
-        overrides = dict(section.get("overrides") or {})
-        if section.get("init"):
-            model = zoo.load(section["init"], **overrides)
-        else:
-            family = get_family("clip")
-            model = family.build(family.make_config(section.get("size") or "tiny", overrides,
-                                                    source="model.overrides"))
+        """The engine's model (``model.init`` or ``model.size``, see ``Trainer.build_model``) and open_clip's
+        ``ClipLoss`` over every rank's features."""
+        model = super().build_model()
         from open_clip.loss import ClipLoss
 
         self.loss = ClipLoss(gather_with_grad=True, rank=self.rank, world_size=self.world_size)
         self.model_ref = model
-        model.train()
         return model
 
     def build_datasets(self):

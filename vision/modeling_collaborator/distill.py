@@ -84,30 +84,18 @@ class HeadTrainer(Trainer):
     """Trains a CollaboratorClassifier's head on embeddings (``head_data.train``, an ``.npz`` from
     :func:`write_head_data`); the backbone is frozen and never runs."""
 
+    family_name = "collaborator"  # no family registers this class itself (CollaboratorTrainer extends it)
     config_defaults = {
         "model": {"size": "tiny", "init": None, "overrides": {}},
         "head_data": {"train": None},
     }
 
     def build_model(self):
-        import zoo
-        from zoo.registry import get_family
-
-        section = self.config["model"]
-        overrides = dict(section.get("overrides") or {})
-        if section.get("init"):
-            model = zoo.load(str(section["init"]), **overrides)
-        else:
-            family = get_family("collaborator")
-            model = family.build(family.make_config(section.get("size") or "tiny", overrides,
-                                                    source="model.overrides"))
-        if model.family != "collaborator":
-            raise ConfigError(f"model.init={section.get('init')!r} is a {model.family} model, not a collaborator "
-                              "classifier.")
+        """The classifier (``model.init`` or ``model.size``, see ``Trainer.build_model``) with only ``head.`` trainable."""
+        model = super().build_model()
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith("head."))
         self.model_ref = model
-        model.train()
         return model
 
     def head_arrays(self) -> dict:

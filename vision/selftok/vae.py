@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-from zoo.errors import ConfigError, WeightsNotAvailableError
+from zoo.errors import WeightsNotAvailableError
 
 logger = logging.getLogger("zoo.selftok")
 
@@ -37,17 +37,11 @@ def process_out(latents: torch.Tensor) -> torch.Tensor:
 
 
 def build_vae(config: dict):
-    """A random-init diffusers ``AutoencoderKL`` from a config dict, attention through ``zoo.nn.attention``."""
-    from diffusers import AutoencoderKL
+    """A random-init diffusers ``AutoencoderKL`` from a config dict, attention through ``zoo.nn.attention``
+    (``zoo.models.flux_vae.build_vae``; its ConfigError names ``selftok vae.config``)."""
+    from zoo.models.flux_vae import build_vae as build_autoencoder
 
-    from zoo.models.diffusers_attention import use_zoo_attention
-
-    try:
-        vae = AutoencoderKL(**config)
-    except TypeError as err:
-        raise ConfigError(f"selftok vae.config has an argument AutoencoderKL does not take: {err}") from err
-    use_zoo_attention(vae)
-    return vae
+    return build_autoencoder(config, source="selftok vae.config")
 
 
 def load_hub_vae(repo_id: str = SD3_REPO, subfolder: str = "vae", *, revision: str | None = None, token=None,

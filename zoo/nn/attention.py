@@ -229,6 +229,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, seqlens: Seq
         True = attend), or an xformers ``AttentionBias`` (materialised off CUDA).
     dropout: attention-weight dropout probability (pass 0.0 in eval mode).
     scale: logit scale, default ``1 / sqrt(K)``.
+
+    Raises ZooError when ``ZOO_ATTENTION=xformers`` is forced but the inputs are not on a CUDA device.
     """
     lengths = None if seqlens is None else _as_seqlens(seqlens)
     _check_shapes(q, k, v, lengths)

@@ -69,12 +69,23 @@ class LoopbackChat:
     # ------------------------------------------------------------------ server
     @property
     def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``, what :class:`zoo.tools.OpenAIChatTool` takes as ``base_url``.
+
+        Raises ``RuntimeError`` before :meth:`start`.
+        """
         if self._server is None:
             raise RuntimeError("LoopbackChat is not started; use it as a context manager or call start().")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1"
 
     def start(self) -> "LoopbackChat":
+        """Serve ``POST /v1/chat/completions`` on a free loopback port in a daemon thread; returns ``self``.
+
+        Each request is recorded (``requests``, ``headers``), checked (route, ``Authorization: Bearer`` when an
+        ``api_key`` is set, JSON body with ``model`` and ``messages``: 404/401/400 with an OpenAI error body
+        otherwise), then answered by the next scripted action (``fail_next``, ``delay_next``, ``garble_next``)
+        or by ``respond(body)`` as an OpenAI ``chat.completion``.
+        """
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -140,6 +151,7 @@ class LoopbackChat:
         return self
 
     def stop(self) -> None:
+        """Shut the server down and free its port (no-op when not started)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -56,6 +56,11 @@ def load_official(path: str, config: dict) -> ToyModel:
     return model
 
 
+def evaluate(model, *, data, output=None, **options) -> dict:
+    """The toy family's ``zoo eval``: reports what it was given (``data`` as a string, the ``options``)."""
+    return {"data": str(data), "options": options, "output": output}
+
+
 def register() -> Family:
     """Register the toy family (once; later calls return the registered one)."""
     try:
@@ -66,6 +71,7 @@ def register() -> Family:
         pass
     return register_family(Family(
         name="toy", modality=TEST_MODALITY, build=build, load=load_official,
+        evaluate="zoo.testing.toy_family:evaluate",
         sizes={"tiny": dict(DEFAULT_CONFIG), "small": {**DEFAULT_CONFIG, "hidden": 32}},
         description="A toy family used by zoo's own tests.",
     ))

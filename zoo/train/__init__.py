@@ -6,7 +6,7 @@
 
 Names are imported on first use, so ``import zoo.train.cli`` (``zoo --help``) does not import torch.
 """
-import importlib
+from zoo.registry import lazy_exports
 
 _EXPORTS = {
     "ENGINE_DEFAULTS": "zoo.train.recipe", "load_recipe": "zoo.train.recipe", "recipe_defaults": "zoo.train.recipe",
@@ -16,10 +16,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'zoo.train' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

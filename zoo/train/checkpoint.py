@@ -97,7 +97,10 @@ def save_checkpoint(output_dir: str | Path, step: int, payload: dict, *, keep_la
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """The payload of a checkpoint folder (or its state.pt), loaded with ``weights_only=True``."""
+    """The payload of a checkpoint folder (or its state.pt), loaded with ``weights_only=True``.
+
+    Raises CheckpointFormatError when the folder has no state file or the file cannot be read.
+    """
     path = Path(path)
     file = path / STATE_FILE if path.is_dir() else path
     if not file.is_file():

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="family to train (see `zoo list`), a model name to fine-tune (sets model.init), "
                              "or a trainer class as package.module:Class")
     # REMAINDER: key=value overrides may come before or after the options (re-parsed in main)
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
-                        help="recipe overrides with dotted keys, e.g. optim.lr=3e-4 train.max_steps=1000")
+    overrides = parser.add_argument("overrides", nargs=argparse.REMAINDER, default=[], metavar="key=value",
+                                    help="recipe overrides with dotted keys, e.g. optim.lr=3e-4 train.max_steps=1000")
+    overrides.required = False  # argparse marks REMAINDER required; a missing target must not ask for overrides
     _add_options(parser)
 
 

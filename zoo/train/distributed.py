@@ -106,7 +106,10 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, mod
                find_unused_parameters: bool = False, *, fsdp_options: dict | None = None,
                trainer=None) -> torch.nn.Module:
     """DDP (default) or FSDP2 ``fully_shard`` per layer (``zoo.train.fsdp.shard`` with ``train.fsdp``
-    options, the trainer's ``fsdp_layer_classes`` hook) around ``model``; unchanged when not distributed."""
+    options, the trainer's ``fsdp_layer_classes`` hook) around ``model``; unchanged when not distributed.
+
+    Raises ConfigError for a mode other than ddp or fsdp, and the errors of zoo.train.fsdp.shard.
+    """
     if not info.enabled:
         return model
     if mode == "ddp":

@@ -56,15 +56,15 @@ def pick_device(choice: str, info: D.DistInfo) -> torch.device:
 
     Raises :class:`~zoo.errors.ConfigError` when CUDA is asked for and none is visible.
     """
+    from zoo.api import parse_device
+
     choice = str(choice or "auto").lower()
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={choice} but no CUDA GPU is visible; use train.device=cpu or auto.")
-        if choice == "cuda":
-            return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
-    return torch.device(choice)
+    device = parse_device(choice, name="train.device")
+    if choice == "cuda":
+        return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -170,6 +170,13 @@ def _prepare_output(output_dir: Path, config: dict) -> dict:
     return {"action": "resume", "checkpoint": str(checkpoint)}
 
 
+def _remove_unused_folder(output_dir: Path) -> None:
+    """Remove the output folder a fresh run created when a user error stops it before it wrote anything but
+    its claim (``run.json``, the lock's pid file): fixing the recipe and rerunning then meets no leftover."""
+    if output_dir.is_dir() and all(p.name in (RUN_FILE, LOCK_PID_FILE) for p in output_dir.iterdir()):
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def _write_run_file(output_dir: Path, config: dict, status: str, step: int) -> None:
     record = {"status": status, "step": step, "final": FINAL_DIR, "config": json.loads(json.dumps(config, default=str))}
     write_json(output_dir / RUN_FILE, record)
@@ -264,6 +271,7 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
 
     plan: dict | str | None = None
     failure: ZooError | None = None
+    existed = output_dir.exists()
     if info.is_main:
         try:
             check_paths(config, getattr(trainer_cls, "path_keys", ()) or ())
@@ -299,13 +307,18 @@ def _train(config: dict, trainer_cls, info: D.DistInfo, held: contextlib.ExitSta
     seed_everything(seed)
     trainer = trainer_cls(config)
     trainer.device, trainer.rank, trainer.world_size, trainer.output_dir = device, info.rank, info.world_size, output_dir
-    model = trainer.build_model()
-    if LORA.enabled(train["lora"]):  # peft LoRA layers; only they train (zoo.train.lora)
-        LORA.apply(model, train["lora"])
-    model.to(device)
-    train_set, _eval_set = trainer.build_datasets()
-    if train_set is None:
-        raise ConfigError(f"{trainer_cls.__name__}.build_datasets returned no training dataset.")
+    try:
+        model = trainer.build_model()
+        if LORA.enabled(train["lora"]):  # peft LoRA layers; only they train (zoo.train.lora)
+            LORA.apply(model, train["lora"])
+        model.to(device)
+        train_set, _eval_set = trainer.build_datasets()
+        if train_set is None:
+            raise ConfigError(f"{trainer_cls.__name__}.build_datasets returned no training dataset.")
+    except ZooError:
+        if info.is_main and plan["action"] == "fresh" and not existed:
+            _remove_unused_folder(output_dir)
+        raise
 
     state = None
     if plan["action"] == "resume":

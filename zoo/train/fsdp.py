@@ -71,7 +71,11 @@ def _classes_named(model: torch.nn.Module, names: Iterable[str]) -> list[type]:
 
 
 def resolve_layer_classes(model: torch.nn.Module, options: dict, trainer=None) -> list[type]:
-    """The layer classes to shard one by one (see the module docstring for the order of sources)."""
+    """The layer classes to shard one by one (see the module docstring for the order of sources).
+
+    Raises ConfigError when ``layer_classes`` names a class the model does not contain (listing the ones it
+    does).
+    """
     wanted = options.get("layer_classes")
     if wanted:
         names = [wanted] if isinstance(wanted, str) else [str(n) for n in wanted]
@@ -91,7 +95,10 @@ def resolve_layer_classes(model: torch.nn.Module, options: dict, trainer=None) -
 
 
 def mixed_precision_policy(options: dict):
-    """FSDP2 ``MixedPrecisionPolicy`` from ``train.fsdp``; ``None`` for float32 training."""
+    """FSDP2 ``MixedPrecisionPolicy`` from ``train.fsdp``; ``None`` for float32 training.
+
+    Raises ConfigError for a mixed_precision other than null or bf16, or a reduce_dtype other than fp32 or bf16.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     name = options.get("mixed_precision")
@@ -121,6 +128,8 @@ def shard(model: torch.nn.Module, options: dict | None = None, trainer=None) -> 
 
     ``options`` is ``train.fsdp`` (see ``FSDP_DEFAULTS``). Needs an initialised process group.
     The returned model also gets ``no_sync()``, so gradient accumulation reduces once per step.
+
+    Raises ConfigError when activation checkpointing is asked for but no layer classes are known.
     """
     from torch.distributed.fsdp import fully_shard
 
@@ -173,7 +182,10 @@ def save_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folde
 
 
 def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: str | Path) -> None:
-    """Read ``folder/dcp`` into the (sharded or plain) model and optimizer, strictly (collective under FSDP)."""
+    """Read ``folder/dcp`` into the (sharded or plain) model and optimizer, strictly (collective under FSDP).
+
+    Raises CheckpointFormatError when the folder holds no sharded (DCP) checkpoint.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,7 @@ ADAPTER_NAME = "default"
 
 
 def enabled(options: dict | None) -> bool:
+    """True when ``train.lora`` asks for LoRA: a mapping with rank ``r`` > 0 (``r: 0``, the default, is off)."""
     return bool(options) and int(options.get("r") or 0) > 0
 
 
@@ -66,6 +65,7 @@ def lora_config(options: dict):
 
 
 def has_adapter(model: torch.nn.Module) -> bool:
+    """True when ``model`` holds peft LoRA layers (``peft.tuners.lora.LoraLayer``) anywhere."""
     from peft.tuners.lora import LoraLayer
 
     return any(isinstance(m, LoraLayer) for m in model.modules())
@@ -110,10 +110,8 @@ def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model, folder: str | Path, *, card: Any = None, overwrite: bool = False) -> Path:
     """Write ``model``'s adapter folder atomically (see the module docstring); returns it."""
-    from safetensors.torch import save_file
-
     from zoo import hub, weights
-    from zoo.files import swap_in_folder
+    from zoo.files import staging_folder
     from zoo.version import __version__
 
     target = Path(folder)
@@ -121,8 +119,7 @@ def save_adapter(model, folder: str | Path, *, card: Any = None, overwrite: bool
     target.parent.mkdir(parents=True, exist_ok=True)
     base = getattr(model, "name_or_path", None)
     config = model.lora_config
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_folder(target) as staging:  # every file or none; swapped in on success
         meta = {"family": model.family, "zoo_version": __version__, "config": model.config,
                 "adapter": {"type": "lora", "base": base}}
         if getattr(model, "card_name", None):
@@ -134,8 +131,8 @@ def save_adapter(model, folder: str | Path, *, card: Any = None, overwrite: bool
             if isinstance(peft_config["target_modules"], (set, list)) else peft_config["target_modules"]
         (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(peft_config, indent=2, sort_keys=True, default=str) + "\n",
                                                    encoding="utf-8")
-        save_file(weights.plain_tensors(adapter_state_dict(model)), str(staging / ADAPTER_WEIGHTS_NAME),
-                  metadata={"format": "pt", "family": model.family})
+        weights.write_safetensors(staging / ADAPTER_WEIGHTS_NAME, weights.plain_tensors(adapter_state_dict(model)),
+                                  metadata={"format": "pt", "family": model.family})
         if base is None:  # the base cannot be rebuilt by name: keep its weights with the adapter
             logger.info("the LoRA base has no name zoo.load can rebuild; saving its weights in %s too", target)
             weights.save_weights(base_state_dict(model), staging, metadata={"format": "pt", "family": model.family})
@@ -143,14 +140,15 @@ def save_adapter(model, folder: str | Path, *, card: Any = None, overwrite: bool
             "## Usage", f"## Usage\n\nA LoRA adapter (r={config.r}, alpha={config.lora_alpha}) on "
                         f"{'`' + base + '`' if base else 'the base weights saved here'}; `zoo.load` applies it.\n", 1)
         (staging / hub.README_NAME).write_text(readme, encoding="utf-8")
-        swap_in_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def load_adapter_folder(folder: Path, meta: dict, source: str, *, cached: bool = False, dtype=None, device=None):
-    """The model an adapter folder describes: its base (by name, or from the folder), with the adapter applied."""
+    """The model an adapter folder describes: its base (by name, or from the folder), with the adapter applied.
+
+    Raises CheckpointFormatError for an adapter type other than LoRA, an unreadable adapter config, or a base of
+    another family; CheckpointKeysError when the adapter weights do not match the LoRA layers.
+    """
     from peft import LoraConfig, set_peft_model_state_dict
 
     from zoo import weights

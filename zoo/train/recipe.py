@@ -73,7 +73,11 @@ ENGINE_SECTIONS = ("optim", "schedule", "train")
 
 
 def import_object(dotted: str, *, key: str = "trainer") -> Any:
-    """Import ``"package.module:Name"``."""
+    """Import ``"package.module:Name"``.
+
+    Raises ConfigError naming ``key`` when the string is malformed, the module cannot be imported, or it has no
+    such attribute.
+    """
     module_name, sep, attr = str(dotted).partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{key} must look like 'package.module:ClassName', got {dotted!r}")
@@ -88,7 +92,10 @@ def import_object(dotted: str, *, key: str = "trainer") -> Any:
 
 
 def family_trainer(name: str):
-    """(family name, trainer class) of a family, or of a model card's family."""
+    """(family name, trainer class) of a family, or of a model card's family.
+
+    Raises ConfigError for a family that has no trainer.
+    """
     from zoo.registry import get_family
 
     family = get_family(name)
@@ -98,7 +105,10 @@ def family_trainer(name: str):
 
 
 def resolve_trainer(config: dict, trainer_cls=None):
-    """The Trainer class a config asks for: explicit class > ``trainer:`` > ``family:``."""
+    """The Trainer class a config asks for: explicit class > ``trainer:`` > ``family:``.
+
+    Raises ConfigError when neither a family nor a trainer is named, and the errors of import_object.
+    """
     if trainer_cls is not None:
         return trainer_cls
     if config.get("trainer"):
@@ -118,8 +128,13 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
     """Read a YAML recipe, apply ``key=value`` overrides, fill defaults and validate.
 
     ``family`` (the ``zoo train FAMILY`` argument) must agree with the recipe's ``family:``;
-    a model card name is accepted too (its family is trained, starting from ``model.init`` = the card
-    when the trainer has that key).
+    a model card name is accepted too: its family is trained, starting from ``model.init`` = the card when the
+    trainer has that key (replacing the trainer's default, not a recipe's or an override's ``model.init``), or,
+    for a card without released weights, from scratch at the card's size (``model.size``, unless the recipe or
+    an override sets it).
+
+    Raises ConfigError for a missing or malformed recipe file, an unknown key or a wrong type (naming the file
+    or the override), and a recipe whose family or trainer contradicts the command line's.
     """
     source = str(path) if path is not None else "the defaults"
     recipe = load_yaml(path) if path is not None else {}
@@ -144,9 +159,18 @@ def load_recipe(path: str | Path | None, overrides=(), *, family: str | None = N
     trainer_cls = resolve_trainer(probe, trainer_cls)
     defaults = recipe_defaults(trainer_cls)
     config = build_config(defaults, recipe, parsed, source=source, types=ENGINE_TYPES)
-    if init_from_card and isinstance(config.get("model"), dict) and "init" in config["model"] \
-            and not config["model"]["init"]:
-        config["model"]["init"] = init_from_card
+    model = config.get("model")
+    section = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    init_given = bool(parsed.get("model.init") or section.get("init"))  # a trainer's default init is not "given"
+    if init_from_card and isinstance(model, dict) and "init" in model and not init_given:
+        from zoo.cards import get_card
+
+        card = get_card(init_from_card)
+        size_given = "model.size" in parsed or "size" in section
+        if card.has_weights or card.config or "size" not in model:
+            model["init"] = init_from_card
+        elif not size_given:  # nothing released to start from: the card is its size, trained from scratch
+            model["init"], model["size"] = None, card.size
     return config
 
 

@@ -34,7 +34,10 @@ def build_optimizer(param_groups, optim: dict) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, *, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
               power: float = 1.0) -> float:
-    """Multiplier of the base learning rate for optimizer step ``step`` (0-based)."""
+    """Multiplier of the base learning rate for optimizer step ``step`` (0-based).
+
+    Raises ConfigError for a schedule name outside SCHEDULES.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if name == "constant":

@@ -7,8 +7,6 @@ restored. Recipe: ``trainer: zoo.train.toy:ToyTrainer``.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import torch
 
@@ -84,7 +82,9 @@ class ToyTrainer(Trainer):
         """(training set, evaluation set): synthetic, or the JSONL rows of ``data.file`` for training."""
         data, in_dim = self.config["data"], self.config["model"]["in_dim"]
         if data["file"]:
-            rows = [json.loads(line) for line in Path(data["file"]).read_text().splitlines() if line.strip()]
+            from zoo.data import read_jsonl
+
+            rows = read_jsonl(data["file"], what="data.file")
             x = torch.tensor([row["x"] for row in rows], dtype=torch.float32)
             y = torch.tensor([row["y"] for row in rows], dtype=torch.float32)
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from zoo.model import ZooModel
-from zoo.registry import Family, register_family
+from zoo.registry import TEST_MODALITY, Family, register_family
 from zoo.train.trainer import Trainer
 
 TINY = {
@@ -49,10 +49,6 @@ class ToyCausalLM(ZooModel):
         return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
-def transformers_key(zoo_key: str) -> str:
-    return zoo_key.removeprefix("lm.")
-
-
 def from_transformers_key(key: str) -> str:
     """Key map for a ``LlamaForCausalLM`` checkpoint saved by transformers: ``k -> "lm." + k``."""
     return "lm." + key
@@ -76,25 +72,33 @@ class ArithmeticSequences(torch.utils.data.Dataset):
 
 
 class ToyLMTrainer(Trainer):
+    """The engine's trainer for :class:`ToyCausalLM`: next-token cross-entropy on :class:`ArithmeticSequences`.
+
+    Config sections: ``model`` (the Llama sizes of :data:`TINY`) and ``data`` (``train_size`` sequences of
+    ``length`` tokens, ``seed``). No evaluation set. Used by the FSDP and LoRA tests and benchmarks.
+    """
     config_defaults = {
         "model": dict(TINY),
         "data": {"train_size": 64, "length": 16, "seed": 1234},
     }
 
     def build_model(self) -> ToyCausalLM:
+        """A :class:`ToyCausalLM` of ``config["model"]``."""
         return ToyCausalLM(dict(self.config["model"]))
 
     def build_datasets(self):
+        """(:class:`ArithmeticSequences` of ``data.train_size`` x ``data.length`` tokens, None)."""
         data = self.config["data"]
         return ArithmeticSequences(data["train_size"], data["length"], self.config["model"]["vocab_size"],
                                    data["seed"]), None
 
     def training_step(self, model, batch) -> dict:
+        """``{"loss": mean next-token cross-entropy}`` of ``batch["input_ids"]`` [B, T] (its own labels)."""
         out = model(batch["input_ids"], labels=batch["input_ids"])
         return {"loss": out.loss}
 
 
 FAMILY = register_family(Family(
-    name="toy-causal-lm", modality="multimodal", build=ToyCausalLM, sizes={"tiny": dict(TINY)},
+    name="toy-causal-lm", modality=TEST_MODALITY, build=ToyCausalLM, sizes={"tiny": dict(TINY)},
     trainer="zoo.train.toy_lm:ToyLMTrainer",
     description="A tiny transformers Llama causal LM used by the engine's FSDP/LoRA tests and benchmarks."))

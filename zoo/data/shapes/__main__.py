@@ -9,6 +9,13 @@ from zoo.errors import ZooError
 
 
 def main(argv=None) -> int:
+    """Run the shapes-world generator CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Writes ``OUT/manifest.jsonl``, ``OUT/images/*.png``, ``OUT/masks/*.png`` and ``OUT/info.json`` through
+    :func:`zoo.data.shapes.generate`, then prints the scene count, size, time and bytes. A user error (a
+    non-empty OUT without ``--overwrite``, ``--n`` < 1, ``--size`` outside 16-4096) prints one ``error:`` line
+    and returns 2; argparse errors exit with status 2 as usual.
+    """
     parser = argparse.ArgumentParser(prog="python -m zoo.data.shapes",
                                      description="Write a shapes-world corpus: PNG scenes, per-object mask PNGs "
                                                  "and manifest.jsonl.")

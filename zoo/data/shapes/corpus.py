@@ -10,8 +10,8 @@ from zoo.errors import ConfigError, OutputExistsError
 from zoo.files import staging_folder, write_json
 
 from .world import (
-    BACKGROUND_TEXTURES, BACKGROUNDS, COLORS, CONCEPTS, SHAPES, TEXTURES, UNUSED_LOOKS, Scene, ShapeObject, caption_for,
-    layout, render, tags_for,
+    BACKGROUND_TEXTURES, BACKGROUNDS, COLORS, CONCEPTS, MAX_SIZE, SHAPES, TEXTURES, UNUSED_LOOKS, Scene, ShapeObject,
+    caption_for, layout, render, tags_for,
 )
 
 __all__ = ["generate", "sample_scene", "read_manifest", "demo_manifest", "load_masks", "FORMAT_VERSION"]
@@ -38,6 +38,8 @@ def sample_scene(rng: np.random.Generator, concept: str | None = None) -> dict:
     two-object scenes the sizes differ by at most 1.25x or at least 1.7x and one axis clearly
     dominates the centres' offset, so the caption's relation is unambiguous. ``concept`` puts
     that concept's object first.
+
+    Raises ConfigError if the objects cannot be placed even after shrinking them (not seen with 1-4 objects).
     """
     count = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.25, 0.2]))
     background = {"color": str(rng.choice(list(BACKGROUNDS))),
@@ -110,8 +112,8 @@ def generate(out_dir, n: int, size: int = 64, seed: int = 0, *, concept_images: 
 
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"generate: n must be a positive number of scenes, got {n!r}.")
-    if not isinstance(size, (int, np.integer)) or size < 16:
-        raise ConfigError(f"generate: size must be an integer >= 16 pixels, got {size!r}.")
+    if not isinstance(size, (int, np.integer)) or not 16 <= size <= MAX_SIZE:
+        raise ConfigError(f"generate: size must be an integer from 16 to {MAX_SIZE} pixels, got {size!r}.")
     concepts = list(CONCEPTS) if concepts is None else list(concepts)
     for name in concepts:
         if name not in CONCEPTS:
@@ -198,25 +200,26 @@ def read_manifest(path) -> list[Scene]:
 
 
 def load_masks(scene: Scene) -> list[np.ndarray]:
-    """The scene's object masks as bool arrays (size, size), in object order."""
-    from PIL import Image
+    """The scene's object masks as bool arrays (size, size), in object order (``zoo.image.load_mask``).
 
-    from zoo.errors import ImageInputError
+    Raises ``ConfigError`` when an object has no mask path and ``ImageInputError`` naming the file when a
+    mask cannot be read.
+    """
+    from zoo.image import load_mask
 
     masks = []
     for k, obj in enumerate(scene.objects):
         if obj.mask is None:
             raise ConfigError(f"Scene {scene.id}: object {k} has no mask path.")
-        try:
-            with Image.open(obj.mask) as image:
-                masks.append(np.array(image.convert("1"), dtype=bool))
-        except (OSError, ValueError) as error:
-            raise ImageInputError(f"Cannot read mask {obj.mask!r} of scene {scene.id}: {error}.") from error
+        masks.append(load_mask(obj.mask, of=f"scene {scene.id}"))
     return masks
 
 
 def demo_manifest(split: str = "train") -> Path:
-    """The bundled 64 px shapes set: ``"train"`` (300 scenes) or ``"heldout"`` (100 scenes)."""
+    """The bundled 64 px shapes set: ``"train"`` (300 scenes) or ``"heldout"`` (100 scenes).
+
+    Raises ConfigError for any other split.
+    """
     from zoo.data import DEMO_ROOT
 
     if split not in ("train", "heldout"):

@@ -86,33 +86,39 @@ def _color_map(rgb: np.ndarray, min_saturation: float, min_value: float, max_hue
     return np.where(ok, nearest, -1)
 
 
-@functools.lru_cache(maxsize=8192)
-def _template(shape: str, height: int, width: int, grow: float = 0.0, shift: tuple = (0.0, 0.0)) -> np.ndarray:
-    """``shape`` drawn over a ``height`` x ``width`` box grown by ``grow`` pixels and shifted by
-    ``shift`` (x, y) pixels: the pixel box of a rendered object is up to a pixel smaller than
-    the object, so the judge tries a few fits."""
-    ex, ey = EXTENTS[shape]
-    a = ((np.arange(width) + 0.5 - shift[0] - width / 2) / (width + grow)) * 2 * ex
-    b = ((np.arange(height) + 0.5 - shift[1] - height / 2) / (height + grow)) * 2 * ey
-    template = shape_mask(shape, *np.meshgrid(a, b))
-    template.flags.writeable = False  # cached: shared between calls
-    return template
-
-
 _FITS = [(grow, (dx, dy)) for grow in (0.0, 0.5, 1.0) for dx in (-0.25, 0.0, 0.25) for dy in (-0.25, 0.0, 0.25)]
+
+
+@functools.lru_cache(maxsize=512)
+def _templates(shape: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``shape`` drawn over a ``height`` x ``width`` box in every fit of ``_FITS`` (the box grown by ``grow``
+    pixels and shifted by ``(dx, dy)`` pixels: the pixel box of a rendered object is up to a pixel smaller
+    than the object, so the judge tries a few fits). Returns the bool stack ``[len(_FITS), height, width]``
+    and the pixel count of each template; all fits are drawn in one vectorised call."""
+    ex, ey = EXTENTS[shape]
+    grow = np.array([g for g, _ in _FITS])[:, None, None]
+    dx = np.array([s[0] for _, s in _FITS])[:, None, None]
+    dy = np.array([s[1] for _, s in _FITS])[:, None, None]
+    a = ((np.arange(width)[None, None, :] + 0.5 - dx - width / 2) / (width + grow)) * 2 * ex
+    b = ((np.arange(height)[None, :, None] + 0.5 - dy - height / 2) / (height + grow)) * 2 * ey
+    stack = np.ascontiguousarray(shape_mask(shape, a, b))
+    sums = np.count_nonzero(stack, axis=(1, 2))
+    stack.flags.writeable = False  # cached: shared between calls
+    sums.flags.writeable = False
+    return stack, sums
 
 
 def _classify_shape(crop: np.ndarray) -> tuple[str, float]:
     best, best_iou = SHAPES[0], -1.0
-    total = crop.sum()
+    total = int(crop.sum())
     for shape in SHAPES:
-        for grow, shift in _FITS:
-            template = _template(shape, *crop.shape, grow=grow, shift=shift)
-            overlap = np.logical_and(template, crop).sum()
-            union = total + template.sum() - overlap
-            iou = float(overlap / union) if union else 0.0
-            if iou > best_iou:
-                best, best_iou = shape, iou
+        stack, sums = _templates(shape, *crop.shape)
+        overlap = np.count_nonzero(stack & crop, axis=(1, 2))
+        union = total + sums - overlap
+        iou = np.divide(overlap, union, out=np.zeros(len(_FITS)), where=union > 0)
+        k = int(iou.argmax())  # the first best fit, as a loop with a strict ">" keeps
+        if iou[k] > best_iou:
+            best, best_iou = shape, float(iou[k])
     return best, best_iou
 
 
@@ -500,9 +506,16 @@ class ShapesJudge:
 
     @property
     def tool_id(self) -> str:
+        """Identity of this judge for :class:`zoo.tools.CallCache` keys: ``"shapes-judge:unknown=..."``."""
         return f"shapes-judge:unknown={self.unknown!r}"
 
     def answer(self, image, question: str, **settings) -> str:
+        """:func:`answer` on ``image`` (anything :func:`zoo.image.load_image` takes): ``"yes"``/``"no"``, a count
+        (``"0"``, ``"2"``), a colour, shape or texture name, or ``"none"``.
+
+        Raises ``ConfigError`` for a question the judge cannot read, unless ``unknown`` was set (then returns
+        it); ``ImageInputError`` for an unreadable image. ``settings`` are ignored.
+        """
         try:
             return answer(image, question)
         except ConfigError:
@@ -511,9 +524,15 @@ class ShapesJudge:
             return self.unknown
 
     def caption(self, image, **settings) -> str:
+        """:func:`caption` of ``image``: a template caption of the detected objects (``"a red circle and a blue
+        square"``), or ``"an empty picture"``. ``settings`` are ignored.
+        """
         return caption(image)
 
     def check(self, image, caption_or_spec) -> dict:
+        """:func:`check`: per-category scores in [0, 1] of ``image`` against a caption or spec, with ``"overall"``
+        and ``"passed"``. Raises ``ConfigError`` for a caption the judge cannot parse.
+        """
         return check(image, caption_or_spec)
 
 
@@ -532,9 +551,13 @@ class ShapesMaskProposer:
 
     @property
     def tool_id(self) -> str:
+        """Identity of this proposer for :class:`zoo.tools.CallCache` keys: ``"shapes-masks:min_area=..."``."""
         return f"shapes-masks:min_area={self.min_area}"
 
     def propose(self, image) -> list:
+        """One :class:`zoo.tools.ProposedMask` per object :func:`detect` finds in ``image``, largest area first
+        (an empty list for a picture with no coloured object). Raises ``ImageInputError`` for an unreadable image.
+        """
         from zoo.tools import ProposedMask
 
         found = sorted(detect(image, min_area=self.min_area), key=lambda d: -d.area)

@@ -53,6 +53,8 @@ def sample_prompt(category: str, rng=None) -> tuple[str, dict]:
     positions: :func:`zoo.data.shapes.render` lays it out, and
     :func:`zoo.data.shapes.judge.check` scores an image against it. ``rng`` is a numpy
     Generator or an integer seed.
+
+    Raises ConfigError for a category outside CATEGORIES.
     """
     rng = _as_rng(rng)
     if category not in CATEGORIES:

@@ -24,6 +24,11 @@ __all__ = [
 
 #: Object colours: name -> RGB. Hues are at least 20 degrees apart and saturation >= 0.5, so a
 #: pixel's hue names its colour; backgrounds are all below saturation 0.2.
+MIN_RENDER_SIZE = 8
+# Rendering works in float64 planes of size x size (a 100000 px side asked numpy for 75 GiB); 4096 px
+# scenes take about 130 MB per plane, well past any use of a synthetic corpus.
+MAX_SIZE = 4096
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (245, 140, 30),
@@ -124,6 +129,7 @@ class ShapeObject:
     mask: str | None = None
 
     def to_dict(self) -> dict:
+        """The object as manifest JSON: every field, ``center`` and ``bbox`` as lists (``bbox`` None until rendered)."""
         out = asdict(self)
         out["center"] = list(self.center)
         out["bbox"] = None if self.bbox is None else list(self.bbox)
@@ -300,6 +306,8 @@ def relation_between(a, b, relation: str) -> bool:
     compare centres along the dominant axis: "left of" holds when a's centre is left of b's
     and the horizontal gap is at least the vertical one (T2I-CompBench's 2-D spatial rule).
     "bigger than" holds when a's size is at least ``SIZE_RATIO`` times b's.
+
+    Raises ConfigError for a relation outside RELATIONS.
     """
     (ax, ay), (bx, by) = _get(a, "center"), _get(b, "center")
     dx, dy = bx - ax, by - ay
@@ -452,14 +460,18 @@ def render(scene_or_spec, size: int | None = None):
     later object hides what it covers, and each mask holds the object's visible pixels.
     Objects without positions are laid out first (see :func:`layout`, seeded by the spec's
     ``seed``, default 0). Deterministic: the same spec and size give identical pixels.
+
+    Raises ConfigError for a size outside 8-4096 pixels and for a spec with an unknown shape, colour, texture or
+    field (naming the object and field).
     """
     from PIL import Image
 
     if size is None:
         size = scene_or_spec.size if isinstance(scene_or_spec, Scene) else int((scene_or_spec or {}).get("size", 64)) \
             if isinstance(scene_or_spec, dict) else 64
-    if not isinstance(size, (int, np.integer)) or size < 8:
-        raise ConfigError(f"render: size must be an integer >= 8 pixels, got {size!r}.")
+    if not isinstance(size, (int, np.integer)) or not MIN_RENDER_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"render: size must be an integer from {MIN_RENDER_SIZE} to {MAX_SIZE} pixels, "
+                          f"got {size!r}.")
     spec = as_spec(scene_or_spec)
     spec = layout(spec, np.random.default_rng(int(spec.get("seed", 0))))
     image = _background(spec["background"], int(size))
