@@ -162,16 +162,21 @@ def _scene(rng, concept_id: str | None, distractor=None):
     return spec
 
 
-def build_shapes_concept(concept: str, folder, *, n_train: int = 10, n_negative: int = 6, n_test: int = 12,
+def build_shapes_concept(concept: str, folder, *, n_train: int = 10, n_negative: int | None = None, n_test: int = 12,
                          size: int = 64, seed: int = 0, overwrite: bool = False) -> Path:
     """Write a concept folder for a shapes-world concept (``zoo.data.shapes.CONCEPTS``: bo, kiki, ...).
 
     ``images/``: ``n_train`` scenes showing the concept; ``negative/``: ``n_negative`` without it (half
-    with a same-class distractor). ``conversations.json``: per training image "Is <c> in the image?"
-    (Yes.), its colour, shape and texture, and a description; per negative "Is <c> in the image?"
-    (No.). ``test.json``: ``n_test`` held-out scenes with and ``n_test`` without the concept
-    (recognition), colour/shape/texture questions (VQA), and generation prompts with their specs.
-    Deterministic in ``seed``; written atomically; an existing folder needs ``overwrite``.
+    with a same-class distractor; default ``n_train``, so "Yes." and "No." recognition answers are
+    equally many; the official data has more negatives than positives: 100 random images plus hard
+    negatives per concept, arctanxarc/UniCTokens:README.md "UniCTokens Dataset"). ``conversations.json``:
+    per training image "Is <c> in the image?" (Yes.), its colour, shape and texture, and a
+    description; per negative "Is <c> in the image?" (No.); the records are in a seeded random
+    order, because the stage trainer reads them in file order (as the official MMU loader does, no
+    shuffling): negatives written last would make every epoch end on "No." batches and bias the
+    rows towards "No.". ``test.json``: ``n_test`` held-out scenes with and ``n_test`` without the
+    concept (recognition), colour/shape/texture questions (VQA), and generation prompts with their
+    specs. Deterministic in ``seed``; written atomically; an existing folder needs ``overwrite``.
     """
     from zoo.data.shapes import CONCEPTS, render
     from zoo.data.shapes.judge import answer_from_objects
@@ -180,6 +185,7 @@ def build_shapes_concept(concept: str, folder, *, n_train: int = 10, n_negative:
     if concept not in CONCEPTS:
         raise ConfigError(f"unknown shapes concept {concept!r}; the concepts are {', '.join(CONCEPTS)}.")
     look = CONCEPTS[concept]
+    n_negative = n_train if n_negative is None else int(n_negative)
     folder = Path(folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
         raise OutputExistsError(f"{folder} exists; pass overwrite=True (CLI: --overwrite) to rebuild the concept folder.")
@@ -236,7 +242,9 @@ def build_shapes_concept(concept: str, folder, *, n_train: int = 10, n_negative:
                         {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": qa(spec, question)}]})
         t2i = [{"prompt": f"A photo of {tag}.", "judge": tag},
                {"prompt": f"{tag} to the left of a red circle", "judge": f"{tag} to the left of a red circle"}]
-        write_json(staging / "conversations.json", records, indent=1, sort_keys=False)
+        # own generator, so the order does not change the scenes drawn after it
+        order = np.random.default_rng([seed, 0x0DE]).permutation(len(records))
+        write_json(staging / "conversations.json", [records[i] for i in order], indent=1, sort_keys=False)
         write_json(staging / "test.json", {"items": tests, "t2i": t2i}, indent=1, sort_keys=False)
         write_json(staging / "info.json", {"name": concept, "class": look.class_word, "info": f"{tag} is {look.phrase()}.",
                                            "conversation_type": "object", "generation_type": "object",

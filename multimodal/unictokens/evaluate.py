@@ -6,6 +6,11 @@ Understanding:
   ground truth "No." counts as right when the answer contains "no", otherwise when it contains
   "yes". ``recall`` over images with the concept, ``no_recall`` over images without, ``accuracy``
   over all.
+* recognition probability: ``P(yes)`` from :meth:`UniCTokensModel.recognize` (the first answer token,
+  "Yes" against "No") for every rec item; ``rec_auc`` is the ROC AUC of it over the rec items
+  and ``rec_p_yes_present`` / ``rec_p_yes_absent`` its means. The answer rule above only sees
+  whether the greedy answer flips, so learning that raises ``P(yes)`` on images with the concept
+  without crossing 0.5 shows here and not in the accuracy.
 * VQA: exact match of the normalised answer (lower case, no punctuation) against the ground truth
   (the paper's BLEU + DeepSeek judge need an API; the shapes world has exact answers).
 
@@ -27,7 +32,8 @@ import numpy as np
 
 logger = logging.getLogger("zoo.unictokens")
 
-__all__ = ["evaluate", "evaluate_concept", "evaluate_base", "evaluate_vq", "class_word_question", "rec_correct", "normalise"]
+__all__ = ["evaluate", "evaluate_concept", "evaluate_base", "evaluate_vq", "class_word_question", "rec_correct", "normalise",
+           "roc_auc"]
 
 
 def normalise(text: str) -> str:
@@ -54,8 +60,19 @@ def _question(item: dict) -> tuple[str, str]:
     return turns[0]["value"].replace("<image>", "").strip(), turns[1]["value"]
 
 
+def roc_auc(labels, scores) -> float | None:
+    """ROC AUC of ``scores`` for binary ``labels`` (ties count half); None unless both classes occur."""
+    labels = [bool(x) for x in labels]
+    if all(labels) or not any(labels):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, [float(x) for x in scores]))
+
+
 def _understanding(model, items, concept: str | None, rewrite=None) -> dict:
     rec = {"recall": [], "no_recall": [], "accuracy": []}
+    present, p_yes = [], []
     vqa = []
     for item in items:
         question, truth = _question(item)
@@ -66,9 +83,20 @@ def _understanding(model, items, concept: str | None, rewrite=None) -> dict:
             right = rec_correct(truth, prediction)
             rec["accuracy"].append(right)
             rec["no_recall" if truth.strip() == "No." else "recall"].append(right)
+            if hasattr(model, "recognize"):
+                present.append(truth.strip() != "No.")
+                p_yes.append(model.recognize(item["image"], concept, question=question)["probability"])
         elif item.get("type") == "vqa":
             vqa.append(normalise(prediction) == normalise(truth))
     out = {f"rec_{k}": float(np.mean(v)) for k, v in rec.items() if v}
+    if p_yes:
+        auc = roc_auc(present, p_yes)
+        if auc is not None:
+            out["rec_auc"] = auc
+        for key, flag in (("rec_p_yes_present", True), ("rec_p_yes_absent", False)):
+            chosen = [p for p, y in zip(p_yes, present) if y == flag]
+            if chosen:
+                out[key] = float(np.mean(chosen))
     if vqa:
         out["vqa_accuracy"] = float(np.mean(vqa))
     return out

@@ -447,14 +447,19 @@ class UniCTokensModel(ZooModel):
         return result
 
     @inference
-    def recognize(self, image, concept: str, question: str | None = None) -> dict:
+    def recognize(self, image, concept: str | None, question: str | None = None) -> dict:
         """Is the concept in the image? ``{"answer": "yes"|"no", "probability": P(yes)}``.
 
-        Asks ``"Is <name> in the image?"`` (with the concept's system prefix) and compares the
-        next-token probabilities of the answer's first token: "Yes"/"yes" against "No"/"no"
-        (each side summed over the spellings the tokenizer has).
+        Asks ``question`` (default ``"Is <name> in the image?"``; with the concept's system prefix)
+        and compares the next-token probabilities of the answer's first token: "Yes"/"yes" against
+        "No"/"no" (each side summed over the spellings the tokenizer has), so ``P(yes)`` is in
+        [0, 1]. ``concept=None`` asks a base model ``question`` without a prefix (e.g. with the
+        class word); raises ConfigError when neither is given or the concept is not the model's.
         """
-        self._check_concept(concept)
+        if concept is None and not question:
+            raise ConfigError("recognize without a concept needs the question to ask (e.g. 'Is there a dog in the image?').")
+        if concept is not None:
+            self._check_concept(concept)
         codes = self.encode_images(_one_image(image))
         input_ids = self.mmu_input(codes, question or f"Is <{concept}> in the image?", concept)
         logits = self.logits(input_ids, mmu_attention_mask(input_ids, self.vocab))[0, -1].float()

@@ -501,7 +501,7 @@ def stage_table(folder: Path) -> str:
     """A Markdown table of the evaluations of an ``all`` run: base + class word, after stages 1, 2, 3."""
     rows = [("base + class word", folder / "eval_base.json"), ("after stage 1", folder / "stage1/eval.json"),
             ("after stage 2", folder / "stage2/eval.json"), ("after stage 3", folder / "eval.json")]
-    keys = ["rec_recall", "rec_no_recall", "rec_accuracy", "vqa_accuracy", "concept_present", "faithfulness"]
+    keys = ["rec_recall", "rec_no_recall", "rec_accuracy", "rec_auc", "vqa_accuracy", "concept_present", "faithfulness"]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, path in rows:
         if not path.is_file():

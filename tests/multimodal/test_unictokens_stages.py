@@ -73,6 +73,26 @@ def test_stage_steps_must_match_epochs(tmp_path, concept_folder):
         run(config)
 
 
+def test_shapes_concept_recognition_data_is_balanced_and_mixed(tmp_path):
+    """The stage trainer reads conversations in file order (the official MMU loader does not shuffle):
+    "No." records written last made every epoch end on all-"No." batches, and the rows learned to say
+    "No." to everything; there were also fewer "No." than "Yes." answers (the official data has more)."""
+    folder = build_shapes_concept("bo", tmp_path / "bo", n_train=8, n_test=1, size=32)
+    records = json.loads((folder / "conversations.json").read_text())
+    rec = [(i, r["conversations"][1]["value"]) for i, r in enumerate(records)
+           if r["conversations"][0]["value"].endswith("Is <bo> in the image?")]
+    answers = [a for _, a in rec]
+    assert answers.count("No.") == answers.count("Yes.") == 8
+    no_at = [i for i, a in rec if a == "No."]
+    assert min(no_at) < len(records) // 4 and max(no_at) > len(records) // 2
+    assert len(records) == 8 * 5 + 8
+    # every batch of 4 records in file order is not all "No."; the same folder again is byte-identical
+    assert all(any(records[j]["conversations"][1]["value"] != "No." for j in range(k, min(k + 4, len(records))))
+               for k in range(0, len(records), 4))
+    again = build_shapes_concept("bo", tmp_path / "again", n_train=8, n_test=1, size=32)
+    assert (again / "conversations.json").read_bytes() == (folder / "conversations.json").read_bytes()
+
+
 def test_stage_initialisations(concept_folder):
     torch.manual_seed(0)
     base = FAMILY.build(FAMILY.make_config("tiny"))
