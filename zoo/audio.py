@@ -171,8 +171,9 @@ def prepare_waveform(wav, sample_rate: int | None, target_rate: int = 16000, *, 
         return _prepare(data, file_rate, target_rate, name=str(Path(os.fspath(wav)).expanduser()), channel_axis=1,
                         min_samples=min_samples)
     if sample_rate is None:
-        raise AudioInputError(f"{name}: give the sample rate of the samples, e.g. model.segment(wav, 16000); it is "
-                              "only read from the header when you pass a file path.")
+        raise AudioInputError(f"{name}: give the sample rate of the samples as the argument after them (e.g. "
+                              "model.segment(wav, 16000) or model.embed(wav, 16000)); it is only read from the "
+                              "header when you pass a file path.")
     return _prepare(wav, _rate(sample_rate, "sample_rate", name), target_rate, name=name, channel_axis=channel_axis,
                     min_samples=min_samples)
 

@@ -158,16 +158,18 @@ class CADinoModel(ECAPALayers, ZooModel):
         return self.fbank(padded, lengths, dither=dither, normalize=normalize)
 
     @inference
-    def embed(self, wav, sample_rate: int = 16000, *, lengths=None, batch_size: int = 32) -> torch.Tensor:
+    def embed(self, wav, sample_rate: int | None = None, *, lengths=None, batch_size: int = 32) -> torch.Tensor:
         """Speaker embeddings, float32 ``[B, embed_dim]`` (192), in eval mode (the caller's mode is restored).
 
-        ``wav``: anything ``zoo.audio.prepare_waveforms`` accepts: one clip (1-D, or multi-channel,
-        mixed down), a list of clips, or a padded ``[B, T]`` batch with ``lengths``; numpy or
-        torch, float in [-1, 1] or integer PCM, at ``sample_rate`` Hz (resampled to 16 kHz).
+        ``wav``: anything ``zoo.audio.prepare_waveforms`` accepts: an audio file path (its own rate),
+        a list of paths, one clip (1-D, or multi-channel, mixed down), a list of clips, or a padded
+        ``[B, T]`` batch with ``lengths``; numpy or torch, float in [-1, 1] or integer PCM, at
+        ``sample_rate`` Hz (required for arrays, as in every zoo audio API; resampled to 16 kHz).
         One clip gives ``[1, embed_dim]``. Clips may have different lengths and are batched with
         frame masks, so batching never changes an embedding; clips shorter than
         ``min_embed_seconds`` (0.5 s) are tiled (WeSpeaker's repetition padding). Raises
-        AudioInputError for empty, non-finite or malformed input.
+        AudioInputError for empty, non-finite or malformed input and for arrays without a
+        ``sample_rate``.
         """
         from zoo.audio import prepare_waveforms
 
@@ -180,8 +182,15 @@ class CADinoModel(ECAPALayers, ZooModel):
 
     @inference
     def score(self, a, b, sample_rate: int | None = None) -> torch.Tensor:
-        """Cosine similarity of embeddings ([D] or [N, D]); with ``sample_rate``, a and b are audio."""
-        if sample_rate is not None:
+        """Cosine similarity in [-1, 1] of embeddings ([D] or [N, D]); with ``sample_rate``, ``a`` and ``b`` are
+        audio arrays, and file paths (str or os.PathLike) are always audio (their rate is in the header)."""
+        import os
+
+        def is_path(x):
+            return isinstance(x, (str, os.PathLike)) or (isinstance(x, (list, tuple)) and x
+                                                          and all(isinstance(i, (str, os.PathLike)) for i in x))
+
+        if sample_rate is not None or is_path(a) or is_path(b):
             a, b = self.embed(a, sample_rate), self.embed(b, sample_rate)
         a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
         return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)

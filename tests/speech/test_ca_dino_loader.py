@@ -122,7 +122,7 @@ def test_avg_model_converts_without_size_or_overrides(tmp_path, caplog):
     _same(model, state)
     assert model.config["encoder"]["channels"] == 48 and not model.training
     assert "encoder.channels=48 (config: 512)" in caplog.text
-    assert model.embed(torch.randn(8000) * 0.1).shape == (1, 192)
+    assert model.embed(torch.randn(8000) * 0.1, 16000).shape == (1, 192)
 
 
 def test_wespeaker_folder_with_config_yaml(tmp_path):

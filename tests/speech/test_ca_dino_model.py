@@ -87,7 +87,7 @@ def test_zoo_format_round_trip(tmp_path, model):
     model.save_pretrained(tmp_path / "out")
     again = zoo.load(str(tmp_path / "out"))
     clip = torch.randn(12000) * 0.1
-    assert torch.equal(again.embed(clip), model.embed(clip))
+    assert torch.equal(again.embed(clip, 16000), model.embed(clip, 16000))
     assert not again.projection_head.last_layer.weight_g.requires_grad
 
 
@@ -100,12 +100,12 @@ def test_embed_in_eval_mode_restores_the_flag():
     clip = torch.randn(12000) * 0.1
     m.train()
     m.projection_head.eval()  # a frozen part inside a training model keeps its own flag
-    first = m.embed(clip)
+    first = m.embed(clip, 16000)
     assert m.training and not m.projection_head.training  # the caller's flags are back
     assert any(mod.training for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm1d))
-    assert torch.equal(first, m.embed(clip))  # BatchNorm used its running statistics both times
+    assert torch.equal(first, m.embed(clip, 16000))  # BatchNorm used its running statistics both times
     m.eval()
-    assert torch.equal(first, m.embed(clip)) and not m.training
+    assert torch.equal(first, m.embed(clip, 16000)) and not m.training
 
 
 def test_utterance_mean_joins_the_envelope_to_the_pooled_statistics(monkeypatch):
@@ -142,7 +142,7 @@ def test_utterance_mean_front_end_and_gain_invariance():
     feats, counts = m.fbank(clip.view(1, -1))
     assert torch.equal(feats, kaldi_fbank(clip.view(1, -1), cmn=False)[0])  # encode() does the CMN
     # a gain is the same constant in every log-mel bin: removed from the frames (CMN) and the envelope (level)
-    assert torch.allclose(m.embed(clip), m.embed(clip * 4), atol=1e-5)
+    assert torch.allclose(m.embed(clip, 16000), m.embed(clip * 4, 16000), atol=1e-5)
     with pytest.raises(ValueError, match="extra_pool_dim=80"):
         m.ecapa_forward(feats)  # the widened layers need the envelope
 
@@ -191,6 +191,23 @@ def test_global_cmvn_option_in_the_model(tmp_path):
     m.save_pretrained(tmp_path / "out")
     again = zoo.load(str(tmp_path / "out"))
     assert torch.equal(again.global_cmvn.istd, m.global_cmvn.istd)
-    assert torch.equal(again.embed(clips[0]), m.embed(clips[0]))
+    assert torch.equal(again.embed(clips[0], 16000), m.embed(clips[0], 16000))
     with pytest.raises(ConfigError, match="global_cmvn=true"):
         build(make_config("tiny")).fit_global_cmvn(clips)
+
+
+def test_embed_asks_for_the_rate_of_arrays_and_reads_it_from_files(model, tmp_path):
+    """Arrays carry no rate: embed used to assume 16 kHz; a file path carries its own."""
+    import numpy as np
+    import soundfile as sf
+
+    torch.manual_seed(7)
+    clip = (torch.randn(12000) * 0.1).clamp(-1, 1)
+    with pytest.raises(AudioInputError, match="sample rate"):
+        model.embed(clip)
+    sf.write(tmp_path / "clip.wav", (clip.numpy() * 32767).astype(np.int16), 8000, subtype="PCM_16")
+    from_file = model.embed(str(tmp_path / "clip.wav"))
+    samples, rate = sf.read(tmp_path / "clip.wav", dtype="float32")
+    assert rate == 8000
+    assert torch.equal(from_file, model.embed(samples, 8000))
+    assert torch.allclose(model.score(str(tmp_path / "clip.wav"), tmp_path / "clip.wav"), torch.ones(1), atol=1e-6)
